@@ -1,0 +1,89 @@
+//! `degre export` and `degre publish`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::model::export::{default_schema, version_files};
+use crate::model::generator::{Dims, Weights};
+use crate::model::manifest::{FeatureSchema, Limits, Manifest};
+use crate::model::publish::publish_files;
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Directory to write encoder.onnx, decoder.onnx and manifest.json into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Feature schema as JSON (the manifest's "schema" object); default: the bundled schema.
+    #[arg(long)]
+    pub schema: Option<PathBuf>,
+    #[arg(long, default_value = "degre")]
+    pub model_name: String,
+    /// Seed of the weight initialisation.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 32)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 8)]
+    pub embed: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_candidates: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// A version directory written by `degre export` (or any producer of the contract).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Model repository root.
+    #[arg(long, default_value = "models")]
+    pub models: PathBuf,
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let schema: FeatureSchema = match &args.schema {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+            serde_json::from_str(&text).with_context(|| format!("{}: not a feature schema", path.display()))?
+        }
+        None => default_schema(),
+    };
+    let dims = Dims {
+        hidden: args.hidden,
+        embed: args.embed,
+    };
+    anyhow::ensure!(dims.hidden > 0 && dims.embed > 0, "--hidden and --embed must be > 0");
+    // No training checkpoint yet: the generator is the seeded initialisation.
+    let weights = Weights::init(&schema, dims, args.seed);
+    let provenance = serde_json::json!({
+        "producer": "degre export",
+        "trained": false,
+        "seed": args.seed,
+        "hidden": dims.hidden,
+        "embed": dims.embed,
+    });
+    let limits = Limits {
+        max_candidates: args.max_candidates,
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
+    for (file, bytes) in version_files(&weights, &schema, &args.model_name, limits, provenance) {
+        let path = args.out.join(&file);
+        std::fs::write(&path, bytes).with_context(|| path.display().to_string())?;
+    }
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let manifest = Manifest::load_verified(&args.from)
+        .with_context(|| format!("{} is not a valid model version", args.from.display()))?;
+    let mut files = Vec::new();
+    for file in manifest.files.keys().map(String::as_str).chain([crate::model::manifest::MANIFEST_FILE]) {
+        let path = args.from.join(file);
+        files.push((file.to_string(), std::fs::read(&path).with_context(|| path.display().to_string())?));
+    }
+    let version = publish_files(&args.models, &manifest.model_name, &files)?;
+    println!("published {} version {version}", manifest.model_name);
+    Ok(())
+}

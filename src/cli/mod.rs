@@ -1,0 +1,45 @@
+//! The `degre` command line: `serve`, the `rerank` client, and `export`/`publish` of models.
+
+mod export;
+mod rerank;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{LogFormat, ServeArgs};
+use crate::server::{termination_signal, BoundServer};
+
+#[derive(Debug, Parser)]
+#[command(name = "degre", version, about = "DeGRe reranking: serve, query and publish generators")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Rerank gRPC API from a model repository, hot-reloading new versions.
+    Serve(ServeArgs),
+    /// Send a JSON request file to a running server and print the response as JSON.
+    Rerank(rerank::RerankArgs),
+    /// Write a generator (ONNX graphs + manifest) into a directory.
+    Export(export::ExportArgs),
+    /// Publish a version directory atomically as the next version of a model.
+    Publish(export::PublishArgs),
+}
+
+/// Runs one command. A [`crate::config::ConfigError`] in the result means bad settings.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Rerank(args) => rerank::run(args).await,
+        Command::Export(args) => export::export(args),
+        Command::Publish(args) => export::publish(args),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    crate::telemetry::init_tracing(config.log_format == LogFormat::Json);
+    let server = BoundServer::bind(config).await?;
+    server.run(termination_signal()).await
+}

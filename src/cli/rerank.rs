@@ -1,0 +1,126 @@
+//! `degre rerank`: a client that sends a JSON request file (the proto's field names) to a
+//! server and prints the response as JSON.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::api::v1;
+
+#[derive(Debug, Args)]
+pub struct RerankArgs {
+    /// JSON request file; `-` reads standard input.
+    #[arg(long)]
+    pub request: PathBuf,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Deadline sent with the request.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestJson {
+    #[serde(default)]
+    request_id: String,
+    #[serde(default)]
+    context: FeaturesJson,
+    candidates: Vec<CandidateJson>,
+    #[serde(default)]
+    top_k: u32,
+    #[serde(default)]
+    model_version: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeaturesJson {
+    #[serde(default)]
+    dense: Vec<f32>,
+    #[serde(default)]
+    categorical: Vec<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandidateJson {
+    item_id: String,
+    #[serde(default)]
+    features: FeaturesJson,
+}
+
+#[derive(Debug, Serialize)]
+struct ResponseJson {
+    model_name: String,
+    model_version: u64,
+    items: Vec<ItemJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct ItemJson {
+    item_id: String,
+    candidate_index: u32,
+    score: f32,
+}
+
+impl From<FeaturesJson> for v1::Features {
+    fn from(f: FeaturesJson) -> Self {
+        v1::Features {
+            dense: f.dense,
+            categorical: f.categorical,
+        }
+    }
+}
+
+pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
+    let name = args.request.display().to_string();
+    let text = if name == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&args.request).with_context(|| name.clone())?
+    };
+    let json: RequestJson = serde_json::from_str(&text).with_context(|| format!("{name}: not a rerank request"))?;
+    let request = v1::RerankRequest {
+        request_id: json.request_id,
+        context: Some(json.context.into()),
+        candidates: json
+            .candidates
+            .into_iter()
+            .map(|c| v1::Candidate {
+                item_id: c.item_id,
+                features: Some(c.features.into()),
+            })
+            .collect(),
+        top_k: json.top_k,
+        model_version: json.model_version,
+    };
+    let mut client = v1::reranker_client::RerankerClient::connect(args.addr.clone())
+        .await
+        .with_context(|| format!("cannot connect to {}", args.addr))?;
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(Duration::from_millis(args.timeout_ms));
+    let response = client
+        .rerank(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let out = ResponseJson {
+        model_name: response.model_name,
+        model_version: response.model_version,
+        items: response
+            .items
+            .into_iter()
+            .map(|i| ItemJson {
+                item_id: i.item_id,
+                candidate_index: i.candidate_index,
+                score: i.score,
+            })
+            .collect(),
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Server configuration, layered defaults → TOML file → `DEGRE_*` env → flags, and fully
+//! validated before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// `degre serve` settings. Every field is optional here so that layers can be merged; the
+/// defaults live in [`ServeArgs::resolve`]. The TOML file uses the same names (snake_case).
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "DEGRE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Model repository root: <models>/<model_name>/<version>/ [default: models]
+    #[arg(long, env = "DEGRE_MODELS")]
+    pub models: Option<PathBuf>,
+    /// Model to serve; may be omitted when the repository holds exactly one.
+    #[arg(long, env = "DEGRE_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// Serve exactly this version instead of the newest (rollback).
+    #[arg(long, env = "DEGRE_MODEL_VERSION")]
+    pub model_version: Option<u64>,
+    /// gRPC listen address [default: 0.0.0.0:50051]
+    #[arg(long, env = "DEGRE_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Prometheus /metrics listen address [default: 0.0.0.0:9095]
+    #[arg(long, env = "DEGRE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often the repository is polled for new versions [default: 1000]
+    #[arg(long, env = "DEGRE_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// Most candidates per request, further capped by the model's own limit [default: 1000]
+    #[arg(long, env = "DEGRE_MAX_CANDIDATES")]
+    pub max_candidates: Option<usize>,
+    /// Largest request or response message [default: 4194304]
+    #[arg(long, env = "DEGRE_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Requests admitted at once; beyond it the server answers RESOURCE_EXHAUSTED [default: 256]
+    #[arg(long, env = "DEGRE_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// Threads that run model compute at once [default: number of CPUs]
+    #[arg(long, env = "DEGRE_COMPUTE_THREADS")]
+    pub compute_threads: Option<usize>,
+    /// Deadline of a request whose client sets none, and the cap of any client deadline [default: 1000]
+    #[arg(long, env = "DEGRE_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT [default: 10000]
+    #[arg(long, env = "DEGRE_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Versions kept loaded after being replaced, for requests that pin them [default: 1]
+    #[arg(long, env = "DEGRE_KEEP_PREVIOUS_VERSIONS")]
+    pub keep_previous_versions: Option<usize>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "DEGRE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Validated settings of a running server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub models: PathBuf,
+    pub model_name: Option<String>,
+    pub model_version: Option<u64>,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub poll_interval: Duration,
+    pub max_candidates: usize,
+    pub max_message_bytes: usize,
+    pub max_in_flight: usize,
+    pub compute_threads: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub keep_previous_versions: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl ServeArgs {
+    /// Merges flags/env (self) over the optional file, over defaults, and validates.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+                toml::from_str::<ServeArgs>(&text)
+                    .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?
+            }
+            None => ServeArgs::default(),
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let ms = Duration::from_millis;
+        let config = Config {
+            models: self.models.or(file.models).unwrap_or_else(|| "models".into()),
+            model_name: self.model_name.or(file.model_name),
+            model_version: self.model_version.or(file.model_version),
+            grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(([0, 0, 0, 0], 50051).into()),
+            metrics_addr: self.metrics_addr.or(file.metrics_addr).unwrap_or(([0, 0, 0, 0], 9095).into()),
+            poll_interval: ms(self.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(1000)),
+            max_candidates: self.max_candidates.or(file.max_candidates).unwrap_or(1000),
+            max_message_bytes: self.max_message_bytes.or(file.max_message_bytes).unwrap_or(4 << 20),
+            max_in_flight: self.max_in_flight.or(file.max_in_flight).unwrap_or(256),
+            compute_threads: self.compute_threads.or(file.compute_threads).unwrap_or(cpus),
+            request_timeout: ms(self.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(1000)),
+            shutdown_grace: ms(self.shutdown_grace_ms.or(file.shutdown_grace_ms).unwrap_or(10_000)),
+            keep_previous_versions: self.keep_previous_versions.or(file.keep_previous_versions).unwrap_or(1),
+            log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("poll_interval_ms", self.poll_interval.as_millis() as usize),
+            ("max_candidates", self.max_candidates),
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_in_flight", self.max_in_flight),
+            ("compute_threads", self.compute_threads),
+            ("request_timeout_ms", self.request_timeout.as_millis() as usize),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError(format!("{name} must be > 0")));
+        }
+        if self.compute_threads > self.max_in_flight {
+            return Err(ConfigError(format!(
+                "compute_threads ({}) must not exceed max_in_flight ({})",
+                self.compute_threads, self.max_in_flight
+            )));
+        }
+        if !self.models.is_dir() {
+            return Err(ConfigError(format!("models: {} is not a directory", self.models.display())));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("degre.toml");
+        let models = dir.path().display();
+        std::fs::write(&file, format!("models = \"{models}\"\nmax_in_flight = 8\npoll_interval_ms = 50\n")).unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            max_in_flight: Some(16),
+            ..ServeArgs::default()
+        };
+        let config = args.resolve().unwrap();
+        assert_eq!(config.max_in_flight, 16);
+        assert_eq!(config.poll_interval, Duration::from_millis(50));
+        assert_eq!(config.max_message_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ServeArgs {
+            models: Some(dir.path().into()),
+            max_in_flight: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(args.resolve().unwrap_err().to_string().contains("max_in_flight"));
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "max_inflight = 3\n").unwrap();
+        let args = ServeArgs { config: Some(file), ..ServeArgs::default() };
+        assert!(args.resolve().unwrap_err().to_string().contains("max_inflight"));
+    }
+}

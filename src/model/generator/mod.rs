@@ -1,0 +1,258 @@
+//! The DeGRe generator network, written once against [`Ops`] so that the same code is the
+//! reference forward pass (plain Rust matrices) and the ONNX graph the server runs.
+//!
+//! Encoder (once per request):
+//!   c      = tanh([ctx_dense, emb(ctx_ids)] Wc + bc)                        [1, H]
+//!   x      = relu([cand_dense, emb(cand_ids)] Wx + bx) + c                  [N, H]
+//!   h      = x + softmax((x Wq)(x Wk)ᵀ / √H) (x Wv) Wo                      (set attention)
+//!   h      = h + relu(h W1 + b1) W2
+//!   keys   = h Wkey,  values = h Wval,  state = tanh(mean_rows(h) Ws + bs)
+//! Decoder step (once per slot, cost O(H² + N·H)):
+//!   next   = tanh(state Wss + prev_value Wsp + bd)
+//!   logits = (next Wqd) keysᵀ / √H                                          [1, N]
+
+pub mod onnx;
+mod ops;
+pub mod reference;
+
+pub use ops::Ops;
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use super::manifest::{Categorical, FeatureSchema};
+
+/// A named weight matrix, row-major `[rows, cols]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: &'static str,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+/// Sizes of the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    pub hidden: usize,
+    pub embed: usize,
+}
+
+/// One categorical side (context or candidate): a flat table holding every feature's rows,
+/// and each feature's first row in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub table: Param,
+    pub offsets: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    pub dims: Dims,
+    pub ctx_embedding: Option<Embedding>,
+    pub cand_embedding: Option<Embedding>,
+    pub w_ctx: Option<Param>,
+    pub b_ctx: Param,
+    pub w_item: Param,
+    pub b_item: Param,
+    pub w_q: Param,
+    pub w_k: Param,
+    pub w_v: Param,
+    pub w_o: Param,
+    pub w_ff1: Param,
+    pub b_ff1: Param,
+    pub w_ff2: Param,
+    pub w_key: Param,
+    pub w_value: Param,
+    pub w_state: Param,
+    pub b_state: Param,
+    pub w_dec_state: Param,
+    pub w_dec_prev: Param,
+    pub b_dec: Param,
+    pub w_dec_query: Param,
+}
+
+/// Encoder inputs; `None` for a feature group the schema leaves empty.
+pub struct EncoderInputs<'a, O: Ops> {
+    pub ctx_dense: Option<&'a O::Mat>,
+    pub ctx_ids: Option<&'a O::Ids>,
+    pub cand_dense: Option<&'a O::Mat>,
+    pub cand_ids: Option<&'a O::Ids>,
+}
+
+pub struct Encoded<M> {
+    pub keys: M,
+    pub values: M,
+    pub state: M,
+}
+
+impl Weights {
+    /// Xavier-uniform initialisation from a seed: the untrained generator.
+    pub fn init(schema: &FeatureSchema, dims: Dims, seed: u64) -> Weights {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut p = |name, rows, cols| xavier(&mut rng, name, rows, cols);
+        let Dims { hidden: h, embed: e } = dims;
+        let ctx_in = schema.context_dense.len() + schema.context_categorical.len() * e;
+        let cand_in = schema.candidate_dense.len() + schema.candidate_categorical.len() * e;
+        let ctx_embedding = embedding(&mut p, "ctx_table", &schema.context_categorical, e);
+        let cand_embedding = embedding(&mut p, "cand_table", &schema.candidate_categorical, e);
+        Weights {
+            dims,
+            ctx_embedding,
+            cand_embedding,
+            w_ctx: (ctx_in > 0).then(|| p("w_ctx", ctx_in, h)),
+            b_ctx: zeros("b_ctx", h),
+            w_item: p("w_item", cand_in, h),
+            b_item: zeros("b_item", h),
+            w_q: p("w_q", h, h),
+            w_k: p("w_k", h, h),
+            w_v: p("w_v", h, h),
+            w_o: p("w_o", h, h),
+            w_ff1: p("w_ff1", h, 2 * h),
+            b_ff1: zeros("b_ff1", 2 * h),
+            w_ff2: p("w_ff2", 2 * h, h),
+            w_key: p("w_key", h, h),
+            w_value: p("w_value", h, h),
+            w_state: p("w_state", h, h),
+            b_state: zeros("b_state", h),
+            w_dec_state: p("w_dec_state", h, h),
+            w_dec_prev: p("w_dec_prev", h, h),
+            b_dec: zeros("b_dec", h),
+            w_dec_query: p("w_dec_query", h, h),
+        }
+    }
+
+    /// Runs the encoder once over the request's candidates.
+    pub fn encode<O: Ops>(&self, o: &mut O, inputs: EncoderInputs<'_, O>) -> Encoded<O::Mat> {
+        let ctx = features(o, inputs.ctx_dense, inputs.ctx_ids, &self.ctx_embedding);
+        let b_ctx = o.param(&self.b_ctx);
+        let c = match (ctx, &self.w_ctx) {
+            (Some(ctx), Some(w)) => linear(o, &ctx, w, &self.b_ctx),
+            _ => b_ctx,
+        };
+        let c = o.tanh(&c);
+        let items = features(o, inputs.cand_dense, inputs.cand_ids, &self.cand_embedding)
+            .expect("the manifest guarantees candidate features");
+        let x = linear(o, &items, &self.w_item, &self.b_item);
+        let x = o.relu(&x);
+        let x = o.add(&x, &c);
+
+        let inv_sqrt_h = 1.0 / (self.dims.hidden as f32).sqrt();
+        let q = matmul_param(o, &x, &self.w_q);
+        let k = matmul_param(o, &x, &self.w_k);
+        let v = matmul_param(o, &x, &self.w_v);
+        let scores = o.matmul_t(&q, &k);
+        let scores = o.scale(&scores, inv_sqrt_h);
+        let attention = o.softmax_rows(&scores);
+        let mixed = o.matmul(&attention, &v);
+        let mixed = matmul_param(o, &mixed, &self.w_o);
+        let h = o.add(&x, &mixed);
+        let ff = linear(o, &h, &self.w_ff1, &self.b_ff1);
+        let ff = o.relu(&ff);
+        let ff = matmul_param(o, &ff, &self.w_ff2);
+        let h = o.add(&h, &ff);
+
+        let keys = matmul_param(o, &h, &self.w_key);
+        let values = matmul_param(o, &h, &self.w_value);
+        let pooled = o.mean_rows(&h);
+        let state = linear(o, &pooled, &self.w_state, &self.b_state);
+        let state = o.tanh(&state);
+        Encoded {
+            keys,
+            values,
+            state,
+        }
+    }
+
+    /// One decoder step: the next state and the logits of every candidate, `[1, N]`.
+    pub fn step<O: Ops>(
+        &self,
+        o: &mut O,
+        state: &O::Mat,
+        prev_value: &O::Mat,
+        keys: &O::Mat,
+    ) -> (O::Mat, O::Mat) {
+        let a = matmul_param(o, state, &self.w_dec_state);
+        let b = linear(o, prev_value, &self.w_dec_prev, &self.b_dec);
+        let next = o.add(&a, &b);
+        let next = o.tanh(&next);
+        let query = matmul_param(o, &next, &self.w_dec_query);
+        let logits = o.matmul_t(&query, keys);
+        let logits = o.scale(&logits, 1.0 / (self.dims.hidden as f32).sqrt());
+        (logits, next)
+    }
+}
+
+fn features<O: Ops>(
+    o: &mut O,
+    dense: Option<&O::Mat>,
+    ids: Option<&O::Ids>,
+    embedding: &Option<Embedding>,
+) -> Option<O::Mat> {
+    let mut parts = Vec::new();
+    if let Some(dense) = dense {
+        parts.push(dense.clone());
+    }
+    if let (Some(ids), Some(embedding)) = (ids, embedding) {
+        parts.push(o.embed(ids, &embedding.table, &embedding.offsets));
+    }
+    match parts.len() {
+        0 => None,
+        1 => parts.pop(),
+        _ => Some(o.concat_cols(&parts)),
+    }
+}
+
+fn linear<O: Ops>(o: &mut O, x: &O::Mat, w: &Param, b: &Param) -> O::Mat {
+    let y = matmul_param(o, x, w);
+    let b = o.param(b);
+    o.add(&y, &b)
+}
+
+fn matmul_param<O: Ops>(o: &mut O, x: &O::Mat, w: &Param) -> O::Mat {
+    let w = o.param(w);
+    o.matmul(x, &w)
+}
+
+fn embedding(
+    p: &mut impl FnMut(&'static str, usize, usize) -> Param,
+    name: &'static str,
+    features: &[Categorical],
+    width: usize,
+) -> Option<Embedding> {
+    if features.is_empty() {
+        return None;
+    }
+    let mut offsets = Vec::with_capacity(features.len());
+    let mut rows = 0i64;
+    for feature in features {
+        offsets.push(rows);
+        // One extra row per feature: the unknown bucket.
+        rows += feature.vocab_size as i64 + 1;
+    }
+    Some(Embedding {
+        table: p(name, rows as usize, width),
+        offsets,
+    })
+}
+
+fn xavier(rng: &mut StdRng, name: &'static str, rows: usize, cols: usize) -> Param {
+    let bound = (6.0 / (rows + cols) as f32).sqrt();
+    let data = (0..rows * cols)
+        .map(|_| rng.random_range(-bound..bound))
+        .collect();
+    Param {
+        name,
+        rows,
+        cols,
+        data,
+    }
+}
+
+fn zeros(name: &'static str, cols: usize) -> Param {
+    Param {
+        name,
+        rows: 1,
+        cols,
+        data: vec![0.0; cols],
+    }
+}

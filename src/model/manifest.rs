@@ -1,0 +1,139 @@
+//! `manifest.json`: what a model version promises (feature schema, limits, tensor names) and
+//! the sha256 of every file it ships. The contract is documented in `models/README.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::LoadError;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub model_name: String,
+    pub schema: FeatureSchema,
+    pub limits: Limits,
+    /// Width of the decoder state, of `keys` and of `values`.
+    pub hidden_size: usize,
+    pub encoder: GraphSpec,
+    pub decoder: GraphSpec,
+    /// Free-form training provenance (data, seed, metrics); the server only logs it.
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+    /// sha256 (lowercase hex) of every file of the version except the manifest itself.
+    pub files: BTreeMap<String, String>,
+}
+
+/// Names and sizes of the features a request must carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSchema {
+    pub context_dense: Vec<String>,
+    pub context_categorical: Vec<Categorical>,
+    pub candidate_dense: Vec<String>,
+    pub candidate_categorical: Vec<Categorical>,
+}
+
+/// A categorical feature. Known ids are `0..vocab_size`; any larger id is looked up in the
+/// reserved unknown bucket, row `vocab_size` of the feature's embedding table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Categorical {
+    pub name: String,
+    pub vocab_size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most candidates the model accepts in one request.
+    pub max_candidates: usize,
+}
+
+/// One ONNX graph of the version and the graph's tensor name for each role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSpec {
+    pub file: String,
+    pub inputs: BTreeMap<String, String>,
+    pub outputs: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Reads and checks a version directory's manifest, including every file's checksum.
+    pub fn load_verified(dir: &Path) -> Result<Manifest, LoadError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| missing_or(e, &path, LoadError::Manifest))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| LoadError::Manifest(format!("{}: {e}", path.display())))?;
+        manifest.validate()?;
+        for (file, expected) in &manifest.files {
+            let path = dir.join(file);
+            let actual = sha256_file(&path).map_err(|e| missing_or(e, &path, LoadError::Checksum))?;
+            if &actual != expected {
+                return Err(LoadError::Checksum(format!(
+                    "{file}: sha256 is {actual}, manifest says {expected}"
+                )));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// Internal consistency: format, sizes, and every graph file covered by a checksum.
+    pub fn validate(&self) -> Result<(), LoadError> {
+        let bad = |msg: String| Err(LoadError::Manifest(msg));
+        if self.format_version != FORMAT_VERSION {
+            return bad(format!(
+                "format_version {} is not supported (expected {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        if self.hidden_size == 0 {
+            return bad("hidden_size must be > 0".into());
+        }
+        if self.limits.max_candidates == 0 {
+            return bad("limits.max_candidates must be > 0".into());
+        }
+        if self.schema.candidate_dense.is_empty() && self.schema.candidate_categorical.is_empty() {
+            return bad("schema: candidates need at least one feature".into());
+        }
+        for graph in [&self.encoder, &self.decoder] {
+            if !self.files.contains_key(&graph.file) {
+                return bad(format!("graph {} has no entry in files", graph.file));
+            }
+        }
+        for file in self.files.keys() {
+            let plain = Path::new(file).components().count() == 1 && file != MANIFEST_FILE;
+            if !plain {
+                return bad(format!("files: {file:?} must be a plain file name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A missing file means a partial publish; anything else is `other`.
+fn missing_or(e: std::io::Error, path: &Path, other: fn(String) -> LoadError) -> LoadError {
+    let msg = format!("{}: {e}", path.display());
+    match e.kind() {
+        std::io::ErrorKind::NotFound => LoadError::Incomplete(msg),
+        _ => other(msg),
+    }
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    Ok(sha256_hex(&std::fs::read(path)?))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! Models: the manifest contract, the generator network and its ONNX export, the tract
+//! runtime, the versioned repository with atomic publish, and the hot-swapping store.
+
+pub mod contract;
+pub mod export;
+pub mod generator;
+pub mod manifest;
+pub mod publish;
+pub mod repository;
+pub mod runtime;
+pub mod store;
+pub mod watcher;
+
+pub use manifest::Manifest;
+pub use runtime::Generator;
+pub use store::ModelStore;
+
+/// Why a model version was not loaded. `reason()` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error("incomplete: {0}")]
+    Incomplete(String),
+    #[error("checksum: {0}")]
+    Checksum(String),
+    #[error("graph: {0}")]
+    Graph(String),
+    #[error("schema: {0}")]
+    Schema(String),
+    #[error("warm-up: {0}")]
+    Warmup(String),
+}
+
+impl LoadError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LoadError::Manifest(_) => "manifest",
+            LoadError::Incomplete(_) => "incomplete",
+            LoadError::Checksum(_) => "checksum",
+            LoadError::Graph(_) => "graph",
+            LoadError::Schema(_) => "schema",
+            LoadError::Warmup(_) => "warmup",
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Atomic publish: a version is written into a staging directory next to the versions and
+//! renamed into place, so a watcher sees it complete or not at all.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::repository::Repository;
+
+/// Publishes `files` (name, bytes) as the next version of `<root>/<name>`; returns it.
+pub fn publish_files(root: &Path, name: &str, files: &[(String, Vec<u8>)]) -> io::Result<u64> {
+    let model_dir = root.join(name);
+    fs::create_dir_all(&model_dir)?;
+    let staging = staging_dir(&model_dir);
+    fs::create_dir(&staging)?;
+    let result = write_all(&staging, files).and_then(|()| rename_as_next(root, name, &staging));
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+fn write_all(dir: &Path, files: &[(String, Vec<u8>)]) -> io::Result<()> {
+    for (file, bytes) in files {
+        let mut f = fs::File::create(dir.join(file))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Renames the staged directory to the next free version; retries if a concurrent
+/// publisher took that number first.
+fn rename_as_next(root: &Path, name: &str, staging: &Path) -> io::Result<u64> {
+    let repo = Repository::open(root, Some(name)).map_err(io::Error::other)?;
+    for _ in 0..16 {
+        let next = repo.versions()?.first().map_or(1, |v| v + 1);
+        let target = repo.version_dir(next);
+        if target.exists() {
+            continue;
+        }
+        match fs::rename(staging, &target) {
+            Ok(()) => return Ok(next),
+            Err(e) if target.exists() => tracing::debug!(%e, next, "version taken, retrying"),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("could not claim a version number after 16 attempts"))
+}
+
+fn staging_dir(model_dir: &Path) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    model_dir.join(format!(".staging-{}-{nanos}", std::process::id()))
+}

@@ -1,0 +1,109 @@
+//! A model repository on disk: `<root>/<model_name>/<version>/`, integer versions, newest
+//! wins. Anything that is not an integer directory (a publisher's staging dir) is ignored.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::{Generator, LoadError, Manifest};
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    root: PathBuf,
+    name: String,
+}
+
+/// What a version directory looks like on disk; a version that failed to load is retried
+/// only once this changes.
+pub type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
+
+impl Repository {
+    /// Opens `<root>/<name>`; without a name, the root must hold exactly one model.
+    pub fn open(root: &Path, name: Option<&str>) -> Result<Repository, String> {
+        if !root.is_dir() {
+            return Err(format!("model repository {} is not a directory", root.display()));
+        }
+        let name = match name {
+            Some(name) => name.to_string(),
+            None => {
+                let mut names: Vec<String> = fs::read_dir(root)
+                    .map_err(|e| format!("{}: {e}", root.display()))?
+                    .filter_map(Result::ok)
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect();
+                names.sort();
+                match names.as_slice() {
+                    [one] => one.clone(),
+                    [] => return Err(format!("no model under {}", root.display())),
+                    many => {
+                        return Err(format!(
+                            "{} holds several models ({}): choose one with --model-name",
+                            root.display(),
+                            many.join(", ")
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(Repository {
+            root: root.to_path_buf(),
+            name,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn model_dir(&self) -> PathBuf {
+        self.root.join(&self.name)
+    }
+
+    pub fn version_dir(&self, version: u64) -> PathBuf {
+        self.model_dir().join(version.to_string())
+    }
+
+    /// Published versions, newest first. A missing model directory has none yet.
+    pub fn versions(&self) -> io::Result<Vec<u64>> {
+        let entries = match fs::read_dir(self.model_dir()) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut versions: Vec<u64> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(versions)
+    }
+
+    pub fn fingerprint(&self, version: u64) -> io::Result<Fingerprint> {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(self.version_dir(version))? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            files.push((name, meta.len(), meta.modified().ok()));
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Verifies, loads and warms up one version.
+    pub fn load(&self, version: u64) -> Result<Generator, LoadError> {
+        let dir = self.version_dir(version);
+        let manifest = Manifest::load_verified(&dir)?;
+        if manifest.model_name != self.name {
+            return Err(LoadError::Manifest(format!(
+                "model_name {:?} does not match the directory {:?}",
+                manifest.model_name, self.name
+            )));
+        }
+        Generator::load(&dir, version, manifest)
+    }
+}

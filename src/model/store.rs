@@ -1,0 +1,85 @@
+//! The serving models. Readers take an `Arc` of a version and keep it for their whole
+//! request, so a swap never disturbs a request in flight; one writer (the watcher) swaps.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use super::Generator;
+
+/// Why no model can serve a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("no model is loaded yet")]
+    NoModel,
+    #[error("model_version {requested} is not loaded (loaded: {loaded:?})")]
+    VersionNotLoaded { requested: u64, loaded: Vec<u64> },
+}
+
+struct Snapshot {
+    current: Arc<Generator>,
+    /// Versions served before `current`, newest first, kept for requests that pin them.
+    previous: Vec<Arc<Generator>>,
+}
+
+pub struct ModelStore {
+    snapshot: ArcSwapOption<Snapshot>,
+    keep_previous: usize,
+}
+
+impl ModelStore {
+    /// `keep_previous` older versions stay loaded for requests that pin a version.
+    pub fn new(keep_previous: usize) -> ModelStore {
+        ModelStore {
+            snapshot: ArcSwapOption::empty(),
+            keep_previous,
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<Generator>> {
+        self.snapshot.load().as_ref().map(|s| s.current.clone())
+    }
+
+    /// The current model, or the pinned version if it is loaded.
+    pub fn get(&self, version: Option<u64>) -> Result<Arc<Generator>, StoreError> {
+        let guard = self.snapshot.load();
+        let snapshot = guard.as_ref().ok_or(StoreError::NoModel)?;
+        let Some(requested) = version else {
+            return Ok(snapshot.current.clone());
+        };
+        std::iter::once(&snapshot.current)
+            .chain(&snapshot.previous)
+            .find(|g| g.version == requested)
+            .cloned()
+            .ok_or_else(|| StoreError::VersionNotLoaded {
+                requested,
+                loaded: self.loaded_versions(),
+            })
+    }
+
+    /// Loaded versions, the serving one first.
+    pub fn loaded_versions(&self) -> Vec<u64> {
+        self.snapshot.load().as_ref().map_or_else(Vec::new, |s| {
+            std::iter::once(&s.current)
+                .chain(&s.previous)
+                .map(|g| g.version)
+                .collect()
+        })
+    }
+
+    /// Makes a fully validated model the serving one.
+    pub fn swap_in(&self, model: Arc<Generator>) {
+        let old = self.snapshot.load_full();
+        let previous = old.map_or_else(Vec::new, |s| {
+            std::iter::once(s.current.clone())
+                .chain(s.previous.iter().cloned())
+                .filter(|g| g.version != model.version)
+                .take(self.keep_previous)
+                .collect()
+        });
+        self.snapshot.store(Some(Arc::new(Snapshot {
+            current: model,
+            previous,
+        })));
+    }
+}

@@ -1,0 +1,117 @@
+//! Polls the repository and hot-swaps to the newest valid version (or the pinned one).
+//! A version is loaded and warmed up in full before it is swapped in; a version that fails
+//! is logged, counted, and not retried until its files change.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::repository::{Fingerprint, Repository};
+use super::ModelStore;
+use crate::telemetry;
+
+pub struct Watcher {
+    repo: Repository,
+    store: Arc<ModelStore>,
+    pin: Option<u64>,
+    failed: HashMap<u64, Fingerprint>,
+    on_swap: Box<dyn Fn(u64) + Send>,
+}
+
+impl Watcher {
+    pub fn new(
+        repo: Repository,
+        store: Arc<ModelStore>,
+        pin: Option<u64>,
+        on_swap: impl Fn(u64) + Send + 'static,
+    ) -> Watcher {
+        Watcher {
+            repo,
+            store,
+            pin,
+            failed: HashMap::new(),
+            on_swap: Box::new(on_swap),
+        }
+    }
+
+    /// Polls now and then every `interval` until `stop` is signalled or dropped.
+    pub fn run(mut self, interval: Duration, stop: Receiver<()>) {
+        loop {
+            self.poll();
+            match stop.recv_timeout(interval) {
+                Err(RecvTimeoutError::Timeout) => continue,
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// One pass: the newest version not known to be bad, unless it already serves.
+    pub fn poll(&mut self) {
+        let versions = match self.repo.versions() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(%e, dir = %self.repo.model_dir().display(), "cannot list model versions");
+                return;
+            }
+        };
+        let current = self.store.current().map(|g| g.version);
+        let pin = self.pin;
+        let wanted = versions.into_iter().filter(|v| pin.is_none_or(|p| p == *v));
+        for version in wanted {
+            if Some(version) == current {
+                return;
+            }
+            let Ok(fingerprint) = self.repo.fingerprint(version) else {
+                continue; // removed while we looked
+            };
+            if self.failed.get(&version) == Some(&fingerprint) {
+                continue;
+            }
+            if self.try_load(version) {
+                self.failed.remove(&version);
+                return;
+            }
+            self.failed.insert(version, fingerprint);
+        }
+    }
+
+    fn try_load(&mut self, version: u64) -> bool {
+        let started = std::time::Instant::now();
+        let result = self.repo.load(version).and_then(|model| {
+            self.check_schema(&model)?;
+            Ok(model)
+        });
+        match result {
+            Ok(model) => {
+                let model = Arc::new(model);
+                tracing::info!(
+                    model = %model.name, version, load_ms = started.elapsed().as_millis() as u64,
+                    provenance = %model.manifest.provenance, "serving model version"
+                );
+                telemetry::model_loaded(&model.name, version);
+                self.store.swap_in(model);
+                (self.on_swap)(version);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(model = %self.repo.name(), version, err = %e, "model version rejected, keeping the serving one");
+                telemetry::model_load_failed(e.reason());
+                false
+            }
+        }
+    }
+
+    /// Callers code against the serving schema: a version that changes it is rejected.
+    fn check_schema(&self, model: &crate::model::Generator) -> Result<(), crate::model::LoadError> {
+        match self.store.current() {
+            Some(serving) if serving.manifest.schema != model.manifest.schema => Err(
+                crate::model::LoadError::Schema(format!(
+                    "feature schema differs from serving version {}; restart the server to change it",
+                    serving.version
+                )),
+            ),
+            _ => Ok(()),
+        }
+    }
+}

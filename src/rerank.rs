@@ -1,0 +1,141 @@
+//! The domain of one rerank request, validated against the serving model's schema. Every
+//! rule for bad input lives here; transport code only converts.
+
+use crate::model::manifest::{Categorical, FeatureSchema};
+
+/// A request checked against the model's schema, with features laid out row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RerankInput {
+    pub context_dense: Vec<f32>,
+    /// Categorical ids after mapping out-of-vocabulary ids to the unknown bucket.
+    pub context_ids: Vec<i64>,
+    /// `N × candidate_dense` values.
+    pub candidate_dense: Vec<f32>,
+    /// `N × candidate_categorical` ids, mapped like `context_ids`.
+    pub candidate_ids: Vec<i64>,
+    pub item_ids: Vec<String>,
+    /// Slots to fill, `1..=N`.
+    pub slots: usize,
+}
+
+impl RerankInput {
+    pub fn candidates(&self) -> usize {
+        self.item_ids.len()
+    }
+}
+
+/// A request field that breaks a rule; becomes `INVALID_ARGUMENT` naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidField {
+    pub field: String,
+    pub problem: String,
+}
+
+impl InvalidField {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        InvalidField {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Builds a [`RerankInput`] field by field, checking each against the schema.
+pub struct InputBuilder<'a> {
+    schema: &'a FeatureSchema,
+    input: RerankInput,
+    seen: std::collections::HashSet<String>,
+}
+
+impl<'a> InputBuilder<'a> {
+    /// Starts a request of `candidates` items; `max_candidates` is the effective limit.
+    pub fn new(
+        schema: &'a FeatureSchema,
+        candidates: usize,
+        max_candidates: usize,
+    ) -> Result<Self, InvalidField> {
+        if candidates == 0 {
+            return Err(InvalidField::new("candidates", "must not be empty"));
+        }
+        if candidates > max_candidates {
+            return Err(InvalidField::new(
+                "candidates",
+                format!("{candidates} candidates exceed the limit of {max_candidates}"),
+            ));
+        }
+        let dense = schema.candidate_dense.len();
+        let cats = schema.candidate_categorical.len();
+        Ok(InputBuilder {
+            schema,
+            input: RerankInput {
+                context_dense: Vec::with_capacity(schema.context_dense.len()),
+                context_ids: Vec::with_capacity(schema.context_categorical.len()),
+                candidate_dense: Vec::with_capacity(candidates * dense),
+                candidate_ids: Vec::with_capacity(candidates * cats),
+                item_ids: Vec::with_capacity(candidates),
+                slots: 0,
+            },
+            seen: std::collections::HashSet::with_capacity(candidates),
+        })
+    }
+
+    pub fn context(&mut self, dense: &[f32], categorical: &[i64]) -> Result<(), InvalidField> {
+        let schema = self.schema;
+        push_dense(&mut self.input.context_dense, "context.dense", dense, schema.context_dense.len())?;
+        push_ids(&mut self.input.context_ids, "context.categorical", categorical, &schema.context_categorical)
+    }
+
+    pub fn candidate(
+        &mut self,
+        index: usize,
+        item_id: String,
+        dense: &[f32],
+        categorical: &[i64],
+    ) -> Result<(), InvalidField> {
+        let schema = self.schema;
+        let at = |field: &str| format!("candidates[{index}].{field}");
+        if item_id.is_empty() {
+            return Err(InvalidField::new(at("item_id"), "must not be empty"));
+        }
+        if !self.seen.insert(item_id.clone()) {
+            return Err(InvalidField::new(at("item_id"), format!("duplicate item id {item_id:?}")));
+        }
+        push_dense(&mut self.input.candidate_dense, &at("features.dense"), dense, schema.candidate_dense.len())?;
+        push_ids(&mut self.input.candidate_ids, &at("features.categorical"), categorical, &schema.candidate_categorical)?;
+        self.input.item_ids.push(item_id);
+        Ok(())
+    }
+
+    /// `top_k` 0 ranks every candidate; a `top_k` above N returns all N.
+    pub fn finish(mut self, top_k: u32) -> RerankInput {
+        let n = self.input.item_ids.len();
+        self.input.slots = if top_k == 0 { n } else { (top_k as usize).min(n) };
+        self.input
+    }
+}
+
+fn push_dense(out: &mut Vec<f32>, field: &str, values: &[f32], expected: usize) -> Result<(), InvalidField> {
+    if values.len() != expected {
+        return Err(InvalidField::new(field, format!("expected {expected} values, got {}", values.len())));
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(InvalidField::new(format!("{field}[{i}]"), format!("{} is not a finite number", values[i])));
+    }
+    out.extend_from_slice(values);
+    Ok(())
+}
+
+fn push_ids(out: &mut Vec<i64>, field: &str, ids: &[i64], features: &[Categorical]) -> Result<(), InvalidField> {
+    if ids.len() != features.len() {
+        return Err(InvalidField::new(field, format!("expected {} ids, got {}", features.len(), ids.len())));
+    }
+    for (i, (&id, feature)) in ids.iter().zip(features).enumerate() {
+        if id < 0 {
+            return Err(InvalidField::new(format!("{field}[{i}]"), format!("id {id} is negative")));
+        }
+        // New items arrive every day: an id the model never saw uses the unknown bucket.
+        out.push(id.min(feature.vocab_size as i64));
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! The serving process: binds the gRPC and metrics listeners, starts the model watcher,
+//! serves Rerank, health and reflection, and drains on shutdown within a grace period.
+
+mod deadline;
+mod metrics_http;
+mod service;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::api::v1::reranker_server::RerankerServer;
+use crate::config::Config;
+use crate::model::repository::Repository;
+use crate::model::watcher::Watcher;
+use crate::model::ModelStore;
+pub use service::RerankService;
+
+const SERVICE_NAME: &str = "degre.v1.Reranker";
+
+/// A server whose listeners are bound; `run` serves until `shutdown` resolves.
+pub struct BoundServer {
+    config: Config,
+    repo: Repository,
+    grpc: TcpListener,
+    metrics: TcpListener,
+}
+
+impl BoundServer {
+    /// Opens the repository and binds both listeners (port 0 picks a free port).
+    pub async fn bind(config: Config) -> anyhow::Result<BoundServer> {
+        let repo = Repository::open(&config.models, config.model_name.as_deref())
+            .map_err(crate::config::ConfigError)?;
+        let grpc = TcpListener::bind(config.grpc_addr).await?;
+        let metrics = TcpListener::bind(config.metrics_addr).await?;
+        Ok(BoundServer {
+            config,
+            repo,
+            grpc,
+            metrics,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound listener")
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.local_addr().expect("bound listener")
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let BoundServer {
+            config,
+            repo,
+            grpc,
+            metrics,
+        } = self;
+        let handle = crate::telemetry::metrics_handle();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in ["", SERVICE_NAME] {
+            health.set_service_status(name, ServingStatus::NotServing).await;
+        }
+
+        let store = Arc::new(ModelStore::new(config.keep_previous_versions));
+        let (loaded_tx, mut loaded_rx) = tokio::sync::watch::channel(None::<u64>);
+        let watcher = Watcher::new(repo, store.clone(), config.model_version, move |v| {
+            let _ = loaded_tx.send(Some(v));
+        });
+        let (stop_watcher, stop_rx) = std::sync::mpsc::channel::<()>();
+        let poll_interval = config.poll_interval;
+        std::thread::Builder::new()
+            .name("model-watcher".into())
+            .spawn(move || watcher.run(poll_interval, stop_rx))?;
+        let reporter = health.clone();
+        tokio::spawn(async move {
+            if loaded_rx.wait_for(Option::is_some).await.is_ok() {
+                for name in ["", SERVICE_NAME] {
+                    reporter.set_service_status(name, ServingStatus::Serving).await;
+                }
+            }
+        });
+
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(metrics_http::serve(metrics, handle, async {
+            let _ = metrics_stopped.await;
+        }));
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reranker = RerankerServer::new(RerankService::new(store, &config))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+        let (drain, draining) = tokio::sync::oneshot::channel::<()>();
+        let serving = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .layer(tower::util::MapRequestLayer::new(
+                deadline::record_client_timeout::<tonic::body::Body>,
+            ))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reranker)
+            .serve_with_incoming_shutdown(TcpIncoming::from(grpc), async {
+                let _ = draining.await;
+            });
+        tokio::pin!(serving);
+        tracing::info!(grpc = %config.grpc_addr, metrics = %config.metrics_addr, "degre serving");
+
+        let result = tokio::select! {
+            result = &mut serving => result.map_err(Into::into),
+            () = shutdown => {
+                tracing::info!(grace_ms = config.shutdown_grace.as_millis() as u64, "shutting down, draining requests");
+                for name in ["", SERVICE_NAME] {
+                    health.set_service_status(name, ServingStatus::NotServing).await;
+                }
+                let _ = drain.send(());
+                match tokio::time::timeout(config.shutdown_grace, serving).await {
+                    Ok(result) => result.map_err(Into::into),
+                    Err(_) => {
+                        tracing::warn!("grace period over, dropping requests still in flight");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let _ = stop_watcher.send(());
+        let _ = metrics_stop.send(());
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(%e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

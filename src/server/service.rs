@@ -1,0 +1,114 @@
+//! The Rerank RPC: admission, deadline, validation, and model compute on a bounded pool of
+//! blocking threads. Transport only: the math is in `model` and `decode`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use super::deadline;
+use super::status::ServeError;
+use crate::api::{self, v1};
+use crate::config::Config;
+use crate::model::ModelStore;
+use crate::telemetry;
+
+pub struct RerankService {
+    store: Arc<ModelStore>,
+    /// Requests admitted at once (queued for compute or computing).
+    admission: Arc<Semaphore>,
+    /// Requests computing at once: keeps CPU-bound work off the async threads, bounded.
+    compute: Arc<Semaphore>,
+    max_in_flight: usize,
+    max_candidates: usize,
+    request_timeout: Duration,
+}
+
+impl RerankService {
+    pub fn new(store: Arc<ModelStore>, config: &Config) -> RerankService {
+        RerankService {
+            store,
+            admission: Arc::new(Semaphore::new(config.max_in_flight)),
+            compute: Arc::new(Semaphore::new(config.compute_threads)),
+            max_in_flight: config.max_in_flight,
+            max_candidates: config.max_candidates,
+            request_timeout: config.request_timeout,
+        }
+    }
+
+    async fn handle(&self, request: v1::RerankRequest) -> Result<v1::RerankResponse, ServeError> {
+        let _admitted = self
+            .admission
+            .try_acquire()
+            .map_err(|_| ServeError::Overloaded(self.max_in_flight))?;
+        let _in_flight = telemetry::InFlight::enter();
+        let model = self.store.get(request.model_version)?;
+        let limit = model.max_candidates(self.max_candidates);
+        let input = api::rerank_input(request, &model.manifest.schema, limit)?;
+        let permit = self
+            .compute
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))?;
+        let span = tracing::Span::current();
+        let (model, picks, input) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _span = span.enter();
+            let started = Instant::now();
+            let picks = model.rerank(&input);
+            telemetry::request_compute(input.candidates(), started.elapsed().as_secs_f64());
+            (model, picks, input)
+        })
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))?;
+        let mut item_ids = input.item_ids;
+        let items = picks?
+            .into_iter()
+            .map(|pick| v1::RankedItem {
+                item_id: std::mem::take(&mut item_ids[pick.index]),
+                candidate_index: pick.index as u32,
+                score: pick.score,
+            })
+            .collect();
+        Ok(v1::RerankResponse {
+            items,
+            model_name: model.name.clone(),
+            model_version: model.version,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl v1::reranker_server::Reranker for RerankService {
+    async fn rerank(
+        &self,
+        request: Request<v1::RerankRequest>,
+    ) -> Result<Response<v1::RerankResponse>, Status> {
+        let started = Instant::now();
+        let client = request.extensions().get::<deadline::ClientTimeout>().copied();
+        let budget = deadline::budget(client, self.request_timeout);
+        let request = request.into_inner();
+        let span = tracing::info_span!("rerank", request_id = %request.request_id);
+        let result = async {
+            let result = tokio::time::timeout(budget, self.handle(request))
+                .await
+                .unwrap_or(Err(ServeError::DeadlineExceeded));
+            match &result {
+                Ok(response) => tracing::debug!(
+                    items = response.items.len(), version = response.model_version, "reranked"
+                ),
+                Err(err) => tracing::debug!(%err, "rerank failed"),
+            }
+            result
+        }
+        .instrument(span)
+        .await;
+        let result = result.map(Response::new).map_err(Status::from);
+        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        telemetry::request_done(code, started.elapsed().as_secs_f64());
+        result
+    }
+}

@@ -1,0 +1,133 @@
+//! Every metric the server exports (names, units, buckets) and the tracing setup.
+//! Labels come from small fixed sets: gRPC code, model name, load failure reason.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "degre_requests_total";
+pub const REQUEST_DURATION: &str = "degre_request_duration_seconds";
+pub const COMPUTE_DURATION: &str = "degre_model_compute_duration_seconds";
+pub const CANDIDATES: &str = "degre_request_candidates";
+pub const IN_FLIGHT: &str = "degre_requests_in_flight";
+pub const MODEL_LOADS: &str = "degre_model_loads_total";
+pub const MODEL_INFO: &str = "degre_model_info";
+pub const MODEL_VERSION: &str = "degre_model_version";
+
+/// Every metric name, for checks that a dashboard or alert only queries what exists.
+pub const ALL: [&str; 8] = [
+    REQUESTS, REQUEST_DURATION, COMPUTE_DURATION, CANDIDATES, IN_FLIGHT, MODEL_LOADS, MODEL_INFO,
+    MODEL_VERSION,
+];
+
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+const CANDIDATE_BUCKETS: [f64; 10] = [5.0, 10.0, 20.0, 50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CANDIDATES.into()), &CANDIDATE_BUCKETS))
+            .expect("bucket lists are non-empty")
+            .install_recorder()
+            .expect("the recorder is installed only here, once");
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "Rerank requests answered, by gRPC status code.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Rerank request latency in the server, validation to response.");
+    describe_histogram!(COMPUTE_DURATION, Unit::Seconds, "Model compute per request: encoder plus all decoder steps.");
+    describe_histogram!(CANDIDATES, Unit::Count, "Candidates per valid rerank request.");
+    describe_gauge!(IN_FLIGHT, "Rerank requests admitted and not yet answered.");
+    describe_counter!(MODEL_LOADS, "Model version loads, by result and failure reason.");
+    describe_gauge!(MODEL_INFO, "1 for the serving model name and version, 0 for versions served before.");
+    describe_gauge!(MODEL_VERSION, "The serving model version.");
+}
+
+pub fn request_done(code: tonic::Code, seconds: f64) {
+    counter!(REQUESTS, "code" => code_label(code)).increment(1);
+    histogram!(REQUEST_DURATION).record(seconds);
+}
+
+pub fn request_compute(candidates: usize, seconds: f64) {
+    histogram!(CANDIDATES).record(candidates as f64);
+    histogram!(COMPUTE_DURATION).record(seconds);
+}
+
+/// Counts a request in flight until the guard drops.
+pub struct InFlight;
+
+impl InFlight {
+    pub fn enter() -> InFlight {
+        gauge!(IN_FLIGHT).increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}
+
+static SERVING: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+
+pub fn model_loaded(model: &str, version: u64) {
+    counter!(MODEL_LOADS, "result" => "success", "reason" => "none").increment(1);
+    let labels = (model.to_string(), version.to_string());
+    let mut serving = SERVING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((m, v)) = serving.replace(labels.clone()) {
+        gauge!(MODEL_INFO, "model" => m, "version" => v).set(0.0);
+    }
+    gauge!(MODEL_INFO, "model" => labels.0, "version" => labels.1).set(1.0);
+    gauge!(MODEL_VERSION).set(version as f64);
+}
+
+pub fn model_load_failed(reason: &'static str) {
+    counter!(MODEL_LOADS, "result" => "failure", "reason" => reason).increment(1);
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Logs to stderr, as text or one JSON object per line; `DEGRE_LOG` sets the filter.
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEGRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}

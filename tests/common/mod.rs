@@ -1,0 +1,153 @@
+//! Test helpers: publish generated models, start a real server on loopback, build requests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use degre::api::v1::{self, reranker_client::RerankerClient};
+use degre::config::ServeArgs;
+use degre::model::export::{default_schema, version_files};
+use degre::model::generator::{Dims, Weights};
+use degre::model::manifest::{FeatureSchema, Limits};
+use degre::model::publish::publish_files;
+use degre::server::BoundServer;
+use tonic::transport::Channel;
+
+pub const MODEL: &str = "degre";
+
+pub fn model_files(schema: &FeatureSchema, seed: u64) -> Vec<(String, Vec<u8>)> {
+    let weights = Weights::init(schema, Dims { hidden: 16, embed: 4 }, seed);
+    let limits = Limits { max_candidates: 256 };
+    version_files(&weights, schema, MODEL, limits, serde_json::json!({ "seed": seed }))
+}
+
+/// Publishes an untrained generator with the default schema; returns its version.
+pub fn publish(root: &Path, seed: u64) -> u64 {
+    publish_files(root, MODEL, &model_files(&default_schema(), seed)).unwrap()
+}
+
+pub struct TestServer {
+    pub grpc_addr: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Starts a server on ephemeral loopback ports; `tweak` adjusts the settings.
+    pub async fn start(root: &Path, tweak: impl FnOnce(&mut ServeArgs)) -> TestServer {
+        let mut args = ServeArgs {
+            models: Some(root.to_path_buf()),
+            model_name: Some(MODEL.into()),
+            grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
+            metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+            poll_interval_ms: Some(50),
+            ..ServeArgs::default()
+        };
+        tweak(&mut args);
+        let server = BoundServer::bind(args.resolve().unwrap()).await.unwrap();
+        let (grpc_addr, metrics_addr) = (server.grpc_addr(), server.metrics_addr());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            grpc_addr,
+            metrics_addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn client(&self) -> RerankerClient<Channel> {
+        RerankerClient::connect(format!("http://{}", self.grpc_addr)).await.unwrap()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc_addr)).unwrap().connect().await.unwrap()
+    }
+
+    /// Waits until the health service reports SERVING, or panics after 20 s.
+    pub async fn wait_serving(&self) {
+        use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+        let mut health = HealthClient::new(self.channel().await);
+        for _ in 0..400 {
+            let request = HealthCheckRequest { service: "degre.v1.Reranker".into() };
+            let status = health.check(request).await.unwrap().into_inner().status;
+            if status == ServingStatus::Serving as i32 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server never became SERVING");
+    }
+
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.metrics_addr);
+        http_get(&url).await
+    }
+
+    /// Waits until at least `n` requests are in flight, per the server's own gauge.
+    pub async fn wait_in_flight(&self, n: usize) -> usize {
+        wait_in_flight(&format!("http://{}/metrics", self.metrics_addr), n).await
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A plain HTTP/1.0 GET, enough for /metrics.
+pub async fn http_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    let (head, body) = body.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// A valid request for the default schema: `n` candidates, deterministic from `seed`.
+pub fn request(n: usize, top_k: u32, seed: u64) -> v1::RerankRequest {
+    let schema = default_schema();
+    let value = |i: usize, j: usize| (((i * 31 + j * 17 + seed as usize * 7) % 23) as f32 / 11.0) - 1.0;
+    v1::RerankRequest {
+        request_id: format!("req-{seed}"),
+        context: Some(v1::Features {
+            dense: (0..schema.context_dense.len()).map(|j| value(99, j)).collect(),
+            categorical: vec![3],
+        }),
+        candidates: (0..n)
+            .map(|i| v1::Candidate {
+                item_id: format!("item-{i}"),
+                features: Some(v1::Features {
+                    dense: (0..schema.candidate_dense.len()).map(|j| value(i, j)).collect(),
+                    categorical: vec![(i % 64) as i64, (i * 7 % 256) as i64],
+                }),
+            })
+            .collect(),
+        top_k,
+        model_version: None,
+    }
+}
+
+/// Polls a /metrics URL until `degre_requests_in_flight` reaches `n`; returns the value seen.
+pub async fn wait_in_flight(metrics_url: &str, n: usize) -> usize {
+    loop {
+        let text = http_get(metrics_url).await;
+        let seen = text
+            .lines()
+            .find_map(|l| l.strip_prefix("degre_requests_in_flight "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as usize;
+        if seen >= n {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

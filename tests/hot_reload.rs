@@ -1,0 +1,174 @@
+//! Hot reload: health flips after the first load, new versions swap in under load without a
+//! failed request, and broken versions never replace a good one.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{model_files, publish, request, TestServer, MODEL};
+use degre::model::export::default_schema;
+use degre::model::publish::publish_files;
+
+/// Polls until the server answers with `version`, or panics after 20 s.
+async fn wait_for_version(server: &TestServer, version: u64) {
+    let mut client = server.client().await;
+    for _ in 0..400 {
+        let response = client.rerank(request(5, 5, 0)).await.unwrap().into_inner();
+        if response.model_version == version {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("version {version} never served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_flips_to_serving_once_a_model_loads() {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let check = || HealthCheckRequest { service: "degre.v1.Reranker".into() };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = health.check(check()).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    let status = server.client().await.rerank(request(5, 5, 0)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    publish(dir.path(), 1);
+    server.wait_serving().await;
+    let overall = HealthCheckRequest { service: String::new() };
+    let status = health.check(overall).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_version_swaps_in_under_load_with_zero_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    server.wait_serving().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let stop = stop.clone();
+            let channel_addr = format!("http://{}", server.grpc_addr);
+            tokio::spawn(async move {
+                let mut client = degre::api::v1::reranker_client::RerankerClient::connect(channel_addr).await.unwrap();
+                let (mut ok, mut versions) = (0u64, std::collections::BTreeSet::new());
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let response = client.rerank(request(50, 10, c * 1000 + i)).await.expect("no failed request");
+                    assert_eq!(response.get_ref().items.len(), 10);
+                    versions.insert(response.into_inner().model_version);
+                    ok += 1;
+                }
+                (ok, versions)
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(publish(dir.path(), 2), 2);
+    wait_for_version(&server, 2).await;
+    assert_eq!(publish(dir.path(), 3), 3);
+    wait_for_version(&server, 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut seen = std::collections::BTreeSet::new();
+    for client in clients {
+        let (ok, versions) = client.await.expect("client saw no failure");
+        assert!(ok > 0);
+        seen.extend(versions);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2, 3]);
+    let metrics = server.metrics().await;
+    assert!(metrics.contains(r#"degre_model_info{model="degre",version="3"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"degre_model_info{model="degre",version="1"} 0"#), "{metrics}");
+    server.stop().await;
+}
+
+/// Writes a version directory by hand (no atomic publish) so tests can break it.
+fn write_version(root: &std::path::Path, version: u64, files: &[(String, Vec<u8>)]) {
+    let dir = root.join(MODEL).join(version.to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    server.wait_serving().await;
+    let good = model_files(&default_schema(), 2);
+
+    // Corrupt: one graph byte flipped after the checksum was taken.
+    let mut corrupt = good.clone();
+    let last = corrupt[0].1.len() - 1;
+    corrupt[0].1[last] ^= 0xff;
+    write_version(dir.path(), 2, &corrupt);
+    // Partial: the manifest arrived, a graph did not.
+    write_version(dir.path(), 3, &[good[1].clone(), good[2].clone()]);
+    // Schema mismatch: a model that expects another candidate feature.
+    let mut schema = default_schema();
+    schema.candidate_dense.push("extra".into());
+    write_version(dir.path(), 4, &model_files(&schema, 4));
+    // Garbage graph with a matching checksum.
+    let mut garbage = good.clone();
+    garbage[0].1 = b"not onnx".to_vec();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&good[2].1).unwrap();
+    manifest["files"]["encoder.onnx"] = degre::model::manifest::sha256_hex(b"not onnx").into();
+    garbage[2].1 = serde_json::to_vec(&manifest).unwrap();
+    write_version(dir.path(), 5, &garbage);
+    // Partial: graphs copied, manifest not yet.
+    write_version(dir.path(), 6, &good[..2]);
+    // A manifest that is not one.
+    write_version(dir.path(), 7, &[good[0].clone(), good[1].clone(), ("manifest.json".into(), b"{".to_vec())]);
+
+    let expected = [("checksum", 1), ("incomplete", 2), ("schema", 1), ("graph", 1), ("manifest", 1)];
+    let lines = |failures: &str| {
+        expected.iter().map(|(r, n)| format!("reason=\"{r}\"}} {n}")).filter(|l| !failures.contains(l.as_str())).collect::<Vec<_>>()
+    };
+    let mut failures = String::new();
+    for _ in 0..200 {
+        let metrics = server.metrics().await;
+        failures = metrics.lines().filter(|l| l.starts_with("degre_model_loads_total{result=\"failure\"")).collect::<Vec<_>>().join("\n");
+        if lines(&failures).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lines(&failures).is_empty(), "missing {:?} in:\n{failures}", lines(&failures));
+    let mut client = server.client().await;
+    let response = client.rerank(request(20, 5, 1)).await.unwrap().into_inner();
+    assert_eq!(response.model_version, 1, "the good version keeps serving");
+
+    // A good version published later is taken; the broken ones are not retried.
+    let v8 = publish_files(dir.path(), MODEL, &good).unwrap();
+    assert_eq!(v8, 8);
+    wait_for_version(&server, 8).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_version_in_config_is_served_instead_of_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    publish(dir.path(), 2);
+    let server = TestServer::start(dir.path(), |a| a.model_version = Some(1)).await;
+    server.wait_serving().await;
+    publish(dir.path(), 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = server.client().await.rerank(request(5, 5, 0)).await.unwrap().into_inner();
+    assert_eq!(response.model_version, 1);
+    server.stop().await;
+}

@@ -1,0 +1,78 @@
+//! The real binary: bad configuration exits 64 before binding, and SIGTERM drains the
+//! requests in flight before the process exits cleanly.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{publish, request};
+use degre::api::v1::reranker_client::RerankerClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_degre");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn bad_configuration_exits_64_with_a_message() {
+    let out = Command::new(BIN)
+        .args(["serve", "--models", "/nonexistent/models"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("models: /nonexistent/models is not a directory"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let (grpc, metrics) = (free_port(), free_port());
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--models"])
+        .arg(dir.path())
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .args(["--compute-threads", "1", "--max-in-flight", "1000", "--request-timeout-ms", "60000"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("http://127.0.0.1:{grpc}");
+    let mut client = loop {
+        if let Ok(mut c) = RerankerClient::connect(addr.clone()).await {
+            if c.rerank(request(5, 5, 0)).await.is_ok() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Queue a few hundred slow requests behind the single compute thread.
+    let calls: Vec<_> = (0..150)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.rerank(request(128, 128, i)).await.map(|_| ()) })
+        })
+        .collect();
+    let metrics_url = format!("http://127.0.0.1:{metrics}/metrics");
+    let in_flight = common::wait_in_flight(&metrics_url, 40).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    let mut ok = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(()) => ok += 1,
+            // Not yet sent when the server stopped accepting: the client's connection closed.
+            // Any status the server itself produced would be a request cut off mid-way.
+            Err(status) => assert!(std::error::Error::source(&status).is_some(), "{status:?}"),
+        }
+    }
+    assert!(ok >= in_flight, "{ok} answered, {in_flight} were in flight at SIGTERM");
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(client.rerank(request(5, 5, 0)).await.is_err(), "stopped server answers nothing");
+}
