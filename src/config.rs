@@ -106,20 +106,50 @@ impl ServeArgs {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let ms = Duration::from_millis;
         let config = Config {
-            models: self.models.or(file.models).unwrap_or_else(|| "models".into()),
+            models: self
+                .models
+                .or(file.models)
+                .unwrap_or_else(|| "models".into()),
             model_name: self.model_name.or(file.model_name),
             model_version: self.model_version.or(file.model_version),
-            grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(([0, 0, 0, 0], 50051).into()),
-            metrics_addr: self.metrics_addr.or(file.metrics_addr).unwrap_or(([0, 0, 0, 0], 9095).into()),
-            poll_interval: ms(self.poll_interval_ms.or(file.poll_interval_ms).unwrap_or(1000)),
+            grpc_addr: self
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or(([0, 0, 0, 0], 50051).into()),
+            metrics_addr: self
+                .metrics_addr
+                .or(file.metrics_addr)
+                .unwrap_or(([0, 0, 0, 0], 9095).into()),
+            poll_interval: ms(self
+                .poll_interval_ms
+                .or(file.poll_interval_ms)
+                .unwrap_or(1000)),
             max_candidates: self.max_candidates.or(file.max_candidates).unwrap_or(1000),
-            max_message_bytes: self.max_message_bytes.or(file.max_message_bytes).unwrap_or(4 << 20),
+            max_message_bytes: self
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(4 << 20),
             max_in_flight: self.max_in_flight.or(file.max_in_flight).unwrap_or(256),
-            compute_threads: self.compute_threads.or(file.compute_threads).unwrap_or(cpus),
-            request_timeout: ms(self.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(1000)),
-            shutdown_grace: ms(self.shutdown_grace_ms.or(file.shutdown_grace_ms).unwrap_or(10_000)),
-            keep_previous_versions: self.keep_previous_versions.or(file.keep_previous_versions).unwrap_or(1),
-            log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            compute_threads: self
+                .compute_threads
+                .or(file.compute_threads)
+                .unwrap_or(cpus),
+            request_timeout: ms(self
+                .request_timeout_ms
+                .or(file.request_timeout_ms)
+                .unwrap_or(1000)),
+            shutdown_grace: ms(self
+                .shutdown_grace_ms
+                .or(file.shutdown_grace_ms)
+                .unwrap_or(10_000)),
+            keep_previous_versions: self
+                .keep_previous_versions
+                .or(file.keep_previous_versions)
+                .unwrap_or(1),
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
         };
         config.validate()?;
         Ok(config)
@@ -134,7 +164,10 @@ impl Config {
             ("max_message_bytes", self.max_message_bytes),
             ("max_in_flight", self.max_in_flight),
             ("compute_threads", self.compute_threads),
-            ("request_timeout_ms", self.request_timeout.as_millis() as usize),
+            (
+                "request_timeout_ms",
+                self.request_timeout.as_millis() as usize,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError(format!("{name} must be > 0")));
@@ -146,7 +179,10 @@ impl Config {
             )));
         }
         if !self.models.is_dir() {
-            return Err(ConfigError(format!("models: {} is not a directory", self.models.display())));
+            return Err(ConfigError(format!(
+                "models: {} is not a directory",
+                self.models.display()
+            )));
         }
         Ok(())
     }
@@ -161,7 +197,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("degre.toml");
         let models = dir.path().display();
-        std::fs::write(&file, format!("models = \"{models}\"\nmax_in_flight = 8\npoll_interval_ms = 50\n")).unwrap();
+        std::fs::write(
+            &file,
+            format!("models = \"{models}\"\nmax_in_flight = 8\npoll_interval_ms = 50\n"),
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(file),
             max_in_flight: Some(16),
@@ -181,10 +221,21 @@ mod tests {
             max_in_flight: Some(0),
             ..ServeArgs::default()
         };
-        assert!(args.resolve().unwrap_err().to_string().contains("max_in_flight"));
+        assert!(args
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("max_in_flight"));
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "max_inflight = 3\n").unwrap();
-        let args = ServeArgs { config: Some(file), ..ServeArgs::default() };
-        assert!(args.resolve().unwrap_err().to_string().contains("max_inflight"));
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        assert!(args
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("max_inflight"));
     }
 }

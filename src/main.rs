@@ -17,7 +17,11 @@ fn main() {
         .and_then(|runtime| runtime.block_on(cli::run(cli.command)));
     if let Err(e) = result {
         eprintln!("degre: {e:#}");
-        let code = if e.is::<ConfigError>() { EXIT_CONFIG } else { 1 };
+        let code = if e.is::<ConfigError>() {
+            EXIT_CONFIG
+        } else {
+            1
+        };
         std::process::exit(code);
     }
 }

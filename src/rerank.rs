@@ -82,8 +82,18 @@ impl<'a> InputBuilder<'a> {
 
     pub fn context(&mut self, dense: &[f32], categorical: &[i64]) -> Result<(), InvalidField> {
         let schema = self.schema;
-        push_dense(&mut self.input.context_dense, "context.dense", dense, schema.context_dense.len())?;
-        push_ids(&mut self.input.context_ids, "context.categorical", categorical, &schema.context_categorical)
+        push_dense(
+            &mut self.input.context_dense,
+            "context.dense",
+            dense,
+            schema.context_dense.len(),
+        )?;
+        push_ids(
+            &mut self.input.context_ids,
+            "context.categorical",
+            categorical,
+            &schema.context_categorical,
+        )
     }
 
     pub fn candidate(
@@ -99,10 +109,23 @@ impl<'a> InputBuilder<'a> {
             return Err(InvalidField::new(at("item_id"), "must not be empty"));
         }
         if !self.seen.insert(item_id.clone()) {
-            return Err(InvalidField::new(at("item_id"), format!("duplicate item id {item_id:?}")));
+            return Err(InvalidField::new(
+                at("item_id"),
+                format!("duplicate item id {item_id:?}"),
+            ));
         }
-        push_dense(&mut self.input.candidate_dense, &at("features.dense"), dense, schema.candidate_dense.len())?;
-        push_ids(&mut self.input.candidate_ids, &at("features.categorical"), categorical, &schema.candidate_categorical)?;
+        push_dense(
+            &mut self.input.candidate_dense,
+            &at("features.dense"),
+            dense,
+            schema.candidate_dense.len(),
+        )?;
+        push_ids(
+            &mut self.input.candidate_ids,
+            &at("features.categorical"),
+            categorical,
+            &schema.candidate_categorical,
+        )?;
         self.input.item_ids.push(item_id);
         Ok(())
     }
@@ -110,29 +133,55 @@ impl<'a> InputBuilder<'a> {
     /// `top_k` 0 ranks every candidate; a `top_k` above N returns all N.
     pub fn finish(mut self, top_k: u32) -> RerankInput {
         let n = self.input.item_ids.len();
-        self.input.slots = if top_k == 0 { n } else { (top_k as usize).min(n) };
+        self.input.slots = if top_k == 0 {
+            n
+        } else {
+            (top_k as usize).min(n)
+        };
         self.input
     }
 }
 
-fn push_dense(out: &mut Vec<f32>, field: &str, values: &[f32], expected: usize) -> Result<(), InvalidField> {
+fn push_dense(
+    out: &mut Vec<f32>,
+    field: &str,
+    values: &[f32],
+    expected: usize,
+) -> Result<(), InvalidField> {
     if values.len() != expected {
-        return Err(InvalidField::new(field, format!("expected {expected} values, got {}", values.len())));
+        return Err(InvalidField::new(
+            field,
+            format!("expected {expected} values, got {}", values.len()),
+        ));
     }
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(InvalidField::new(format!("{field}[{i}]"), format!("{} is not a finite number", values[i])));
+        return Err(InvalidField::new(
+            format!("{field}[{i}]"),
+            format!("{} is not a finite number", values[i]),
+        ));
     }
     out.extend_from_slice(values);
     Ok(())
 }
 
-fn push_ids(out: &mut Vec<i64>, field: &str, ids: &[i64], features: &[Categorical]) -> Result<(), InvalidField> {
+fn push_ids(
+    out: &mut Vec<i64>,
+    field: &str,
+    ids: &[i64],
+    features: &[Categorical],
+) -> Result<(), InvalidField> {
     if ids.len() != features.len() {
-        return Err(InvalidField::new(field, format!("expected {} ids, got {}", features.len(), ids.len())));
+        return Err(InvalidField::new(
+            field,
+            format!("expected {} ids, got {}", features.len(), ids.len()),
+        ));
     }
     for (i, (&id, feature)) in ids.iter().zip(features).enumerate() {
         if id < 0 {
-            return Err(InvalidField::new(format!("{field}[{i}]"), format!("id {id} is negative")));
+            return Err(InvalidField::new(
+                format!("{field}[{i}]"),
+                format!("id {id} is negative"),
+            ));
         }
         // New items arrive every day: an id the model never saw uses the unknown bucket.
         out.push(id.min(feature.vocab_size as i64));

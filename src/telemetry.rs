@@ -3,7 +3,9 @@
 
 use std::sync::OnceLock;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "degre_requests_total";
@@ -17,15 +19,23 @@ pub const MODEL_VERSION: &str = "degre_model_version";
 
 /// Every metric name, for checks that a dashboard or alert only queries what exists.
 pub const ALL: [&str; 8] = [
-    REQUESTS, REQUEST_DURATION, COMPUTE_DURATION, CANDIDATES, IN_FLIGHT, MODEL_LOADS, MODEL_INFO,
+    REQUESTS,
+    REQUEST_DURATION,
+    COMPUTE_DURATION,
+    CANDIDATES,
+    IN_FLIGHT,
+    MODEL_LOADS,
+    MODEL_INFO,
     MODEL_VERSION,
 ];
 
 const LATENCY_BUCKETS: [f64; 16] = [
-    0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01, 0.025,
-    0.05, 0.1, 0.25, 0.5, 1.0,
+    0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0,
 ];
-const CANDIDATE_BUCKETS: [f64; 10] = [5.0, 10.0, 20.0, 50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0];
+const CANDIDATE_BUCKETS: [f64; 10] = [
+    5.0, 10.0, 20.0, 50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -33,8 +43,13 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn metrics_handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), &LATENCY_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CANDIDATES.into()), &CANDIDATE_BUCKETS))
+            .set_buckets_for_metric(
+                Matcher::Suffix("_duration_seconds".into()),
+                &LATENCY_BUCKETS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(CANDIDATES.into()), &CANDIDATE_BUCKETS)
+            })
             .expect("bucket lists are non-empty")
             .install_recorder()
             .expect("the recorder is installed only here, once");
@@ -45,12 +60,30 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 
 fn describe() {
     describe_counter!(REQUESTS, "Rerank requests answered, by gRPC status code.");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Rerank request latency in the server, validation to response.");
-    describe_histogram!(COMPUTE_DURATION, Unit::Seconds, "Model compute per request: encoder plus all decoder steps.");
-    describe_histogram!(CANDIDATES, Unit::Count, "Candidates per valid rerank request.");
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Rerank request latency in the server, validation to response."
+    );
+    describe_histogram!(
+        COMPUTE_DURATION,
+        Unit::Seconds,
+        "Model compute per request: encoder plus all decoder steps."
+    );
+    describe_histogram!(
+        CANDIDATES,
+        Unit::Count,
+        "Candidates per valid rerank request."
+    );
     describe_gauge!(IN_FLIGHT, "Rerank requests admitted and not yet answered.");
-    describe_counter!(MODEL_LOADS, "Model version loads, by result and failure reason.");
-    describe_gauge!(MODEL_INFO, "1 for the serving model name and version, 0 for versions served before.");
+    describe_counter!(
+        MODEL_LOADS,
+        "Model version loads, by result and failure reason."
+    );
+    describe_gauge!(
+        MODEL_INFO,
+        "1 for the serving model name and version, 0 for versions served before."
+    );
     describe_gauge!(MODEL_VERSION, "The serving model version.");
 }
 
@@ -124,9 +157,15 @@ fn code_label(code: tonic::Code) -> &'static str {
 pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEGRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
     } else {
         builder.try_init()
     };

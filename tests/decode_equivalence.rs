@@ -15,7 +15,10 @@ fn schema(ctx_dense: usize, ctx_cats: usize, cand_dense: usize, cand_cats: usize
     let names = |p: &str, n: usize| (0..n).map(|i| format!("{p}{i}")).collect();
     let cats = |p: &str, n: usize| {
         (0..n)
-            .map(|i| Categorical { name: format!("{p}{i}"), vocab_size: 5 + 3 * i as u64 })
+            .map(|i| Categorical {
+                name: format!("{p}{i}"),
+                vocab_size: 5 + 3 * i as u64,
+            })
             .collect()
     };
     FeatureSchema {
@@ -35,15 +38,33 @@ fn input(schema: &FeatureSchema, n: usize, slots: u32, seed: u64) -> RerankInput
         s ^= s << 17;
         s
     };
-    let mut dense = |len: usize| (0..len).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect::<Vec<_>>();
+    let mut dense = |len: usize| {
+        (0..len)
+            .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+            .collect::<Vec<_>>()
+    };
     let ctx_dense = dense(schema.context_dense.len());
-    let rows: Vec<Vec<f32>> = (0..n).map(|_| dense(schema.candidate_dense.len())).collect();
+    let rows: Vec<Vec<f32>> = (0..n)
+        .map(|_| dense(schema.candidate_dense.len()))
+        .collect();
     // Ids range past the vocabulary to exercise the unknown bucket.
-    let ids = |cats: &[Categorical], salt: usize| cats.iter().enumerate().map(|(j, c)| ((salt * 7 + j * 3) as u64 % (c.vocab_size + 4)) as i64).collect::<Vec<_>>();
+    let ids = |cats: &[Categorical], salt: usize| {
+        cats.iter()
+            .enumerate()
+            .map(|(j, c)| ((salt * 7 + j * 3) as u64 % (c.vocab_size + 4)) as i64)
+            .collect::<Vec<_>>()
+    };
     let mut b = InputBuilder::new(schema, n, n).unwrap();
-    b.context(&ctx_dense, &ids(&schema.context_categorical, seed as usize)).unwrap();
+    b.context(&ctx_dense, &ids(&schema.context_categorical, seed as usize))
+        .unwrap();
     for (i, row) in rows.iter().enumerate() {
-        b.candidate(i, format!("i{i}"), row, &ids(&schema.candidate_categorical, i + seed as usize)).unwrap();
+        b.candidate(
+            i,
+            format!("i{i}"),
+            row,
+            &ids(&schema.candidate_categorical, i + seed as usize),
+        )
+        .unwrap();
     }
     b.finish(slots)
 }
@@ -51,7 +72,11 @@ fn input(schema: &FeatureSchema, n: usize, slots: u32, seed: u64) -> RerankInput
 /// Naive decode: every slot re-encodes and replays the prefix from scratch, ranks all
 /// candidates by a full sort, and normalises in f64. Each slot also gives the margin of
 /// the winner over the runner-up.
-fn naive_decode(weights: &Weights, schema: &FeatureSchema, input: &RerankInput) -> Vec<(usize, f64, f32)> {
+fn naive_decode(
+    weights: &Weights,
+    schema: &FeatureSchema,
+    input: &RerankInput,
+) -> Vec<(usize, f64, f32)> {
     let mut prefix: Vec<usize> = Vec::new();
     let mut out = Vec::new();
     for _ in 0..input.slots {
@@ -64,8 +89,13 @@ fn naive_decode(weights: &Weights, schema: &FeatureSchema, input: &RerankInput) 
         order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
         let mut open = order.iter().filter(|i| !prefix.contains(i));
         let best = *open.next().unwrap();
-        let margin = open.next().map_or(f32::INFINITY, |&second| logits[best] - logits[second]);
-        let norm: f64 = (0..logits.len()).filter(|i| !prefix.contains(i)).map(|i| (logits[i] as f64).exp()).sum();
+        let margin = open
+            .next()
+            .map_or(f32::INFINITY, |&second| logits[best] - logits[second]);
+        let norm: f64 = (0..logits.len())
+            .filter(|i| !prefix.contains(i))
+            .map(|i| (logits[i] as f64).exp())
+            .sum();
         out.push((best, logits[best] as f64 - norm.ln(), margin));
         prefix.push(best);
     }
@@ -74,7 +104,13 @@ fn naive_decode(weights: &Weights, schema: &FeatureSchema, input: &RerankInput) 
 
 fn load(schema: &FeatureSchema, weights: &Weights) -> (tempfile::TempDir, Generator) {
     let dir = tempfile::tempdir().unwrap();
-    let files = version_files(weights, schema, "m", Limits { max_candidates: 64 }, serde_json::Value::Null);
+    let files = version_files(
+        weights,
+        schema,
+        "m",
+        Limits { max_candidates: 64 },
+        serde_json::Value::Null,
+    );
     degre::model::publish::publish_files(dir.path(), "m", &files).unwrap();
     let generator = Repository::open(dir.path(), None).unwrap().load(1).unwrap();
     (dir, generator)
@@ -114,18 +150,28 @@ proptest! {
 #[test]
 fn exported_graphs_match_the_reference_forward_within_1e5() {
     let schema = degre::model::export::default_schema();
-    let weights = Weights::init(&schema, Dims { hidden: 32, embed: 8 }, 11);
+    let weights = Weights::init(
+        &schema,
+        Dims {
+            hidden: 32,
+            embed: 8,
+        },
+        11,
+    );
     let (_dir, served) = load(&schema, &weights);
-    for n in [1, 7, 64] {
+    for (n, specialised) in [(1, false), (7, false), (64, false), (7, true), (64, true)] {
         let input = input(&schema, n, n as u32, n as u64);
         let prefix: Vec<usize> = (0..n).rev().collect();
-        let tract = served.logits_along(&input, &prefix).unwrap();
+        let tract = served.logits_along(&input, &prefix, specialised).unwrap();
         let mut reference = ReferenceSteps::new(&weights, &schema, &input);
         let mut prev = None;
         for (step, expected) in tract.iter().enumerate() {
             let want = reference.next_logits(prev).unwrap();
             for (a, b) in expected.iter().zip(want) {
-                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "n {n} step {step}: tract {a} vs reference {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "n {n} step {step}: tract {a} vs reference {b}"
+                );
             }
             prev = Some(prefix[step]);
         }

@@ -26,20 +26,31 @@ async fn wait_for_version(server: &TestServer, version: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_flips_to_serving_once_a_model_loads() {
-    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), |_| {}).await;
     let mut health = HealthClient::new(server.channel().await);
-    let check = || HealthCheckRequest { service: "degre.v1.Reranker".into() };
+    let check = || HealthCheckRequest {
+        service: "degre.v1.Reranker".into(),
+    };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = health.check(check()).await.unwrap().into_inner().status;
     assert_eq!(status, ServingStatus::NotServing as i32);
-    let status = server.client().await.rerank(request(5, 5, 0)).await.unwrap_err();
+    let status = server
+        .client()
+        .await
+        .rerank(request(5, 5, 0))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
 
     publish(dir.path(), 1);
     server.wait_serving().await;
-    let overall = HealthCheckRequest { service: String::new() };
+    let overall = HealthCheckRequest {
+        service: String::new(),
+    };
     let status = health.check(overall).await.unwrap().into_inner().status;
     assert_eq!(status, ServingStatus::Serving as i32);
     server.stop().await;
@@ -58,12 +69,18 @@ async fn new_version_swaps_in_under_load_with_zero_failures() {
             let stop = stop.clone();
             let channel_addr = format!("http://{}", server.grpc_addr);
             tokio::spawn(async move {
-                let mut client = degre::api::v1::reranker_client::RerankerClient::connect(channel_addr).await.unwrap();
+                let mut client =
+                    degre::api::v1::reranker_client::RerankerClient::connect(channel_addr)
+                        .await
+                        .unwrap();
                 let (mut ok, mut versions) = (0u64, std::collections::BTreeSet::new());
                 let mut i = 0;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let response = client.rerank(request(50, 10, c * 1000 + i)).await.expect("no failed request");
+                    let response = client
+                        .rerank(request(50, 10, c * 1000 + i))
+                        .await
+                        .expect("no failed request");
                     assert_eq!(response.get_ref().items.len(), 10);
                     versions.insert(response.into_inner().model_version);
                     ok += 1;
@@ -89,8 +106,14 @@ async fn new_version_swaps_in_under_load_with_zero_failures() {
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2, 3]);
     let metrics = server.metrics().await;
-    assert!(metrics.contains(r#"degre_model_info{model="degre",version="3"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"degre_model_info{model="degre",version="1"} 0"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"degre_model_info{model="degre",version="3"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"degre_model_info{model="degre",version="1"} 0"#),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
@@ -132,22 +155,48 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
     // Partial: graphs copied, manifest not yet.
     write_version(dir.path(), 6, &good[..2]);
     // A manifest that is not one.
-    write_version(dir.path(), 7, &[good[0].clone(), good[1].clone(), ("manifest.json".into(), b"{".to_vec())]);
+    write_version(
+        dir.path(),
+        7,
+        &[
+            good[0].clone(),
+            good[1].clone(),
+            ("manifest.json".into(), b"{".to_vec()),
+        ],
+    );
 
-    let expected = [("checksum", 1), ("incomplete", 2), ("schema", 1), ("graph", 1), ("manifest", 1)];
+    let expected = [
+        ("checksum", 1),
+        ("incomplete", 2),
+        ("schema", 1),
+        ("graph", 1),
+        ("manifest", 1),
+    ];
     let lines = |failures: &str| {
-        expected.iter().map(|(r, n)| format!("reason=\"{r}\"}} {n}")).filter(|l| !failures.contains(l.as_str())).collect::<Vec<_>>()
+        expected
+            .iter()
+            .map(|(r, n)| format!("reason=\"{r}\"}} {n}"))
+            .filter(|l| !failures.contains(l.as_str()))
+            .collect::<Vec<_>>()
     };
     let mut failures = String::new();
     for _ in 0..200 {
         let metrics = server.metrics().await;
-        failures = metrics.lines().filter(|l| l.starts_with("degre_model_loads_total{result=\"failure\"")).collect::<Vec<_>>().join("\n");
+        failures = metrics
+            .lines()
+            .filter(|l| l.starts_with("degre_model_loads_total{result=\"failure\""))
+            .collect::<Vec<_>>()
+            .join("\n");
         if lines(&failures).is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(lines(&failures).is_empty(), "missing {:?} in:\n{failures}", lines(&failures));
+    assert!(
+        lines(&failures).is_empty(),
+        "missing {:?} in:\n{failures}",
+        lines(&failures)
+    );
     let mut client = server.client().await;
     let response = client.rerank(request(20, 5, 1)).await.unwrap().into_inner();
     assert_eq!(response.model_version, 1, "the good version keeps serving");
@@ -168,7 +217,13 @@ async fn pinned_version_in_config_is_served_instead_of_the_newest() {
     server.wait_serving().await;
     publish(dir.path(), 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let response = server.client().await.rerank(request(5, 5, 0)).await.unwrap().into_inner();
+    let response = server
+        .client()
+        .await
+        .rerank(request(5, 5, 0))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.model_version, 1);
     server.stop().await;
 }

@@ -20,7 +20,10 @@ async fn metrics_are_prometheus_text_with_histograms() {
 
     let text = server.metrics().await;
     for name in degre::telemetry::ALL {
-        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{text}"
+        );
     }
     for line in [
         "# TYPE degre_request_duration_seconds histogram",
@@ -55,8 +58,20 @@ fn promtool_accepts(text: &str) {
         }
         Err(e) => panic!("promtool is required: {e}"),
     };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}\n{text}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{text}"
+    );
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::{publish, request, TestServer};
 use tonic::Code;
 
-async fn serving_server(tweak: impl FnOnce(&mut degre::config::ServeArgs)) -> (tempfile::TempDir, TestServer) {
+async fn serving_server(
+    tweak: impl FnOnce(&mut degre::config::ServeArgs),
+) -> (tempfile::TempDir, TestServer) {
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), 1);
     let server = TestServer::start(dir.path(), tweak).await;
@@ -21,7 +23,11 @@ async fn serving_server(tweak: impl FnOnce(&mut degre::config::ServeArgs)) -> (t
 async fn returns_top_k_distinct_candidates_deterministically() {
     let (_dir, server) = serving_server(|_| {}).await;
     let mut client = server.client().await;
-    let response = client.rerank(request(50, 10, 1)).await.unwrap().into_inner();
+    let response = client
+        .rerank(request(50, 10, 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.items.len(), 10);
     assert_eq!(response.model_name, "degre");
     assert_eq!(response.model_version, 1);
@@ -29,9 +35,17 @@ async fn returns_top_k_distinct_candidates_deterministically() {
     assert_eq!(indices.len(), 10, "distinct candidates");
     for item in &response.items {
         assert_eq!(item.item_id, format!("item-{}", item.candidate_index));
-        assert!(item.score <= 0.0 && item.score.is_finite(), "a log-probability: {}", item.score);
+        assert!(
+            item.score <= 0.0 && item.score.is_finite(),
+            "a log-probability: {}",
+            item.score
+        );
     }
-    let again = client.rerank(request(50, 10, 1)).await.unwrap().into_inner();
+    let again = client
+        .rerank(request(50, 10, 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(again, response, "identical requests give identical lists");
     server.stop().await;
 }
@@ -41,7 +55,12 @@ async fn top_k_zero_ranks_all_and_large_top_k_returns_n() {
     let (_dir, server) = serving_server(|_| {}).await;
     let mut client = server.client().await;
     for top_k in [0, 12, 1000] {
-        let items = client.rerank(request(12, top_k, 2)).await.unwrap().into_inner().items;
+        let items = client
+            .rerank(request(12, top_k, 2))
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
         let mut indices: Vec<u32> = items.iter().map(|i| i.candidate_index).collect();
         indices.sort();
         assert_eq!(indices, (0..12).collect::<Vec<_>>(), "top_k {top_k}");
@@ -72,25 +91,39 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
             let big = request(101, 1, 0);
             r.candidates = big.candidates;
         }),
-        ("candidates[3].features.dense: expected 8 values, got 7", |r| {
-            r.candidates[3].features.as_mut().unwrap().dense.pop();
-        }),
+        (
+            "candidates[3].features.dense: expected 8 values, got 7",
+            |r| {
+                r.candidates[3].features.as_mut().unwrap().dense.pop();
+            },
+        ),
         ("context.dense: expected 4 values, got 5", |r| {
             r.context.as_mut().unwrap().dense.push(1.0);
         }),
-        ("candidates[1].features.categorical[1]: id -4 is negative", |r| {
-            r.candidates[1].features.as_mut().unwrap().categorical[1] = -4;
-        }),
-        ("candidates[4].features.categorical: expected 2 ids, got 1", |r| {
-            r.candidates[4].features.as_mut().unwrap().categorical.pop();
-        }),
+        (
+            "candidates[1].features.categorical[1]: id -4 is negative",
+            |r| {
+                r.candidates[1].features.as_mut().unwrap().categorical[1] = -4;
+            },
+        ),
+        (
+            "candidates[4].features.categorical: expected 2 ids, got 1",
+            |r| {
+                r.candidates[4].features.as_mut().unwrap().categorical.pop();
+            },
+        ),
         ("candidates[5].item_id: duplicate item id \"item-0\"", |r| {
             r.candidates[5].item_id = "item-0".into();
         }),
-        ("candidates[6].item_id: must not be empty", |r| r.candidates[6].item_id.clear()),
-        ("candidates[2].features.dense[5]: NaN is not a finite number", |r| {
-            r.candidates[2].features.as_mut().unwrap().dense[5] = f32::NAN;
+        ("candidates[6].item_id: must not be empty", |r| {
+            r.candidates[6].item_id.clear()
         }),
+        (
+            "candidates[2].features.dense[5]: NaN is not a finite number",
+            |r| {
+                r.candidates[2].features.as_mut().unwrap().dense[5] = f32::NAN;
+            },
+        ),
         ("context.dense[0]: inf is not a finite number", |r| {
             r.context.as_mut().unwrap().dense[0] = f32::INFINITY;
         }),
@@ -103,7 +136,16 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         assert_eq!(status.message(), expected);
     }
     // The server keeps serving after bad input.
-    assert_eq!(client.rerank(request(10, 5, 4)).await.unwrap().into_inner().items.len(), 5);
+    assert_eq!(
+        client
+            .rerank(request(10, 5, 4))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .len(),
+        5
+    );
     server.stop().await;
 }
 
@@ -113,11 +155,23 @@ async fn pinned_version_must_be_loaded() {
     let mut client = server.client().await;
     let mut req = request(5, 5, 5);
     req.model_version = Some(1);
-    assert_eq!(client.rerank(req.clone()).await.unwrap().into_inner().model_version, 1);
+    assert_eq!(
+        client
+            .rerank(req.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        1
+    );
     req.model_version = Some(42);
     let status = client.rerank(req).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    assert!(status.message().contains("model_version 42 is not loaded"), "{}", status.message());
+    assert!(
+        status.message().contains("model_version 42 is not loaded"),
+        "{}",
+        status.message()
+    );
     server.stop().await;
 }
 
@@ -137,7 +191,12 @@ async fn overload_is_resource_exhausted_not_an_unbounded_queue() {
     for call in calls.collect::<Vec<_>>() {
         codes.push(call.await.unwrap().map_or_else(|s| s.code(), |()| Code::Ok));
     }
-    assert!(codes.iter().all(|c| matches!(c, Code::Ok | Code::ResourceExhausted)), "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, Code::Ok | Code::ResourceExhausted)),
+        "{codes:?}"
+    );
     assert!(codes.contains(&Code::Ok));
     assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
     server.stop().await;
@@ -148,13 +207,13 @@ async fn deadline_is_deadline_exceeded() {
     let (_dir, server) = serving_server(|a| a.compute_threads = Some(1)).await;
     let channel = server.channel().await;
     // Fill the single compute thread so the deadline passes while the request waits.
-    let busy: Vec<_> = (0..60)
+    let busy: Vec<_> = (0..250)
         .map(|i| {
             let mut client = degre::api::v1::reranker_client::RerankerClient::new(channel.clone());
             tokio::spawn(async move { client.rerank(request(256, 256, i)).await })
         })
         .collect();
-    server.wait_in_flight(30).await;
+    server.wait_in_flight(150).await;
     let mut client = server.client().await;
     let mut req = tonic::Request::new(request(256, 256, 99));
     req.set_timeout(Duration::from_millis(50));
@@ -162,7 +221,34 @@ async fn deadline_is_deadline_exceeded() {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     for call in busy {
         let code = call.await.unwrap().map_or_else(|s| s.code(), |_| Code::Ok);
-        assert!(matches!(code, Code::Ok | Code::DeadlineExceeded), "{code:?}");
+        assert!(
+            matches!(code, Code::Ok | Code::DeadlineExceeded),
+            "{code:?}"
+        );
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_refused_and_the_server_keeps_serving() {
+    let (_dir, server) = serving_server(|a| a.max_message_bytes = Some(8 * 1024)).await;
+    let mut client = server.client().await;
+    let status = client.rerank(request(256, 5, 1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("the limit is: 8192 bytes"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        client
+            .rerank(request(20, 5, 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .len(),
+        5
+    );
     server.stop().await;
 }

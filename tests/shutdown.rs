@@ -12,7 +12,11 @@ use degre::api::v1::reranker_client::RerankerClient;
 const BIN: &str = env!("CARGO_BIN_EXE_degre");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -23,7 +27,10 @@ fn bad_configuration_exits_64_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("models: /nonexistent/models is not a directory"), "{stderr}");
+    assert!(
+        stderr.contains("models: /nonexistent/models is not a directory"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,7 +43,14 @@ async fn sigterm_drains_in_flight_requests() {
         .arg(dir.path())
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-        .args(["--compute-threads", "1", "--max-in-flight", "1000", "--request-timeout-ms", "60000"])
+        .args([
+            "--compute-threads",
+            "1",
+            "--max-in-flight",
+            "1000",
+            "--request-timeout-ms",
+            "60000",
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -51,16 +65,20 @@ async fn sigterm_drains_in_flight_requests() {
     };
 
     // Queue a few hundred slow requests behind the single compute thread.
-    let calls: Vec<_> = (0..150)
+    let calls: Vec<_> = (0..400)
         .map(|i| {
             let mut client = client.clone();
-            tokio::spawn(async move { client.rerank(request(128, 128, i)).await.map(|_| ()) })
+            tokio::spawn(async move { client.rerank(request(256, 256, i)).await.map(|_| ()) })
         })
         .collect();
     let metrics_url = format!("http://127.0.0.1:{metrics}/metrics");
-    let in_flight = common::wait_in_flight(&metrics_url, 40).await;
+    let in_flight = common::wait_in_flight(&metrics_url, 100).await;
     let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
 
     let mut ok = 0;
     for call in calls {
@@ -71,8 +89,17 @@ async fn sigterm_drains_in_flight_requests() {
             Err(status) => assert!(std::error::Error::source(&status).is_some(), "{status:?}"),
         }
     }
-    assert!(ok >= in_flight, "{ok} answered, {in_flight} were in flight at SIGTERM");
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    assert!(
+        ok >= in_flight,
+        "{ok} answered, {in_flight} were in flight at SIGTERM"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "{exit:?}");
-    assert!(client.rerank(request(5, 5, 0)).await.is_err(), "stopped server answers nothing");
+    assert!(
+        client.rerank(request(5, 5, 0)).await.is_err(),
+        "stopped server answers nothing"
+    );
 }

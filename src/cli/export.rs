@@ -45,7 +45,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let schema: FeatureSchema = match &args.schema {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-            serde_json::from_str(&text).with_context(|| format!("{}: not a feature schema", path.display()))?
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a feature schema", path.display()))?
         }
         None => default_schema(),
     };
@@ -53,7 +54,10 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         hidden: args.hidden,
         embed: args.embed,
     };
-    anyhow::ensure!(dims.hidden > 0 && dims.embed > 0, "--hidden and --embed must be > 0");
+    anyhow::ensure!(
+        dims.hidden > 0 && dims.embed > 0,
+        "--hidden and --embed must be > 0"
+    );
     // No training checkpoint yet: the generator is the seeded initialisation.
     let weights = Weights::init(&schema, dims, args.seed);
     let provenance = serde_json::json!({
@@ -79,9 +83,17 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let manifest = Manifest::load_verified(&args.from)
         .with_context(|| format!("{} is not a valid model version", args.from.display()))?;
     let mut files = Vec::new();
-    for file in manifest.files.keys().map(String::as_str).chain([crate::model::manifest::MANIFEST_FILE]) {
+    for file in manifest
+        .files
+        .keys()
+        .map(String::as_str)
+        .chain([crate::model::manifest::MANIFEST_FILE])
+    {
         let path = args.from.join(file);
-        files.push((file.to_string(), std::fs::read(&path).with_context(|| path.display().to_string())?));
+        files.push((
+            file.to_string(),
+            std::fs::read(&path).with_context(|| path.display().to_string())?,
+        ));
     }
     let version = publish_files(&args.models, &manifest.model_name, &files)?;
     println!("published {} version {version}", manifest.model_name);

@@ -1,6 +1,7 @@
 //! The `degre` command line: `serve`, the `rerank` client, and `export`/`publish` of models.
 
 mod export;
+mod health;
 mod rerank;
 
 use clap::{Parser, Subcommand};
@@ -9,7 +10,11 @@ use crate::config::{LogFormat, ServeArgs};
 use crate::server::{termination_signal, BoundServer};
 
 #[derive(Debug, Parser)]
-#[command(name = "degre", version, about = "DeGRe reranking: serve, query and publish generators")]
+#[command(
+    name = "degre",
+    version,
+    about = "DeGRe reranking: serve, query and publish generators"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,6 +26,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Send a JSON request file to a running server and print the response as JSON.
     Rerank(rerank::RerankArgs),
+    /// Exit 0 if a server reports SERVING on grpc.health.v1 (for container health checks).
+    Health(health::HealthArgs),
     /// Write a generator (ONNX graphs + manifest) into a directory.
     Export(export::ExportArgs),
     /// Publish a version directory atomically as the next version of a model.
@@ -32,6 +39,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Rerank(args) => rerank::run(args).await,
+        Command::Health(args) => health::run(args).await,
         Command::Export(args) => export::export(args),
         Command::Publish(args) => export::publish(args),
     }

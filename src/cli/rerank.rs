@@ -83,7 +83,8 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(&args.request).with_context(|| name.clone())?
     };
-    let json: RequestJson = serde_json::from_str(&text).with_context(|| format!("{name}: not a rerank request"))?;
+    let json: RequestJson =
+        serde_json::from_str(&text).with_context(|| format!("{name}: not a rerank request"))?;
     let request = v1::RerankRequest {
         request_id: json.request_id,
         context: Some(json.context.into()),

@@ -1,5 +1,7 @@
 //! Tensor roles of the model contract: which inputs the server feeds each graph and which
-//! outputs it reads. A manifest maps every role to the graph's own tensor name.
+//! outputs it reads. A manifest maps every role to the graph's own tensor name. The server
+//! scores candidates itself: `logits = keys · query` (a pointer network), so the decoder
+//! graph never sees N.
 
 use super::manifest::FeatureSchema;
 
@@ -11,7 +13,7 @@ pub const KEYS: &str = "keys";
 pub const VALUES: &str = "values";
 pub const STATE: &str = "state";
 pub const PREV_VALUE: &str = "prev_value";
-pub const LOGITS: &str = "logits";
+pub const QUERY: &str = "query";
 pub const NEXT_STATE: &str = "next_state";
 
 /// Encoder input roles, in the order the server feeds them. A feature group without
@@ -30,5 +32,5 @@ pub fn encoder_inputs(schema: &FeatureSchema) -> Vec<&'static str> {
 }
 
 pub const ENCODER_OUTPUTS: [&str; 3] = [KEYS, VALUES, STATE];
-pub const DECODER_INPUTS: [&str; 3] = [STATE, PREV_VALUE, KEYS];
-pub const DECODER_OUTPUTS: [&str; 2] = [LOGITS, NEXT_STATE];
+pub const DECODER_INPUTS: [&str; 2] = [STATE, PREV_VALUE];
+pub const DECODER_OUTPUTS: [&str; 2] = [QUERY, NEXT_STATE];

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use super::contract as role;
 use super::generator::{onnx, Weights};
-use super::manifest::{sha256_hex, Categorical, FeatureSchema, GraphSpec, Limits, Manifest, FORMAT_VERSION, MANIFEST_FILE};
+use super::manifest::{
+    sha256_hex, Categorical, FeatureSchema, GraphSpec, Limits, Manifest, FORMAT_VERSION,
+    MANIFEST_FILE,
+};
 
 pub const ENCODER_FILE: &str = "encoder.onnx";
 pub const DECODER_FILE: &str = "decoder.onnx";
@@ -20,7 +23,10 @@ pub fn version_files(
 ) -> Vec<(String, Vec<u8>)> {
     let graphs = onnx::export(weights, schema);
     let identity = |roles: &[&str]| -> BTreeMap<String, String> {
-        roles.iter().map(|r| (r.to_string(), r.to_string())).collect()
+        roles
+            .iter()
+            .map(|r| (r.to_string(), r.to_string()))
+            .collect()
     };
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -39,10 +45,13 @@ pub fn version_files(
             outputs: identity(&role::DECODER_OUTPUTS),
         },
         provenance,
-        files: [(ENCODER_FILE, &graphs.encoder), (DECODER_FILE, &graphs.decoder)]
-            .into_iter()
-            .map(|(f, bytes)| (f.to_string(), sha256_hex(bytes)))
-            .collect(),
+        files: [
+            (ENCODER_FILE, &graphs.encoder),
+            (DECODER_FILE, &graphs.decoder),
+        ]
+        .into_iter()
+        .map(|(f, bytes)| (f.to_string(), sha256_hex(bytes)))
+        .collect(),
     };
     let manifest = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
     vec![

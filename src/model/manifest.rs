@@ -69,13 +69,15 @@ impl Manifest {
     /// Reads and checks a version directory's manifest, including every file's checksum.
     pub fn load_verified(dir: &Path) -> Result<Manifest, LoadError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| missing_or(e, &path, LoadError::Manifest))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| missing_or(e, &path, LoadError::Manifest))?;
         let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|e| LoadError::Manifest(format!("{}: {e}", path.display())))?;
         manifest.validate()?;
         for (file, expected) in &manifest.files {
             let path = dir.join(file);
-            let actual = sha256_file(&path).map_err(|e| missing_or(e, &path, LoadError::Checksum))?;
+            let actual =
+                sha256_file(&path).map_err(|e| missing_or(e, &path, LoadError::Checksum))?;
             if &actual != expected {
                 return Err(LoadError::Checksum(format!(
                     "{file}: sha256 is {actual}, manifest says {expected}"

@@ -5,6 +5,7 @@ pub mod contract;
 pub mod export;
 pub mod generator;
 pub mod manifest;
+pub mod plans;
 pub mod publish;
 pub mod repository;
 pub mod runtime;

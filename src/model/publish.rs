@@ -45,7 +45,9 @@ fn rename_as_next(root: &Path, name: &str, staging: &Path) -> io::Result<u64> {
             Err(e) => return Err(e),
         }
     }
-    Err(io::Error::other("could not claim a version number after 16 attempts"))
+    Err(io::Error::other(
+        "could not claim a version number after 16 attempts",
+    ))
 }
 
 fn staging_dir(model_dir: &Path) -> PathBuf {

@@ -22,7 +22,10 @@ impl Repository {
     /// Opens `<root>/<name>`; without a name, the root must hold exactly one model.
     pub fn open(root: &Path, name: Option<&str>) -> Result<Repository, String> {
         if !root.is_dir() {
-            return Err(format!("model repository {} is not a directory", root.display()));
+            return Err(format!(
+                "model repository {} is not a directory",
+                root.display()
+            ));
         }
         let name = match name {
             Some(name) => name.to_string(),

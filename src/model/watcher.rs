@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::repository::{Fingerprint, Repository};
-use super::ModelStore;
+use super::{LoadError, ModelStore};
 use crate::telemetry;
 
 pub struct Watcher {
@@ -78,10 +78,15 @@ impl Watcher {
 
     fn try_load(&mut self, version: u64) -> bool {
         let started = std::time::Instant::now();
-        let result = self.repo.load(version).and_then(|model| {
-            self.check_schema(&model)?;
-            Ok(model)
-        });
+        // A graph that makes tract panic is one more bad version, not a dead watcher.
+        let load =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.repo.load(version)));
+        let result = load
+            .unwrap_or_else(|_| Err(LoadError::Graph("loading panicked".into())))
+            .and_then(|model| {
+                self.check_schema(&model)?;
+                Ok(model)
+            });
         match result {
             Ok(model) => {
                 let model = Arc::new(model);
@@ -103,10 +108,10 @@ impl Watcher {
     }
 
     /// Callers code against the serving schema: a version that changes it is rejected.
-    fn check_schema(&self, model: &crate::model::Generator) -> Result<(), crate::model::LoadError> {
+    fn check_schema(&self, model: &crate::model::Generator) -> Result<(), LoadError> {
         match self.store.current() {
             Some(serving) if serving.manifest.schema != model.manifest.schema => Err(
-                crate::model::LoadError::Schema(format!(
+                LoadError::Schema(format!(
                     "feature schema differs from serving version {}; restart the server to change it",
                     serving.version
                 )),

@@ -72,8 +72,14 @@ mod tests {
     fn server_limit_caps_the_client() {
         let limit = Duration::from_millis(500);
         let timeout = |header: &str| {
-            let request = http::Request::builder().header("grpc-timeout", header).body(()).unwrap();
-            record_client_timeout(request).extensions().get::<ClientTimeout>().copied()
+            let request = http::Request::builder()
+                .header("grpc-timeout", header)
+                .body(())
+                .unwrap();
+            record_client_timeout(request)
+                .extensions()
+                .get::<ClientTimeout>()
+                .copied()
         };
         assert_eq!(budget(None, limit), limit);
         assert_eq!(budget(timeout("20S"), limit), limit);

@@ -22,9 +22,14 @@ pub async fn serve(
     });
     let app = Router::new().route(
         "/metrics",
-        get(move || async move { ([(header::CONTENT_TYPE, CONTENT_TYPE)], handle.render()).into_response() }),
+        get(move || async move {
+            ([(header::CONTENT_TYPE, CONTENT_TYPE)], handle.render()).into_response()
+        }),
     );
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::warn!(%e, "metrics listener failed");
     }
     upkeep.abort();

@@ -64,7 +64,9 @@ impl BoundServer {
         let handle = crate::telemetry::metrics_handle();
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in ["", SERVICE_NAME] {
-            health.set_service_status(name, ServingStatus::NotServing).await;
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
         }
 
         let store = Arc::new(ModelStore::new(config.keep_previous_versions));
@@ -81,7 +83,9 @@ impl BoundServer {
         tokio::spawn(async move {
             if loaded_rx.wait_for(Option::is_some).await.is_ok() {
                 for name in ["", SERVICE_NAME] {
-                    reporter.set_service_status(name, ServingStatus::Serving).await;
+                    reporter
+                        .set_service_status(name, ServingStatus::Serving)
+                        .await;
                 }
             }
         });
@@ -141,14 +145,15 @@ pub async fn termination_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::warn!(%e, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(%e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -88,7 +88,10 @@ impl v1::reranker_server::Reranker for RerankService {
         request: Request<v1::RerankRequest>,
     ) -> Result<Response<v1::RerankResponse>, Status> {
         let started = Instant::now();
-        let client = request.extensions().get::<deadline::ClientTimeout>().copied();
+        let client = request
+            .extensions()
+            .get::<deadline::ClientTimeout>()
+            .copied();
         let budget = deadline::budget(client, self.request_timeout);
         let request = request.into_inner();
         let span = tracing::info_span!("rerank", request_id = %request.request_id);
@@ -98,7 +101,9 @@ impl v1::reranker_server::Reranker for RerankService {
                 .unwrap_or(Err(ServeError::DeadlineExceeded));
             match &result {
                 Ok(response) => tracing::debug!(
-                    items = response.items.len(), version = response.model_version, "reranked"
+                    items = response.items.len(),
+                    version = response.model_version,
+                    "reranked"
                 ),
                 Err(err) => tracing::debug!(%err, "rerank failed"),
             }
@@ -107,7 +112,9 @@ impl v1::reranker_server::Reranker for RerankService {
         .instrument(span)
         .await;
         let result = result.map(Response::new).map_err(Status::from);
-        let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
         telemetry::request_done(code, started.elapsed().as_secs_f64());
         result
     }

@@ -16,9 +16,24 @@ use tonic::transport::Channel;
 pub const MODEL: &str = "degre";
 
 pub fn model_files(schema: &FeatureSchema, seed: u64) -> Vec<(String, Vec<u8>)> {
-    let weights = Weights::init(schema, Dims { hidden: 16, embed: 4 }, seed);
-    let limits = Limits { max_candidates: 256 };
-    version_files(&weights, schema, MODEL, limits, serde_json::json!({ "seed": seed }))
+    let weights = Weights::init(
+        schema,
+        Dims {
+            hidden: 16,
+            embed: 4,
+        },
+        seed,
+    );
+    let limits = Limits {
+        max_candidates: 256,
+    };
+    version_files(
+        &weights,
+        schema,
+        MODEL,
+        limits,
+        serde_json::json!({ "seed": seed }),
+    )
 }
 
 /// Publishes an untrained generator with the default schema; returns its version.
@@ -60,19 +75,29 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> RerankerClient<Channel> {
-        RerankerClient::connect(format!("http://{}", self.grpc_addr)).await.unwrap()
+        RerankerClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .unwrap()
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc_addr)).unwrap().connect().await.unwrap()
+        Channel::from_shared(format!("http://{}", self.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// Waits until the health service reports SERVING, or panics after 20 s.
     pub async fn wait_serving(&self) {
-        use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+        use tonic_health::pb::{
+            health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+        };
         let mut health = HealthClient::new(self.channel().await);
         for _ in 0..400 {
-            let request = HealthCheckRequest { service: "degre.v1.Reranker".into() };
+            let request = HealthCheckRequest {
+                service: "degre.v1.Reranker".into(),
+            };
             let status = health.check(request).await.unwrap().into_inner().status;
             if status == ServingStatus::Serving as i32 {
                 return;
@@ -104,29 +129,40 @@ pub async fn http_get(url: &str) -> String {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    stream.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    stream
+        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut body = String::new();
     stream.read_to_string(&mut body).await.unwrap();
     let (head, body) = body.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     body.to_string()
 }
 
 /// A valid request for the default schema: `n` candidates, deterministic from `seed`.
 pub fn request(n: usize, top_k: u32, seed: u64) -> v1::RerankRequest {
     let schema = default_schema();
-    let value = |i: usize, j: usize| (((i * 31 + j * 17 + seed as usize * 7) % 23) as f32 / 11.0) - 1.0;
+    let value =
+        |i: usize, j: usize| (((i * 31 + j * 17 + seed as usize * 7) % 23) as f32 / 11.0) - 1.0;
     v1::RerankRequest {
         request_id: format!("req-{seed}"),
         context: Some(v1::Features {
-            dense: (0..schema.context_dense.len()).map(|j| value(99, j)).collect(),
+            dense: (0..schema.context_dense.len())
+                .map(|j| value(99, j))
+                .collect(),
             categorical: vec![3],
         }),
         candidates: (0..n)
             .map(|i| v1::Candidate {
                 item_id: format!("item-{i}"),
                 features: Some(v1::Features {
-                    dense: (0..schema.candidate_dense.len()).map(|j| value(i, j)).collect(),
+                    dense: (0..schema.candidate_dense.len())
+                        .map(|j| value(i, j))
+                        .collect(),
                     categorical: vec![(i % 64) as i64, (i * 7 % 256) as i64],
                 }),
             })
@@ -136,9 +172,15 @@ pub fn request(n: usize, top_k: u32, seed: u64) -> v1::RerankRequest {
     }
 }
 
-/// Polls a /metrics URL until `degre_requests_in_flight` reaches `n`; returns the value seen.
+/// Polls a /metrics URL until `degre_requests_in_flight` reaches `n`; returns the value
+/// seen. Panics after 20 s.
 pub async fn wait_in_flight(metrics_url: &str, n: usize) -> usize {
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
     loop {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "never saw {n} requests in flight"
+        );
         let text = http_get(metrics_url).await;
         let seen = text
             .lines()

@@ -7,9 +7,10 @@
 //!   h      = x + softmax((x Wq)(x Wk)ᵀ / √H) (x Wv) Wo                      (set attention)
 //!   h      = h + relu(h W1 + b1) W2
 //!   keys   = h Wkey,  values = h Wval,  state = tanh(mean_rows(h) Ws + bs)
-//! Decoder step (once per slot, cost O(H² + N·H)):
+//! Decoder step (once per slot, O(H²)), then pointer scores (O(N·H), by the server):
 //!   next   = tanh(state Wss + prev_value Wsp + bd)
-//!   logits = (next Wqd) keysᵀ / √H                                          [1, N]
+//!   query  = (next Wqd) / √H
+//!   logits = keys · query                                                   [N]
 
 pub mod onnx;
 mod ops;
@@ -90,7 +91,10 @@ impl Weights {
     pub fn init(schema: &FeatureSchema, dims: Dims, seed: u64) -> Weights {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut p = |name, rows, cols| xavier(&mut rng, name, rows, cols);
-        let Dims { hidden: h, embed: e } = dims;
+        let Dims {
+            hidden: h,
+            embed: e,
+        } = dims;
         let ctx_in = schema.context_dense.len() + schema.context_categorical.len() * e;
         let cand_in = schema.candidate_dense.len() + schema.candidate_categorical.len() * e;
         let ctx_embedding = embedding(&mut p, "ctx_table", &schema.context_categorical, e);
@@ -163,22 +167,16 @@ impl Weights {
         }
     }
 
-    /// One decoder step: the next state and the logits of every candidate, `[1, N]`.
-    pub fn step<O: Ops>(
-        &self,
-        o: &mut O,
-        state: &O::Mat,
-        prev_value: &O::Mat,
-        keys: &O::Mat,
-    ) -> (O::Mat, O::Mat) {
+    /// One decoder step: the query that scores every candidate (`keys · query`) and the
+    /// next state, both `[1, H]`.
+    pub fn step<O: Ops>(&self, o: &mut O, state: &O::Mat, prev_value: &O::Mat) -> (O::Mat, O::Mat) {
         let a = matmul_param(o, state, &self.w_dec_state);
         let b = linear(o, prev_value, &self.w_dec_prev, &self.b_dec);
         let next = o.add(&a, &b);
         let next = o.tanh(&next);
         let query = matmul_param(o, &next, &self.w_dec_query);
-        let logits = o.matmul_t(&query, keys);
-        let logits = o.scale(&logits, 1.0 / (self.dims.hidden as f32).sqrt());
-        (logits, next)
+        let query = o.scale(&query, 1.0 / (self.dims.hidden as f32).sqrt());
+        (query, next)
     }
 }
 

@@ -4,12 +4,12 @@
 
 use std::collections::HashSet;
 
+use prost::Message;
 use tract_onnx::pb::{
     tensor_proto::DataType, tensor_shape_proto::dimension::Value as DimValue,
     tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
-use prost::Message;
 
 use super::{EncoderInputs, Ops, Param, Weights};
 use crate::model::contract as role;
@@ -39,10 +39,34 @@ fn export_encoder(weights: &Weights, schema: &FeatureSchema) -> ModelProto {
     let input = |g: &mut GraphBuilder, name: &str, ty: DataType, rows: Dim, width: usize| {
         (width > 0).then(|| g.input(name, ty, &[rows, Dim::Fixed(width)]))
     };
-    let ctx_dense = input(&mut g, role::CONTEXT_DENSE, DataType::Float, Dim::Fixed(1), schema.context_dense.len());
-    let ctx_ids = input(&mut g, role::CONTEXT_CATEGORICAL, DataType::Int64, Dim::Fixed(1), schema.context_categorical.len());
-    let cand_dense = input(&mut g, role::CANDIDATE_DENSE, DataType::Float, Dim::N, schema.candidate_dense.len());
-    let cand_ids = input(&mut g, role::CANDIDATE_CATEGORICAL, DataType::Int64, Dim::N, schema.candidate_categorical.len());
+    let ctx_dense = input(
+        &mut g,
+        role::CONTEXT_DENSE,
+        DataType::Float,
+        Dim::Fixed(1),
+        schema.context_dense.len(),
+    );
+    let ctx_ids = input(
+        &mut g,
+        role::CONTEXT_CATEGORICAL,
+        DataType::Int64,
+        Dim::Fixed(1),
+        schema.context_categorical.len(),
+    );
+    let cand_dense = input(
+        &mut g,
+        role::CANDIDATE_DENSE,
+        DataType::Float,
+        Dim::N,
+        schema.candidate_dense.len(),
+    );
+    let cand_ids = input(
+        &mut g,
+        role::CANDIDATE_CATEGORICAL,
+        DataType::Int64,
+        Dim::N,
+        schema.candidate_categorical.len(),
+    );
     let encoded = weights.encode(
         &mut g,
         EncoderInputs {
@@ -60,13 +84,11 @@ fn export_encoder(weights: &Weights, schema: &FeatureSchema) -> ModelProto {
 
 fn export_decoder(weights: &Weights) -> ModelProto {
     let mut g = GraphBuilder::default();
-    let h = weights.dims.hidden;
-    let row = [Dim::Fixed(1), Dim::Fixed(h)];
+    let row = [Dim::Fixed(1), Dim::Fixed(weights.dims.hidden)];
     let state = g.input(role::STATE, DataType::Float, &row);
     let prev = g.input(role::PREV_VALUE, DataType::Float, &row);
-    let keys = g.input(role::KEYS, DataType::Float, &[Dim::N, Dim::Fixed(h)]);
-    let (logits, next) = weights.step(&mut g, &state, &prev, &keys);
-    g.output(&logits, role::LOGITS, &[Dim::Fixed(1), Dim::N]);
+    let (query, next) = weights.step(&mut g, &state, &prev);
+    g.output(&query, role::QUERY, &row);
     g.output(&next, role::NEXT_STATE, &row);
     g.finish("degre_decoder")
 }
@@ -93,7 +115,9 @@ impl GraphBuilder {
 
     fn output(&mut self, tensor: &str, name: &str, dims: &[Dim]) {
         self.node("Identity", &[tensor], vec![], Some(name));
-        self.graph.output.push(value_info(name, DataType::Float, dims));
+        self.graph
+            .output
+            .push(value_info(name, DataType::Float, dims));
     }
 
     fn finish(mut self, name: &str) -> ModelProto {

@@ -4,7 +4,7 @@
 use tract_onnx::prelude::tract_ndarray::{concatenate, Array2, Axis};
 
 use super::{EncoderInputs, Ops, Param, Weights};
-use crate::decode::StepModel;
+use crate::decode::{pointer_logits, StepModel};
 use crate::model::manifest::FeatureSchema;
 use crate::rerank::RerankInput;
 
@@ -48,7 +48,9 @@ impl Ops for Eager {
         out
     }
     fn mean_rows(&mut self, a: &Array2<f32>) -> Array2<f32> {
-        a.mean_axis(Axis(0)).expect("non-empty").insert_axis(Axis(0))
+        a.mean_axis(Axis(0))
+            .expect("non-empty")
+            .insert_axis(Axis(0))
     }
     fn concat_cols(&mut self, parts: &[Array2<f32>]) -> Array2<f32> {
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
@@ -81,8 +83,12 @@ impl<'w> ReferenceSteps<'w> {
     /// Encodes the request's candidates.
     pub fn new(weights: &'w Weights, schema: &FeatureSchema, input: &RerankInput) -> Self {
         let n = input.candidates();
-        let mat = |rows, cols, data: &[f32]| Array2::from_shape_vec((rows, cols), data.to_vec()).expect("validated input");
-        let ids = |rows, cols, data: &[i64]| Array2::from_shape_vec((rows, cols), data.to_vec()).expect("validated input");
+        let mat = |rows, cols, data: &[f32]| {
+            Array2::from_shape_vec((rows, cols), data.to_vec()).expect("validated input")
+        };
+        let ids = |rows, cols, data: &[i64]| {
+            Array2::from_shape_vec((rows, cols), data.to_vec()).expect("validated input")
+        };
         let ctx_dense = mat(1, schema.context_dense.len(), &input.context_dense);
         let ctx_ids = ids(1, schema.context_categorical.len(), &input.context_ids);
         let cand_dense = mat(n, schema.candidate_dense.len(), &input.candidate_dense);
@@ -115,10 +121,11 @@ impl StepModel for ReferenceSteps<'_> {
             Some(i) => self.values.row(i).to_owned().insert_axis(Axis(0)),
             None => Array2::zeros((1, self.weights.dims.hidden)),
         };
-        let (logits, next) = self.weights.step(&mut Eager, &self.state, &prev_value, &self.keys);
+        let (query, next) = self.weights.step(&mut Eager, &self.state, &prev_value);
         self.state = next;
-        self.logits.clear();
-        self.logits.extend(logits.iter().copied());
+        let keys = self.keys.as_slice().expect("standard layout");
+        let query = query.as_slice().expect("standard layout");
+        pointer_logits(keys, query, &mut self.logits);
         Ok(&self.logits)
     }
 }

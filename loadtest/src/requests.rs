@@ -1,0 +1,75 @@
+//! Requests to send: random features sized by the served model's manifest, generated once
+//! before the clock starts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use degre::api::v1;
+use degre::model::manifest::Manifest;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::RunArgs;
+
+/// Distinct requests cycled through while load runs.
+const POOL: usize = 64;
+
+pub fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
+    let path = match &args.manifest {
+        Some(path) => path.clone(),
+        None => newest_manifest(Path::new("models"))?,
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a model manifest", path.display()))?;
+    let schema = &manifest.schema;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let mut features = |dense: usize, vocabs: &[u64], rng: &mut StdRng| v1::Features {
+        dense: (0..dense).map(|_| rng.random_range(-1.0..1.0)).collect(),
+        // Up to 10% beyond the vocabulary: unseen ids are part of real traffic.
+        categorical: vocabs
+            .iter()
+            .map(|&v| rng.random_range(0..=v + v / 10) as i64)
+            .collect(),
+    };
+    let ctx_vocab: Vec<u64> = schema
+        .context_categorical
+        .iter()
+        .map(|c| c.vocab_size)
+        .collect();
+    let cand_vocab: Vec<u64> = schema
+        .candidate_categorical
+        .iter()
+        .map(|c| c.vocab_size)
+        .collect();
+    Ok((0..POOL)
+        .map(|r| v1::RerankRequest {
+            request_id: format!("load-{r}"),
+            context: Some(features(schema.context_dense.len(), &ctx_vocab, &mut rng)),
+            candidates: (0..args.candidates)
+                .map(|i| v1::Candidate {
+                    item_id: format!("item-{i}"),
+                    features: Some(features(
+                        schema.candidate_dense.len(),
+                        &cand_vocab,
+                        &mut rng,
+                    )),
+                })
+                .collect(),
+            top_k: args.top_k,
+            model_version: None,
+        })
+        .collect())
+}
+
+/// `<root>/<only model>/<newest version>/manifest.json`.
+fn newest_manifest(root: &Path) -> anyhow::Result<PathBuf> {
+    let repo =
+        degre::model::repository::Repository::open(root, None).map_err(anyhow::Error::msg)?;
+    let version = *repo
+        .versions()?
+        .first()
+        .with_context(|| format!("no version under {}", repo.model_dir().display()))?;
+    Ok(repo
+        .version_dir(version)
+        .join(degre::model::manifest::MANIFEST_FILE))
+}

@@ -1,0 +1,101 @@
+//! Drives the load generator for a second against a real server on loopback and checks the
+//! report's counts add up.
+
+use std::process::Command;
+
+use degre::config::ServeArgs;
+use degre::server::BoundServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_degre-loadtest");
+const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
+
+fn run(addr: &str, mode_args: &[&str], json: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--addr",
+            addr,
+            "--duration-s",
+            "1",
+            "--candidates",
+            "50",
+            "--top-k",
+            "10",
+        ])
+        .args(["--manifest", &format!("{BUNDLED}/degre/1/manifest.json")])
+        .args(mode_args)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_add_up_in_both_modes() {
+    let args = ServeArgs {
+        models: Some(BUNDLED.into()),
+        grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServeArgs::default()
+    };
+    let server = BoundServer::bind(args.resolve().unwrap()).await.unwrap();
+    let addr = format!("http://{}", server.grpc_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let dir = tempfile::tempdir().unwrap();
+
+    let addr2 = addr.clone();
+    let json = dir.path().join("open.json");
+    let open = tokio::task::spawn_blocking(move || {
+        run(&addr2, &["--mode", "open", "--rate", "200"], &json)
+    })
+    .await
+    .unwrap();
+    let sent = open["sent"].as_u64().unwrap();
+    assert_eq!(
+        sent,
+        open["ok"].as_u64().unwrap() + open["errors"].as_u64().unwrap()
+    );
+    let by_code: u64 = open["codes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_code, sent);
+    // 200/s for 1 s: every request due was sent (or counted as not sent).
+    assert_eq!(sent + open["client_overloaded"].as_u64().unwrap(), 200);
+    assert!(open["ok"].as_u64().unwrap() > 0);
+    assert!(open["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+
+    let json = dir.path().join("closed.json");
+    let closed = tokio::task::spawn_blocking(move || {
+        run(&addr, &["--mode", "closed", "--concurrency", "4"], &json)
+    })
+    .await
+    .unwrap();
+    let sent = closed["sent"].as_u64().unwrap();
+    assert!(sent > 0);
+    assert_eq!(
+        sent,
+        closed["ok"].as_u64().unwrap() + closed["errors"].as_u64().unwrap()
+    );
+    let timeline_ok: u64 = closed["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ok"].as_u64().unwrap())
+        .sum();
+    assert_eq!(timeline_ok, closed["ok"].as_u64().unwrap());
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

@@ -1,0 +1,93 @@
+//! The README's example: `degre rerank` sends docs/examples/rerank_request.json to a server
+//! on the bundled model; and reflection lists the service for tools like grpcurl.
+
+mod common;
+
+use std::path::Path;
+
+use common::TestServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_degre");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_request_reranks_on_the_bundled_model() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let server = TestServer::start(&root.join("models"), |_| {}).await;
+    server.wait_serving().await;
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "rerank",
+            "--addr",
+            &format!("http://{}", server.grpc_addr),
+            "--request",
+        ])
+        .arg(root.join("docs/examples/rerank_request.json"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let response: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(response["model_name"], "degre");
+    let items = response["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5, "top_k of the example");
+    for item in items {
+        let index = item["candidate_index"].as_u64().unwrap();
+        assert_eq!(item["item_id"], format!("sku-{}", 1000 + index));
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_request_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.json");
+    std::fs::write(&file, "{\"candidates\": [{\"item\": 1}]}").unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["rerank", "--request"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.json: not a rerank request") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_reranker() {
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    common::publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"degre.v1.Reranker".to_string()),
+        "{names:?}"
+    );
+    server.stop().await;
+}
