@@ -54,6 +54,10 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             .install_recorder()
             .expect("the recorder is installed only here, once");
         describe();
+        // Failure counters exist from the start, so `increase()` sees a pod's first failure.
+        for reason in crate::model::LoadError::REASONS {
+            counter!(MODEL_LOADS, "result" => "failure", "reason" => reason).absolute(0);
+        }
         handle
     })
 }

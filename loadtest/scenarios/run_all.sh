@@ -15,7 +15,7 @@ GRPC=127.0.0.1:50061 METRICS=127.0.0.1:9106 ECHO=127.0.0.1:50062
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/swaps.txt
 
-cargo build --release --bin degre --bin degre-loadtest
+cargo build --release -p degre -p degre-loadtest --bins
 DEGRE=target/release/degre
 LOAD=target/release/degre-loadtest
 REPO=$(mktemp -d)
@@ -29,15 +29,14 @@ ECHO_PID=
 trap 'kill $SERVER $ECHO_PID 2>/dev/null || true; rm -rf "$REPO"' EXIT
 until (exec 3<>"/dev/tcp/${GRPC%:*}/${GRPC#*:}") 2>/dev/null; do sleep 0.2; done
 
-load() { # label, then loadtest flags
+load() { # label, then loadtest flags; D overrides the duration
   local label=$1; shift
   "$LOAD" run --addr "http://$GRPC" --manifest "$MANIFEST" --label "$label" \
-    --json "$OUT/$label.json" --duration-s "$DUR" --top-k "$K" "$@"
+    --json "$OUT/$label.json" --duration-s "${D:-$DUR}" --top-k "$K" "$@"
 }
-field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
 
 # Warm-up: the server compiles an encoder plan per N it sees.
-for n in 20 100 200; do load warmup-n$n --mode closed --concurrency 2 --candidates $n --duration-s 2 >/dev/null; done
+for n in 20 100 200; do D=2 load warmup-n$n --mode closed --concurrency 2 --candidates $n >/dev/null; done
 
 echo "== closed loop: saturation (N=100, K=$K)"
 for c in 1 2 4 8 16 32; do load closed-c$c --mode closed --concurrency $c --candidates 100; done
@@ -54,7 +53,12 @@ done
 SAT=$(python3 -c "import json,glob; print(int(max(json.load(open(f))['achieved_rate'] for f in glob.glob('$OUT/closed-c*.json'))))")
 RATE=${RATE:-$((SAT / 2))}
 echo "== fixed rate $RATE/s (half of the closed-loop saturation $SAT/s): N sweep"
-for n in 20 100 200; do load open-n$n --mode open --rate "$RATE" --candidates $n; done
+scrape() { python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())" "http://$METRICS/metrics" >"$1"; }
+for n in 20 100 200; do
+  scrape "$OUT/metrics-before-n$n.txt"
+  load open-n$n --mode open --rate "$RATE" --candidates $n
+  scrape "$OUT/metrics-after-n$n.txt"
+done
 
 echo "== echo transport floor at $RATE/s (N=100)"
 "$LOAD" echo-server --addr "$ECHO" 2>/dev/null &
@@ -65,7 +69,7 @@ until (exec 3<>"/dev/tcp/${ECHO%:*}/${ECHO#*:}") 2>/dev/null; do sleep 0.2; done
 
 echo "== hot reload: a new version every 5 s under $RATE/s (N=100)"
 HOT=30
-load hot-reload --mode open --rate "$RATE" --candidates 100 --duration-s $HOT &
+D=$HOT load hot-reload --mode open --rate "$RATE" --candidates 100 &
 LOAD_PID=$!
 START=$(date +%s.%N)
 for i in 1 2 3 4 5; do

@@ -40,6 +40,43 @@ print("| run " + HEAD)
 for r in rows("open-n*.json", lambda r: r["candidates"]) + rows("echo-*.json", lambda r: 0):
     print(line(r, f"{r['label']} @ {r['target_rate']:.0f}/s"))
 
+def buckets(path, metric):
+    """Cumulative bucket counts {le: count} of one histogram in a /metrics scrape."""
+    out = {}
+    for line in open(path):
+        if line.startswith(metric + "_bucket{"):
+            le = line.split('le="')[1].split('"')[0]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def quantile(q, before, after):
+    """histogram_quantile over the increase between two scrapes (linear within a bucket)."""
+    les = sorted(after)
+    counts = [after[le] - before.get(le, 0.0) for le in les]
+    rank, prev_le, prev_count = q * counts[-1], 0.0, 0.0
+    for le, count in zip(les, counts):
+        if count >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_count) / max(count - prev_count, 1e-9)
+        prev_le, prev_count = le, count
+    return les[-1]
+
+
+print("\n### Server-side latency at the fixed rate (the server's own histograms)\n")
+print("| N | request p50 ms | request p99 ms | compute p50 ms | compute p99 ms |")
+print("|---|---|---|---|---|")
+for n in (20, 100, 200):
+    before, after = (os.path.join(out, f"metrics-{w}-n{n}.txt") for w in ("before", "after"))
+    if not os.path.exists(after):
+        continue
+    cells = []
+    for metric in ("degre_request_duration_seconds", "degre_model_compute_duration_seconds"):
+        b, a = buckets(before, metric), buckets(after, metric)
+        cells += [f"{1000 * quantile(q, b, a):.3f}" for q in (0.5, 0.99)]
+    print(f"| {n} | " + " | ".join(cells) + " |")
+
 hot = load("hot-reload")
 swaps = [float(s) for s in open(os.path.join(out, "swaps.txt")).read().split()]
 print(f"\n### Hot reload: {len(swaps)} versions published under {hot['target_rate']:.0f}/s\n")

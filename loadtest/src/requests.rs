@@ -23,7 +23,7 @@ pub fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
         .with_context(|| format!("{}: not a model manifest", path.display()))?;
     let schema = &manifest.schema;
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let mut features = |dense: usize, vocabs: &[u64], rng: &mut StdRng| v1::Features {
+    let features = |dense: usize, vocabs: &[u64], rng: &mut StdRng| v1::Features {
         dense: (0..dense).map(|_| rng.random_range(-1.0..1.0)).collect(),
         // Up to 10% beyond the vocabulary: unseen ids are part of real traffic.
         categorical: vocabs

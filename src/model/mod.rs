@@ -34,6 +34,16 @@ pub enum LoadError {
 }
 
 impl LoadError {
+    /// Every `reason()`, so each failure counter can start at 0.
+    pub const REASONS: [&'static str; 6] = [
+        "manifest",
+        "incomplete",
+        "checksum",
+        "graph",
+        "schema",
+        "warmup",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             LoadError::Manifest(_) => "manifest",
@@ -43,5 +53,24 @@ impl LoadError {
             LoadError::Schema(_) => "schema",
             LoadError::Warmup(_) => "warmup",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoadError;
+
+    #[test]
+    fn every_reason_is_listed() {
+        let all = [
+            LoadError::Manifest(String::new()),
+            LoadError::Incomplete(String::new()),
+            LoadError::Checksum(String::new()),
+            LoadError::Graph(String::new()),
+            LoadError::Schema(String::new()),
+            LoadError::Warmup(String::new()),
+        ];
+        let reasons: Vec<_> = all.iter().map(LoadError::reason).collect();
+        assert_eq!(reasons, LoadError::REASONS);
     }
 }

@@ -162,6 +162,11 @@ impl EncoderPlans {
         self.generic.clone()
     }
 
+    /// The candidate counts with a specialised plan.
+    pub fn specialised_sizes(&self) -> Vec<usize> {
+        self.compiler.specialised.load().keys().copied().collect()
+    }
+
     pub fn generic(&self) -> Plan {
         self.generic.clone()
     }

@@ -111,6 +111,11 @@ impl Generator {
         self.encoder.specialise_now(n);
     }
 
+    /// The candidate counts this version has specialised plans for (traffic's hot sizes).
+    pub fn prepared_sizes(&self) -> Vec<usize> {
+        self.encoder.specialised_sizes()
+    }
+
     /// Logits at every step when decoding is forced along `prefix` (teacher forcing), with
     /// the encoder generic in N or, if `specialised`, compiled for this N.
     pub fn logits_along(

@@ -16,6 +16,15 @@ use tonic::transport::Channel;
 pub const MODEL: &str = "degre";
 
 pub fn model_files(schema: &FeatureSchema, seed: u64) -> Vec<(String, Vec<u8>)> {
+    model_files_limited(schema, seed, 256)
+}
+
+/// An untrained generator accepting up to `max_candidates` candidates.
+pub fn model_files_limited(
+    schema: &FeatureSchema,
+    seed: u64,
+    max_candidates: usize,
+) -> Vec<(String, Vec<u8>)> {
     let weights = Weights::init(
         schema,
         Dims {
@@ -24,9 +33,7 @@ pub fn model_files(schema: &FeatureSchema, seed: u64) -> Vec<(String, Vec<u8>)> 
         },
         seed,
     );
-    let limits = Limits {
-        max_candidates: 256,
-    };
+    let limits = Limits { max_candidates };
     version_files(
         &weights,
         schema,
