@@ -24,7 +24,7 @@ fn input(generator: &degre::model::Generator, n: usize, k: u32) -> RerankInput {
         b.candidate(i, format!("item-{i}"), &dense, &ids)
             .expect("valid candidate");
     }
-    b.finish(k)
+    b.finish(k).expect("unique item ids")
 }
 
 fn decode(c: &mut Criterion) {

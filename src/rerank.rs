@@ -45,7 +45,6 @@ impl InvalidField {
 pub struct InputBuilder<'a> {
     schema: &'a FeatureSchema,
     input: RerankInput,
-    seen: std::collections::HashSet<String>,
 }
 
 impl<'a> InputBuilder<'a> {
@@ -76,7 +75,6 @@ impl<'a> InputBuilder<'a> {
                 item_ids: Vec::with_capacity(candidates),
                 slots: 0,
             },
-            seen: std::collections::HashSet::with_capacity(candidates),
         })
     }
 
@@ -108,12 +106,6 @@ impl<'a> InputBuilder<'a> {
         if item_id.is_empty() {
             return Err(InvalidField::new(at("item_id"), "must not be empty"));
         }
-        if !self.seen.insert(item_id.clone()) {
-            return Err(InvalidField::new(
-                at("item_id"),
-                format!("duplicate item id {item_id:?}"),
-            ));
-        }
         push_dense(
             &mut self.input.candidate_dense,
             &at("features.dense"),
@@ -130,15 +122,28 @@ impl<'a> InputBuilder<'a> {
         Ok(())
     }
 
-    /// `top_k` 0 ranks every candidate; a `top_k` above N returns all N.
-    pub fn finish(mut self, top_k: u32) -> RerankInput {
-        let n = self.input.item_ids.len();
+    /// Checks that item ids are unique. `top_k` 0 ranks every candidate; a `top_k` above N
+    /// returns all N.
+    pub fn finish(mut self, top_k: u32) -> Result<RerankInput, InvalidField> {
+        let ids = &self.input.item_ids;
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        if let Some((index, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| !seen.insert(id.as_str()))
+        {
+            return Err(InvalidField::new(
+                format!("candidates[{index}].item_id"),
+                format!("duplicate item id {id:?}"),
+            ));
+        }
+        let n = ids.len();
         self.input.slots = if top_k == 0 {
             n
         } else {
             (top_k as usize).min(n)
         };
-        self.input
+        Ok(self.input)
     }
 }
 

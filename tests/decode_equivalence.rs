@@ -66,7 +66,7 @@ fn input(schema: &FeatureSchema, n: usize, slots: u32, seed: u64) -> RerankInput
         )
         .unwrap();
     }
-    b.finish(slots)
+    b.finish(slots).unwrap()
 }
 
 /// Naive decode: every slot re-encodes and replays the prefix from scratch, ranks all

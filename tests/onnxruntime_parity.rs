@@ -50,7 +50,7 @@ fn onnxruntime_decodes_like_tract() {
         )
         .unwrap();
     }
-    let input = b.finish(0);
+    let input = b.finish(0).unwrap();
     let prefix = [4, 0, 8, 2, 6];
     let tract = generator.logits_along(&input, &prefix, false).unwrap();
 

@@ -7,6 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{publish, request, TestServer};
+use degre::api::v1::{reranker_client::RerankerClient, RerankRequest};
+use tonic::transport::Channel;
 use tonic::Code;
 
 async fn serving_server(
@@ -17,6 +19,12 @@ async fn serving_server(
     let server = TestServer::start(dir.path(), tweak).await;
     server.wait_serving().await;
     (dir, server)
+}
+
+/// The server still answers a valid request with `items` items.
+async fn assert_serves(client: &mut RerankerClient<Channel>, request: RerankRequest, items: usize) {
+    let response = client.rerank(request).await.unwrap().into_inner();
+    assert_eq!(response.items.len(), items);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,16 +144,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         assert_eq!(status.message(), expected);
     }
     // The server keeps serving after bad input.
-    assert_eq!(
-        client
-            .rerank(request(10, 5, 4))
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .len(),
-        5
-    );
+    assert_serves(&mut client, request(10, 5, 4), 5).await;
     server.stop().await;
 }
 
@@ -269,15 +268,6 @@ async fn oversized_message_is_refused_and_the_server_keeps_serving() {
         "{}",
         status.message()
     );
-    assert_eq!(
-        client
-            .rerank(request(20, 5, 1))
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .len(),
-        5
-    );
+    assert_serves(&mut client, request(20, 5, 1), 5).await;
     server.stop().await;
 }

@@ -32,5 +32,5 @@ pub fn rerank_input(
         let v1::Features { dense, categorical } = features.unwrap_or_default();
         input.candidate(index, item_id, &dense, &categorical)?;
     }
-    Ok(input.finish(top_k))
+    input.finish(top_k)
 }

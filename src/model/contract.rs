@@ -16,18 +16,43 @@ pub const PREV_VALUE: &str = "prev_value";
 pub const QUERY: &str = "query";
 pub const NEXT_STATE: &str = "next_state";
 
-/// Encoder input roles, in the order the server feeds them. A feature group without
+/// One encoder input: a row per candidate or a single context row, of categorical ids (i64)
+/// or dense values (f32), `width` columns wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderInput {
+    pub role: &'static str,
+    pub per_candidate: bool,
+    pub categorical: bool,
+    pub width: usize,
+}
+
+/// The encoder's inputs, in the order the server feeds them. A feature group without
 /// features has no input.
-pub fn encoder_inputs(schema: &FeatureSchema) -> Vec<&'static str> {
+pub fn encoder_inputs(schema: &FeatureSchema) -> Vec<EncoderInput> {
+    let input = |role, per_candidate, categorical, width| EncoderInput {
+        role,
+        per_candidate,
+        categorical,
+        width,
+    };
     [
-        (CONTEXT_DENSE, schema.context_dense.len()),
-        (CONTEXT_CATEGORICAL, schema.context_categorical.len()),
-        (CANDIDATE_DENSE, schema.candidate_dense.len()),
-        (CANDIDATE_CATEGORICAL, schema.candidate_categorical.len()),
+        input(CONTEXT_DENSE, false, false, schema.context_dense.len()),
+        input(
+            CONTEXT_CATEGORICAL,
+            false,
+            true,
+            schema.context_categorical.len(),
+        ),
+        input(CANDIDATE_DENSE, true, false, schema.candidate_dense.len()),
+        input(
+            CANDIDATE_CATEGORICAL,
+            true,
+            true,
+            schema.candidate_categorical.len(),
+        ),
     ]
     .into_iter()
-    .filter(|(_, width)| *width > 0)
-    .map(|(role, _)| role)
+    .filter(|i| i.width > 0)
     .collect()
 }
 

@@ -36,7 +36,12 @@ pub fn version_files(
         hidden_size: weights.dims.hidden,
         encoder: GraphSpec {
             file: ENCODER_FILE.into(),
-            inputs: identity(&role::encoder_inputs(schema)),
+            inputs: identity(
+                &role::encoder_inputs(schema)
+                    .iter()
+                    .map(|i| i.role)
+                    .collect::<Vec<_>>(),
+            ),
             outputs: identity(&role::ENCODER_OUTPUTS),
         },
         decoder: GraphSpec {

@@ -1,12 +1,12 @@
-//! The tract runtime: loads a version's encoder and decoder graphs once, optimised for a
-//! symbolic candidate count N, and runs the greedy decode of one request. tract stays
-//! behind this module.
+//! The tract runtime: loads a version's encoder and decoder graphs once (the encoder's
+//! plans per candidate count live in `plans`), and runs the greedy decode of one request.
+//! tract stays behind this module.
 
 use std::path::Path;
 
 use tract_onnx::prelude::*;
 
-use super::contract as role;
+use super::contract::{self as role, EncoderInput};
 use super::manifest::{GraphSpec, Manifest};
 use super::plans::{Bound, EncoderPlans, Plan, N};
 use super::LoadError;
@@ -20,8 +20,8 @@ pub struct Generator {
     pub manifest: Manifest,
     encoder: EncoderPlans,
     decoder: Plan,
-    /// Encoder input roles in feed order.
-    encoder_inputs: Vec<&'static str>,
+    /// Encoder inputs in feed order.
+    encoder_inputs: Vec<EncoderInput>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,27 +41,14 @@ impl Generator {
             let one = 1.to_dim();
             let inputs: Vec<_> = encoder_inputs
                 .iter()
-                .map(|&r| match r {
-                    role::CONTEXT_DENSE => (
-                        r,
-                        f32t,
-                        tvec![one.clone(), schema.context_dense.len().to_dim()],
-                    ),
-                    role::CONTEXT_CATEGORICAL => (
-                        r,
-                        i64t,
-                        tvec![one.clone(), schema.context_categorical.len().to_dim()],
-                    ),
-                    role::CANDIDATE_DENSE => (
-                        r,
-                        f32t,
-                        tvec![n.clone(), schema.candidate_dense.len().to_dim()],
-                    ),
-                    _ => (
-                        r,
-                        i64t,
-                        tvec![n.clone(), schema.candidate_categorical.len().to_dim()],
-                    ),
+                .map(|i| {
+                    let dt = if i.categorical { i64t } else { f32t };
+                    let rows = if i.per_candidate {
+                        n.clone()
+                    } else {
+                        one.clone()
+                    };
+                    (i.role, dt, tvec![rows, i.width.to_dim()])
                 })
                 .collect();
             let outputs = [
@@ -147,24 +134,17 @@ impl Generator {
 
     fn encode(&self, encoder: &Plan, input: &RerankInput) -> Result<TractSteps, InferenceError> {
         let n = input.candidates();
-        let schema = &self.manifest.schema;
         let feed = self
             .encoder_inputs
             .iter()
-            .map(|r| match *r {
-                role::CONTEXT_DENSE => {
-                    tensor(&[1, schema.context_dense.len()], &input.context_dense)
+            .map(|i| {
+                let shape = [if i.per_candidate { n } else { 1 }, i.width];
+                match (i.per_candidate, i.categorical) {
+                    (false, false) => tensor(&shape, &input.context_dense),
+                    (false, true) => tensor(&shape, &input.context_ids),
+                    (true, false) => tensor(&shape, &input.candidate_dense),
+                    (true, true) => tensor(&shape, &input.candidate_ids),
                 }
-                role::CONTEXT_CATEGORICAL => {
-                    tensor(&[1, schema.context_categorical.len()], &input.context_ids)
-                }
-                role::CANDIDATE_DENSE => {
-                    tensor(&[n, schema.candidate_dense.len()], &input.candidate_dense)
-                }
-                _ => tensor(
-                    &[n, schema.candidate_categorical.len()],
-                    &input.candidate_ids,
-                ),
             })
             .collect::<Result<TVec<_>, _>>()?;
         let [keys, values, state] = outputs(encoder.run(feed).map_err(infer)?)?;

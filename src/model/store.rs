@@ -22,6 +22,13 @@ struct Snapshot {
     previous: Vec<Arc<Generator>>,
 }
 
+impl Snapshot {
+    /// Every loaded version, the serving one first.
+    fn all(&self) -> impl Iterator<Item = &Arc<Generator>> {
+        std::iter::once(&self.current).chain(&self.previous)
+    }
+}
+
 pub struct ModelStore {
     snapshot: ArcSwapOption<Snapshot>,
     keep_previous: usize,
@@ -47,23 +54,10 @@ impl ModelStore {
         let Some(requested) = version else {
             return Ok(snapshot.current.clone());
         };
-        std::iter::once(&snapshot.current)
-            .chain(&snapshot.previous)
-            .find(|g| g.version == requested)
-            .cloned()
-            .ok_or_else(|| StoreError::VersionNotLoaded {
-                requested,
-                loaded: self.loaded_versions(),
-            })
-    }
-
-    /// Loaded versions, the serving one first.
-    pub fn loaded_versions(&self) -> Vec<u64> {
-        self.snapshot.load().as_ref().map_or_else(Vec::new, |s| {
-            std::iter::once(&s.current)
-                .chain(&s.previous)
-                .map(|g| g.version)
-                .collect()
+        let found = snapshot.all().find(|g| g.version == requested).cloned();
+        found.ok_or_else(|| StoreError::VersionNotLoaded {
+            requested,
+            loaded: snapshot.all().map(|g| g.version).collect(),
         })
     }
 
@@ -71,10 +65,10 @@ impl ModelStore {
     pub fn swap_in(&self, model: Arc<Generator>) {
         let old = self.snapshot.load_full();
         let previous = old.map_or_else(Vec::new, |s| {
-            std::iter::once(s.current.clone())
-                .chain(s.previous.iter().cloned())
+            s.all()
                 .filter(|g| g.version != model.version)
                 .take(self.keep_previous)
+                .cloned()
                 .collect()
         });
         self.snapshot.store(Some(Arc::new(Snapshot {

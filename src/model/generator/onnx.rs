@@ -36,44 +36,27 @@ pub fn export(weights: &Weights, schema: &FeatureSchema) -> ExportedGraphs {
 fn export_encoder(weights: &Weights, schema: &FeatureSchema) -> ModelProto {
     let mut g = GraphBuilder::default();
     let h = weights.dims.hidden;
-    let input = |g: &mut GraphBuilder, name: &str, ty: DataType, rows: Dim, width: usize| {
-        (width > 0).then(|| g.input(name, ty, &[rows, Dim::Fixed(width)]))
-    };
-    let ctx_dense = input(
-        &mut g,
-        role::CONTEXT_DENSE,
-        DataType::Float,
-        Dim::Fixed(1),
-        schema.context_dense.len(),
-    );
-    let ctx_ids = input(
-        &mut g,
-        role::CONTEXT_CATEGORICAL,
-        DataType::Int64,
-        Dim::Fixed(1),
-        schema.context_categorical.len(),
-    );
-    let cand_dense = input(
-        &mut g,
-        role::CANDIDATE_DENSE,
-        DataType::Float,
-        Dim::N,
-        schema.candidate_dense.len(),
-    );
-    let cand_ids = input(
-        &mut g,
-        role::CANDIDATE_CATEGORICAL,
-        DataType::Int64,
-        Dim::N,
-        schema.candidate_categorical.len(),
-    );
+    let mut inputs = std::collections::HashMap::new();
+    for i in role::encoder_inputs(schema) {
+        let ty = if i.categorical {
+            DataType::Int64
+        } else {
+            DataType::Float
+        };
+        let rows = if i.per_candidate {
+            Dim::N
+        } else {
+            Dim::Fixed(1)
+        };
+        inputs.insert(i.role, g.input(i.role, ty, &[rows, Dim::Fixed(i.width)]));
+    }
     let encoded = weights.encode(
         &mut g,
         EncoderInputs {
-            ctx_dense: ctx_dense.as_ref(),
-            ctx_ids: ctx_ids.as_ref(),
-            cand_dense: cand_dense.as_ref(),
-            cand_ids: cand_ids.as_ref(),
+            ctx_dense: inputs.get(role::CONTEXT_DENSE),
+            ctx_ids: inputs.get(role::CONTEXT_CATEGORICAL),
+            cand_dense: inputs.get(role::CANDIDATE_DENSE),
+            cand_ids: inputs.get(role::CANDIDATE_CATEGORICAL),
         },
     );
     g.output(&encoded.keys, role::KEYS, &[Dim::N, Dim::Fixed(h)]);
