@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod model;
+pub mod offline;
 pub mod rerank;
 pub mod server;
 pub mod telemetry;

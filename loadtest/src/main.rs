@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// The served model's manifest, for feature sizes [default: newest version under models/]
     #[arg(long)]
     pub manifest: Option<PathBuf>,
+    /// Replay the requests of a log in degre's format (.parquet or .jsonl, docs/data.md)
+    /// instead of generating them; each row's candidates and features are sent as logged.
+    /// `--top-k 0` asks for as many slots as the row exposed.
+    #[arg(long, conflicts_with_all = ["manifest", "candidates"])]
+    pub replay: Option<PathBuf>,
     /// Deadline sent with each request.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,

@@ -140,7 +140,11 @@ pub struct Report {
     pub target_rate: Option<f64>,
     pub concurrency: Option<usize>,
     pub connections: usize,
-    pub candidates: usize,
+    /// Candidates per generated request; absent when replaying a log.
+    pub candidates: Option<usize>,
+    /// The log replayed instead of generated requests.
+    pub replay: Option<std::path::PathBuf>,
+    /// Slots requested (0: each replayed row's exposed length).
     pub top_k: u32,
     pub duration_s: f64,
     pub sent: u64,
@@ -166,7 +170,8 @@ impl Report {
             target_rate: (args.mode == Mode::Open).then_some(args.rate),
             concurrency: (args.mode == Mode::Closed).then_some(args.concurrency),
             connections: args.connections,
-            candidates: args.candidates,
+            candidates: args.replay.is_none().then_some(args.candidates),
+            replay: args.replay.clone(),
             top_k: args.top_k,
             duration_s,
             sent,
@@ -196,7 +201,11 @@ impl Report {
             "{} {:?} N={} K={} conns={} {}",
             self.label,
             self.mode,
-            self.candidates,
+            match (&self.candidates, &self.replay) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(log)) => format!("as logged in {}", log.display()),
+                (None, None) => "?".into(),
+            },
             self.top_k,
             self.connections,
             match (self.target_rate, self.concurrency) {

@@ -1,5 +1,5 @@
-//! Requests to send: random features sized by the served model's manifest, generated once
-//! before the clock starts.
+//! Requests to send, built once before the clock starts: random features sized by the
+//! served model's manifest, or the rows of a log replayed as they were logged.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,9 @@ use crate::RunArgs;
 const POOL: usize = 64;
 
 pub fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
+    if let Some(path) = &args.replay {
+        return replay(path, args.top_k);
+    }
     let path = match &args.manifest {
         Some(path) => path.clone(),
         None => newest_manifest(Path::new("models"))?,
@@ -72,4 +75,34 @@ fn newest_manifest(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(repo
         .version_dir(version)
         .join(degre::model::manifest::MANIFEST_FILE))
+}
+
+/// Every row of a log as a request, in log order (the driver cycles through them).
+fn replay(path: &Path, top_k: u32) -> anyhow::Result<Vec<v1::RerankRequest>> {
+    let rows = degre::offline::logs::read_logs(path)?;
+    let features = |f: &degre::offline::logs::Features| v1::Features {
+        dense: f.dense.clone(),
+        categorical: f.categorical.clone(),
+    };
+    Ok(rows
+        .iter()
+        .map(|row| v1::RerankRequest {
+            request_id: row.request_id.clone(),
+            context: Some(features(&row.context)),
+            candidates: row
+                .candidates
+                .iter()
+                .map(|c| v1::Candidate {
+                    item_id: c.item_id.clone(),
+                    features: Some(features(&c.features)),
+                })
+                .collect(),
+            top_k: if top_k == 0 {
+                row.exposed.len() as u32
+            } else {
+                top_k
+            },
+            model_version: None,
+        })
+        .collect())
 }

@@ -1,29 +1,28 @@
-//! Drives the load generator for a second against a real server on loopback and checks the
-//! report's counts add up.
+//! Drives the load generator for a second against a real server on loopback (generated
+//! requests in both modes, then a replayed Parquet log) and checks the report's counts add up.
 
 use std::process::Command;
 
 use degre::config::ServeArgs;
+use degre::offline::logs::write_logs;
+use degre::offline::sim::{sample_split, SimConfig, World};
 use degre::server::BoundServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_degre-loadtest");
 const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
 
-fn run(addr: &str, mode_args: &[&str], json: &std::path::Path) -> serde_json::Value {
+/// Generated requests sized by the bundled model's manifest.
+fn generated() -> Vec<String> {
+    let manifest = format!("{BUNDLED}/degre/1/manifest.json");
+    ["--candidates", "50", "--top-k", "10", "--manifest", &manifest]
+        .map(String::from)
+        .to_vec()
+}
+
+fn run(addr: &str, args: &[String], json: &std::path::Path) -> serde_json::Value {
     let out = Command::new(BIN)
-        .args([
-            "run",
-            "--addr",
-            addr,
-            "--duration-s",
-            "1",
-            "--candidates",
-            "50",
-            "--top-k",
-            "10",
-        ])
-        .args(["--manifest", &format!("{BUNDLED}/degre/1/manifest.json")])
-        .args(mode_args)
+        .args(["run", "--addr", addr, "--duration-s", "1"])
+        .args(args)
         .arg("--json")
         .arg(json)
         .output()
@@ -80,7 +79,8 @@ async fn counts_add_up_in_both_modes() {
     let addr2 = addr.clone();
     let json = dir.path().join("open.json");
     let open = tokio::task::spawn_blocking(move || {
-        run(&addr2, &["--mode", "open", "--rate", "200"], &json)
+        let mode = ["--mode", "open", "--rate", "200"].map(String::from);
+        run(&addr2, &[generated(), mode.to_vec()].concat(), &json)
     })
     .await
     .unwrap();
@@ -91,12 +91,28 @@ async fn counts_add_up_in_both_modes() {
     assert!(open["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
 
     let json = dir.path().join("closed.json");
+    let addr2 = addr.clone();
     let closed = tokio::task::spawn_blocking(move || {
-        run(&addr, &["--mode", "closed", "--concurrency", "4"], &json)
+        let mode = ["--mode", "closed", "--concurrency", "4"].map(String::from);
+        run(&addr2, &[generated(), mode.to_vec()].concat(), &json)
     })
     .await
     .unwrap();
     assert!(counts_add_up(&closed) > 0);
+
+    // Replay a log in degre's format: the simulator's default features fit the bundled model.
+    let world = World::generate(SimConfig::default(), 2);
+    let log = dir.path().join("replay.parquet");
+    write_logs(&log, &sample_split(&world, "replay", 30)).unwrap();
+    let json = dir.path().join("replay.json");
+    let replayed = tokio::task::spawn_blocking(move || {
+        let args = ["--replay", log.to_str().unwrap(), "--top-k", "0", "--rate", "100"];
+        run(&addr, &args.map(String::from), &json)
+    })
+    .await
+    .unwrap();
+    assert_eq!(counts_add_up(&replayed), 100, "{replayed}");
+    assert_eq!(replayed["ok"], 100, "{replayed}");
 
     let _ = stop.send(());
     task.await.unwrap().unwrap();

@@ -1,7 +1,9 @@
-//! The `degre` command line: `serve`, the `rerank` client, and `export`/`publish` of models.
+//! The `degre` command line: `serve`, the `rerank` client, `export`/`publish` of models, and
+//! the offline commands (`simulate`, `train-evaluator`, `eval`).
 
 mod export;
 mod health;
+mod offline;
 mod rerank;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,14 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Publish a version directory atomically as the next version of a model.
     Publish(export::PublishArgs),
+    /// Generate a ground-truth world and logged requests from it (Parquet).
+    Simulate(offline::SimulateArgs),
+    /// Validate a log file, print its shape, optionally convert it (Parquet <-> JSON Lines).
+    CheckLogs(offline::CheckLogsArgs),
+    /// Train the Lookahead Evaluator on logged requests.
+    TrainEvaluator(offline::TrainEvaluatorArgs),
+    /// Compare reranking policies: true utility, % of oracle, NDCG/MAP, evaluator quality.
+    Eval(offline::EvalArgs),
 }
 
 /// Runs one command. A [`crate::config::ConfigError`] in the result means bad settings.
@@ -42,6 +52,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Health(args) => health::run(args).await,
         Command::Export(args) => export::export(args),
         Command::Publish(args) => export::publish(args),
+        Command::Simulate(args) => offline::simulate(args),
+        Command::CheckLogs(args) => offline::check_logs(args),
+        Command::TrainEvaluator(args) => offline::train_evaluator(args),
+        Command::Eval(args) => offline::eval(args),
     }
 }
 

@@ -1,0 +1,215 @@
+//! Offline commands: `simulate`, `train-evaluator`, `eval`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::offline::eval::{self, EvalInputs};
+use crate::offline::evaluator::{self, Evaluator, TrainConfig};
+use crate::offline::logs::read_logs;
+use crate::offline::policy::{self, Policy};
+use crate::offline::sim::{self, SimConfig, World};
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Directory for world.json, train.parquet and test.parquet.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// TOML file overriding any simulator setting (see docs/simulator.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let config = match &args.config {
+        Some(path) => SimConfig::load(path)?,
+        None => SimConfig::default(),
+    };
+    let world = sim::simulate(config, args.seed, &args.out)?;
+    println!(
+        "wrote {} ({} train and {} test requests, {} candidates, {} slots) in {:.1} s",
+        args.out.display(),
+        world.config.train_requests,
+        world.config.test_requests,
+        world.config.candidates,
+        world.config.slots,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct TrainEvaluatorArgs {
+    /// Logged requests (.parquet or .jsonl); a validation split is held out of them.
+    #[arg(long)]
+    pub logs: PathBuf,
+    /// Directory for evaluator.json, evaluator.safetensors and checkpoint/.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = TrainConfig::default().hidden)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = TrainConfig::default().patience)]
+    pub patience: usize,
+    #[arg(long, default_value_t = TrainConfig::default().valid_fraction)]
+    pub valid_fraction: f64,
+    /// Continue from `OUT/checkpoint` if present.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bars (for logs and CI).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    anyhow::ensure!(
+        args.valid_fraction > 0.0 && args.valid_fraction < 1.0,
+        "--valid-fraction must be within (0, 1)"
+    );
+    anyhow::ensure!(args.batch_size > 0 && args.hidden > 0, "--batch-size and --hidden must be > 0");
+    let rows = read_logs(&args.logs)?;
+    let config = TrainConfig {
+        hidden: args.hidden,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.learning_rate,
+        patience: args.patience,
+        valid_fraction: args.valid_fraction,
+        seed: args.seed,
+        progress: !args.quiet,
+        ..TrainConfig::default()
+    };
+    let evaluator = evaluator::train(&rows, &config, &args.out, args.resume)?;
+    let summary = evaluator.spec.training.as_ref().context("training summary")?;
+    println!(
+        "evaluator: best epoch {} of {}, validation BCE {:.4} (constant {:.4}); wrote {} in {:.1} s",
+        summary.best_epoch,
+        summary.epochs_run,
+        summary.valid_loss,
+        summary.constant_valid_loss,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Held-out logged requests (.parquet or .jsonl).
+    #[arg(long)]
+    pub logs: PathBuf,
+    /// The simulator's world (its directory or world.json): enables true utility and the oracle.
+    #[arg(long)]
+    pub world: Option<PathBuf>,
+    /// A trained evaluator's directory.
+    #[arg(long)]
+    pub evaluator: Option<PathBuf>,
+    /// Policies by name (repeatable); default: every one the inputs allow.
+    #[arg(long = "policy", value_name = "NAME", help = format!("Policies by name (repeatable): {}", policy::NAMES))]
+    pub policies: Vec<String>,
+    /// JSON Lines of {"request_id", "list"} to evaluate as a policy (repeatable).
+    #[arg(long = "lists", value_name = "FILE")]
+    pub lists: Vec<PathBuf>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Random lists per request, and requests, for the evaluator's rank correlation.
+    #[arg(long, default_value_t = 50)]
+    pub correlation_lists: usize,
+    #[arg(long, default_value_t = 200)]
+    pub correlation_requests: usize,
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let logs = read_logs(&args.logs)?;
+    let world = args.world.as_deref().map(World::load).transpose()?;
+    let evaluator = args.evaluator.as_deref().map(Evaluator::load).transpose()?;
+    let mut policies: Vec<Policy> = if args.policies.is_empty() && args.lists.is_empty() {
+        default_policies(world.is_some(), evaluator.is_some())
+    } else {
+        args.policies
+            .iter()
+            .map(|name| name.parse().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?
+    };
+    for path in &args.lists {
+        policies.push(Policy::from_lists_file(path)?);
+    }
+    let report = eval::evaluate(&EvalInputs {
+        logs: &logs,
+        world: world.as_ref(),
+        evaluator: evaluator.as_ref(),
+        policies: &policies,
+        seed: args.seed,
+        correlation_requests: args.correlation_requests,
+        correlation_lists: args.correlation_lists,
+    })?;
+    print!("{}", eval::table(&report));
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("{}", out.display()))?;
+        println!("wrote {}", out.display());
+    }
+    println!("eval took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn default_policies(simulator: bool, evaluator: bool) -> Vec<Policy> {
+    let mut policies = vec![Policy::Logged, Policy::Upstream, Policy::Random];
+    if simulator {
+        policies.extend([Policy::TruePointwise, Policy::Oracle]);
+    }
+    if evaluator {
+        policies.extend([
+            Policy::EvaluatorPointwise,
+            Policy::EvaluatorGreedy,
+            Policy::EvaluatorBeam(16),
+        ]);
+    }
+    policies
+}
+
+#[derive(Debug, Args)]
+pub struct CheckLogsArgs {
+    /// A log file (.parquet or .jsonl); every row is validated.
+    pub logs: PathBuf,
+    /// Also write the validated rows here, in the encoding its extension names.
+    #[arg(long)]
+    pub convert_to: Option<PathBuf>,
+}
+
+pub fn check_logs(args: CheckLogsArgs) -> anyhow::Result<()> {
+    let rows = read_logs(&args.logs)?;
+    let shape = crate::offline::logs::LogShape::of(&rows).context("no rows")?;
+    let slots: usize = rows.iter().map(|r| r.exposed.len()).sum();
+    let clicks = rows.iter().flat_map(|r| &r.clicks).filter(|&&c| c).count();
+    println!(
+        "{}: {} requests, {} shown slots, click rate {:.4}",
+        args.logs.display(),
+        rows.len(),
+        slots,
+        clicks as f64 / slots as f64
+    );
+    println!("{}", serde_json::to_string_pretty(&shape)?);
+    if let Some(out) = &args.convert_to {
+        crate::offline::logs::write_logs(out, &rows)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Requests and lists as padded tensors for the evaluator's network.
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::offline::logs::{LogShape, LoggedRequest};
+
+/// How raw features enter the network: dense ones standardised with the training data's
+/// mean and spread, categorical ids above the vocabulary sent to the unknown row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureMap {
+    pub context_mean: Vec<f32>,
+    pub context_scale: Vec<f32>,
+    pub candidate_mean: Vec<f32>,
+    pub candidate_scale: Vec<f32>,
+    pub context_vocab: Vec<u64>,
+    pub candidate_vocab: Vec<u64>,
+}
+
+fn standardiser<'a>(width: usize, rows: impl Iterator<Item = &'a [f32]>) -> (Vec<f32>, Vec<f32>) {
+    let mut sum = vec![0f64; width];
+    let mut sum_sq = vec![0f64; width];
+    let mut n = 0f64;
+    for row in rows {
+        for (j, &v) in row.iter().enumerate() {
+            sum[j] += f64::from(v);
+            sum_sq[j] += f64::from(v) * f64::from(v);
+        }
+        n += 1.0;
+    }
+    let n = n.max(1.0);
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let scale = sum_sq
+        .iter()
+        .zip(&mean)
+        .map(|(s, m)| {
+            let std = (s / n - m * m).max(0.0).sqrt();
+            // A constant feature carries nothing; keep it finite.
+            if std > 1e-6 { 1.0 / std as f32 } else { 1.0 }
+        })
+        .collect();
+    (mean.iter().map(|&m| m as f32).collect(), scale)
+}
+
+impl FeatureMap {
+    pub fn fit(rows: &[&LoggedRequest], shape: &LogShape) -> FeatureMap {
+        let (context_mean, context_scale) = standardiser(
+            shape.context_dense,
+            rows.iter().map(|r| &r.context.dense[..]),
+        );
+        let (candidate_mean, candidate_scale) = standardiser(
+            shape.candidate_dense,
+            rows.iter()
+                .flat_map(|r| r.candidates.iter().map(|c| &c.features.dense[..])),
+        );
+        FeatureMap {
+            context_mean,
+            context_scale,
+            candidate_mean,
+            candidate_scale,
+            context_vocab: shape.context_vocab.clone(),
+            candidate_vocab: shape.candidate_vocab.clone(),
+        }
+    }
+
+    pub fn context_dense(&self, raw: &[f32], out: &mut Vec<f32>) {
+        standardise(raw, &self.context_mean, &self.context_scale, out);
+    }
+
+    pub fn candidate_dense(&self, raw: &[f32], out: &mut Vec<f32>) {
+        standardise(raw, &self.candidate_mean, &self.candidate_scale, out);
+    }
+
+    pub fn context_ids(&self, raw: &[i64], out: &mut Vec<u32>) {
+        map_ids(raw, &self.context_vocab, out);
+    }
+
+    pub fn candidate_ids(&self, raw: &[i64], out: &mut Vec<u32>) {
+        map_ids(raw, &self.candidate_vocab, out);
+    }
+
+    /// Checks that a log's widths are the ones this map was fitted on.
+    pub fn check(&self, shape: &LogShape) -> Result<(), String> {
+        let want = (
+            self.context_mean.len(),
+            self.context_vocab.len(),
+            self.candidate_mean.len(),
+            self.candidate_vocab.len(),
+        );
+        let got = (
+            shape.context_dense,
+            shape.context_vocab.len(),
+            shape.candidate_dense,
+            shape.candidate_vocab.len(),
+        );
+        if want == got {
+            Ok(())
+        } else {
+            Err(format!(
+                "the log has (context dense, context categorical, candidate dense, candidate \
+                 categorical) = {got:?} features, the evaluator was trained on {want:?}"
+            ))
+        }
+    }
+}
+
+fn standardise(raw: &[f32], mean: &[f32], scale: &[f32], out: &mut Vec<f32>) {
+    out.extend(raw.iter().zip(mean).zip(scale).map(|((v, m), s)| (v - m) * s));
+}
+
+fn map_ids(raw: &[i64], vocab: &[u64], out: &mut Vec<u32>) {
+    out.extend(
+        raw.iter()
+            .zip(vocab)
+            .map(|(&id, &size)| (id as u64).min(size) as u32),
+    );
+}
+
+/// A padded batch: `requests × candidates` items, `requests × slots` list positions.
+pub struct Batch {
+    pub requests: usize,
+    pub candidates: usize,
+    pub slots: usize,
+    pub context_fields: usize,
+    pub candidate_fields: usize,
+    pub context_dense: Tensor,
+    pub context_ids: Tensor,
+    pub candidate_dense: Tensor,
+    pub candidate_ids: Tensor,
+    pub candidate_mask: Tensor,
+    /// Flat indices into the `[B·N]` item rows, slot by slot.
+    pub list: Tensor,
+    pub slot_mask: Tensor,
+    pub rewards: Tensor,
+}
+
+/// One list to score: its request, the candidate indices and (for training) slot rewards.
+pub struct ListRef<'a> {
+    pub request: &'a LoggedRequest,
+    pub list: &'a [usize],
+    pub rewards: Option<&'a [f32]>,
+}
+
+impl Batch {
+    pub fn new(map: &FeatureMap, lists: &[ListRef<'_>]) -> candle_core::Result<Batch> {
+        let b = lists.len();
+        let n = lists.iter().map(|l| l.request.candidates.len()).max().unwrap_or(1);
+        let t = lists.iter().map(|l| l.list.len()).max().unwrap_or(1).max(1);
+        let (cf, kf) = (map.context_vocab.len(), map.candidate_vocab.len());
+        let (cd, kd) = (map.context_mean.len(), map.candidate_mean.len());
+        let mut context_dense = Vec::with_capacity(b * cd);
+        let mut context_ids = Vec::with_capacity(b * cf);
+        let mut candidate_dense = Vec::with_capacity(b * n * kd);
+        let mut candidate_ids = Vec::with_capacity(b * n * kf);
+        let mut candidate_mask = Vec::with_capacity(b * n);
+        let mut list = Vec::with_capacity(b * t);
+        let mut slot_mask = Vec::with_capacity(b * t);
+        let mut rewards = Vec::with_capacity(b * t);
+        for (r, item) in lists.iter().enumerate() {
+            let request = item.request;
+            map.context_dense(&request.context.dense, &mut context_dense);
+            map.context_ids(&request.context.categorical, &mut context_ids);
+            for c in &request.candidates {
+                map.candidate_dense(&c.features.dense, &mut candidate_dense);
+                map.candidate_ids(&c.features.categorical, &mut candidate_ids);
+            }
+            let padding = n - request.candidates.len();
+            candidate_dense.extend(std::iter::repeat_n(0.0, padding * kd));
+            candidate_ids.extend(std::iter::repeat_n(0, padding * kf));
+            candidate_mask.extend((0..n).map(|i| f32::from(u8::from(i < request.candidates.len()))));
+            for s in 0..t {
+                let present = s < item.list.len();
+                let a = if present { item.list[s] } else { 0 };
+                list.push((r * n + a) as u32);
+                slot_mask.push(f32::from(u8::from(present)));
+                rewards.push(item.rewards.and_then(|w| w.get(s).copied()).unwrap_or(0.0));
+            }
+        }
+        let dev = &Device::Cpu;
+        Ok(Batch {
+            requests: b,
+            candidates: n,
+            slots: t,
+            context_fields: cf,
+            candidate_fields: kf,
+            context_dense: Tensor::from_vec(context_dense, (b, cd), dev)?,
+            context_ids: Tensor::from_vec(context_ids, (b, cf), dev)?,
+            candidate_dense: Tensor::from_vec(candidate_dense, (b * n, kd), dev)?,
+            candidate_ids: Tensor::from_vec(candidate_ids, (b * n, kf), dev)?,
+            candidate_mask: Tensor::from_vec(candidate_mask, (b, n), dev)?,
+            list: Tensor::from_vec(list, b * t, dev)?,
+            slot_mask: Tensor::from_vec(slot_mask, (b, t), dev)?,
+            rewards: Tensor::from_vec(rewards, (b, t), dev)?,
+        })
+    }
+}

@@ -1,0 +1,216 @@
+//! The Lookahead Evaluator's network, written once for training (candle, with autodiff).
+//! `scorer.rs` evaluates the same weights incrementally in plain Rust for search.
+//!
+//! Per request: candidates are embedded (`h`), the context too (`c`), and the candidate set
+//! is summarised by a masked mean (`pool`). Along a list, slot t sees its item `x_t`, a
+//! strictly causal interaction sum `m_t = Σ_{k<t} σ(q_t·k_k/√A)·v_k` (a sum, not an average,
+//! so it can count repeated categories above), its position, and `c`, `pool`, `c ⊙ x_t`.
+//! The slot's click logit comes from a one-hidden-layer MLP over those; `V(s_t)` is the sum
+//! of the slots' click probabilities (DESIGN.md §2, per-step BCE form).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::batch::Batch;
+
+/// Layer sizes; stored with the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dims {
+    pub context_dense: usize,
+    pub candidate_dense: usize,
+    pub embed: usize,
+    pub hidden: usize,
+    pub attention: usize,
+    pub max_slots: usize,
+}
+
+/// Named weights. Matrices are `[in, out]`, so a layer is `x · W + b`.
+pub struct Params {
+    pub vars: Vec<(String, Var)>,
+}
+
+impl Params {
+    /// Xavier-uniform matrices, small normal embeddings, zero biases; `output_bias` starts
+    /// the click logit at the base rate.
+    pub fn init(
+        dims: &Dims,
+        context_vocab: &[u64],
+        candidate_vocab: &[u64],
+        output_bias: f32,
+        seed: u64,
+    ) -> candle_core::Result<Params> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut vars = Vec::new();
+        let mut matrix = |name: String, rows: usize, cols: usize, rng: &mut StdRng| {
+            let bound = (6.0 / (rows + cols) as f32).sqrt();
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
+            Var::from_vec(data, (rows, cols), &Device::Cpu).map(|v| vars.push((name, v)))
+        };
+        let h = dims.hidden;
+        let e = dims.embed;
+        let item_in = dims.candidate_dense + e * candidate_vocab.len();
+        let context_in = dims.context_dense + e * context_vocab.len();
+        for (j, &vocab) in context_vocab.iter().enumerate() {
+            matrix(format!("emb.context.{j}"), vocab as usize + 1, e, &mut rng)?;
+        }
+        for (j, &vocab) in candidate_vocab.iter().enumerate() {
+            matrix(format!("emb.candidate.{j}"), vocab as usize + 1, e, &mut rng)?;
+        }
+        matrix("item.w1".into(), item_in, h, &mut rng)?;
+        matrix("item.w2".into(), h, h, &mut rng)?;
+        matrix("context.w1".into(), context_in, h, &mut rng)?;
+        for name in ["att.q", "att.k", "att.v"] {
+            matrix(name.into(), h, dims.attention, &mut rng)?;
+        }
+        matrix("position".into(), dims.max_slots, h, &mut rng)?;
+        matrix("out.w1".into(), 5 * h + dims.attention, h, &mut rng)?;
+        matrix("out.w2".into(), h, 1, &mut rng)?;
+        let mut params = Params { vars };
+        for (name, size, value) in [
+            ("item.b1", h, 0.0),
+            ("item.b2", h, 0.0),
+            ("context.b1", h, 0.0),
+            ("out.b1", h, 0.0),
+            ("out.b2", 1, output_bias),
+        ] {
+            let bias = Var::from_vec(vec![value; size], size, &Device::Cpu)?;
+            params.vars.push((name.into(), bias));
+        }
+        Ok(params)
+    }
+
+    pub fn get(&self, name: &str) -> candle_core::Result<&Tensor> {
+        self.vars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing weight `{name}`")))
+    }
+
+    pub fn all(&self) -> Vec<Var> {
+        self.vars.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    pub fn save(&self, path: &std::path::Path) -> candle_core::Result<()> {
+        let map: HashMap<&str, Tensor> = self
+            .vars
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_tensor().clone()))
+            .collect();
+        candle_core::safetensors::save(&map, path)
+    }
+
+    /// Loads weights saved by [`Params::save`] into freshly initialised parameters, checking
+    /// that every name and shape matches.
+    pub fn load_into(&self, path: &std::path::Path) -> candle_core::Result<()> {
+        let saved = candle_core::safetensors::load(path, &Device::Cpu)?;
+        for (name, var) in &self.vars {
+            let tensor = saved.get(name).ok_or_else(|| {
+                candle_core::Error::Msg(format!("{}: missing weight `{name}`", path.display()))
+            })?;
+            if tensor.dims() != var.dims() {
+                return Err(candle_core::Error::Msg(format!(
+                    "{}: weight `{name}` has shape {:?}, expected {:?}",
+                    path.display(),
+                    tensor.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&tensor.to_dtype(DType::F32)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_matmul(w)?.broadcast_add(b)
+}
+
+/// Embeds categorical columns (`ids`: `[rows, fields]`, already mapped into the tables) and
+/// appends them to the dense features.
+fn with_embeddings(
+    params: &Params,
+    table: &str,
+    dense: &Tensor,
+    ids: &Tensor,
+    fields: usize,
+) -> candle_core::Result<Tensor> {
+    let mut parts = Vec::with_capacity(fields + 1);
+    if dense.dim(1)? > 0 {
+        parts.push(dense.clone());
+    }
+    for j in 0..fields {
+        let column = ids.narrow(1, j, 1)?.squeeze(1)?;
+        parts.push(params.get(&format!("{table}.{j}"))?.index_select(&column, 0)?);
+    }
+    Tensor::cat(&parts, 1)
+}
+
+/// Click logits `[B, T]` of every slot of every list in the batch.
+pub fn slot_logits(params: &Params, dims: &Dims, batch: &Batch) -> candle_core::Result<Tensor> {
+    let (b, n, t) = (batch.requests, batch.candidates, batch.slots);
+    let relu = |x: Tensor| x.relu();
+    let items = with_embeddings(
+        params,
+        "emb.candidate",
+        &batch.candidate_dense,
+        &batch.candidate_ids,
+        batch.candidate_fields,
+    )?;
+    let h = relu(linear(&items, params.get("item.w1")?, params.get("item.b1")?)?)?;
+    let h = linear(&h, params.get("item.w2")?, params.get("item.b2")?)?; // [B*N, H]
+    let hidden = dims.hidden;
+    let mask = batch.candidate_mask.unsqueeze(2)?; // [B, N, 1]
+    let pool = h
+        .reshape((b, n, hidden))?
+        .broadcast_mul(&mask)?
+        .sum(1)?
+        .broadcast_div(&mask.sum(1)?)?; // [B, H]
+    let context = with_embeddings(
+        params,
+        "emb.context",
+        &batch.context_dense,
+        &batch.context_ids,
+        batch.context_fields,
+    )?;
+    let c = relu(linear(&context, params.get("context.w1")?, params.get("context.b1")?)?)?;
+    let x = h.index_select(&batch.list, 0)?.reshape((b, t, hidden))?;
+    let q = x.broadcast_matmul(params.get("att.q")?)?;
+    let k = x.broadcast_matmul(params.get("att.k")?)?;
+    let v = x.broadcast_matmul(params.get("att.v")?)?;
+    let scale = 1.0 / (dims.attention as f64).sqrt();
+    let strictly_above = (Tensor::tril2(t, DType::F32, &Device::Cpu)?
+        - Tensor::eye(t, DType::F32, &Device::Cpu)?)?;
+    let weights = candle_nn::ops::sigmoid(&(q.matmul(&k.t()?.contiguous()?)? * scale)?)?
+        .broadcast_mul(&strictly_above)?;
+    let m = weights.matmul(&v)?; // [B, T, A]
+    let per_slot = |x: &Tensor| x.unsqueeze(1)?.broadcast_as((b, t, hidden))?.contiguous();
+    let c_t = per_slot(&c)?;
+    let position = params
+        .get("position")?
+        .narrow(0, 0, t)?
+        .unsqueeze(0)?
+        .broadcast_as((b, t, hidden))?
+        .contiguous()?;
+    let z = Tensor::cat(
+        &[&x, &m, &c_t, &per_slot(&pool)?, &position, &(&c_t * &x)?],
+        D::Minus1,
+    )?;
+    let o = relu(linear(&z, params.get("out.w1")?, params.get("out.b1")?)?)?;
+    linear(&o, params.get("out.w2")?, params.get("out.b2")?)?.squeeze(2)
+}
+
+/// Mean binary cross-entropy of the logged slots (`slot_mask` 1), from logits.
+pub fn click_loss(logits: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
+    // softplus(l) − y·l, with softplus(l) = max(l, 0) + log(1 + e^{−|l|}), stable for any l.
+    let softplus = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let per_slot = (softplus - (logits * &batch.rewards)?)?;
+    let masked = (per_slot * &batch.slot_mask)?.sum_all()?;
+    masked / batch.slot_mask.sum_all()?.to_scalar::<f32>()? as f64
+}

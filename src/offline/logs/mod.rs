@@ -1,0 +1,386 @@
+//! Logged requests: what the reranker showed and what users did, one row per request.
+//!
+//! Two encodings of the same shape: Parquet (what Spark/Hive jobs export) and JSON Lines (for
+//! small and hand-written data). Both decode into [`RawRow`] and go through one validation,
+//! so a bad row gets the same error from either: file, row (or line) and field. The format is
+//! documented in `docs/data.md`.
+
+mod jsonl;
+mod parquet;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Dense and categorical features of a context or a candidate, as on the wire (`Features`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Features {
+    pub dense: Vec<f32>,
+    pub categorical: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub item_id: String,
+    pub features: Features,
+    /// The ranking stage's score; the upstream order sorts by it, descending.
+    pub ranking_score: f32,
+}
+
+/// One logged request, validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedRequest {
+    pub request_id: String,
+    pub context: Features,
+    pub candidates: Vec<Candidate>,
+    /// Candidate indices in display order: slot `t` showed `candidates[exposed[t]]`.
+    pub exposed: Vec<usize>,
+    /// One per exposed slot.
+    pub clicks: Vec<bool>,
+    /// Optional value per exposed slot (e.g. GMV); zero where there was no click.
+    pub values: Option<Vec<f32>>,
+}
+
+impl LoggedRequest {
+    /// The reward of every exposed slot: the value if logged and asked for, else the click.
+    pub fn rewards(&self, use_values: bool) -> Vec<f32> {
+        match (&self.values, use_values) {
+            (Some(values), true) => values.clone(),
+            _ => self.clicks.iter().map(|&c| f32::from(u8::from(c))).collect(),
+        }
+    }
+}
+
+/// Feature widths shared by every row of a log, and the vocabulary seen in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogShape {
+    pub context_dense: usize,
+    pub candidate_dense: usize,
+    /// Per categorical feature: largest id seen plus one.
+    pub context_vocab: Vec<u64>,
+    pub candidate_vocab: Vec<u64>,
+    pub max_candidates: usize,
+    pub max_exposed: usize,
+}
+
+impl LogShape {
+    /// The shape of a non-empty set of rows whose widths were validated as equal.
+    pub fn of(rows: &[LoggedRequest]) -> Option<LogShape> {
+        let first = rows.first()?;
+        let first_candidate = &first.candidates[0].features;
+        let mut shape = LogShape {
+            context_dense: first.context.dense.len(),
+            candidate_dense: first_candidate.dense.len(),
+            context_vocab: vec![0; first.context.categorical.len()],
+            candidate_vocab: vec![0; first_candidate.categorical.len()],
+            max_candidates: 0,
+            max_exposed: 0,
+        };
+        for row in rows {
+            grow_vocab(&mut shape.context_vocab, &row.context.categorical);
+            for candidate in &row.candidates {
+                grow_vocab(&mut shape.candidate_vocab, &candidate.features.categorical);
+            }
+            shape.max_candidates = shape.max_candidates.max(row.candidates.len());
+            shape.max_exposed = shape.max_exposed.max(row.exposed.len());
+        }
+        Some(shape)
+    }
+}
+
+fn grow_vocab(vocab: &mut [u64], ids: &[i64]) {
+    for (size, &id) in vocab.iter_mut().zip(ids) {
+        *size = (*size).max(id as u64 + 1);
+    }
+}
+
+/// A row as decoded from either encoding, before validation. `None` is a missing or null field.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRow {
+    pub request_id: Option<String>,
+    pub context: Option<RawFeatures>,
+    pub candidates: Option<Vec<RawCandidate>>,
+    pub exposed: Option<Vec<i64>>,
+    pub clicks: Option<Vec<bool>>,
+    #[serde(default)]
+    pub values: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFeatures {
+    pub dense: Option<Vec<f32>>,
+    pub categorical: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCandidate {
+    pub item_id: Option<String>,
+    pub dense: Option<Vec<f32>>,
+    pub categorical: Option<Vec<i64>>,
+    pub ranking_score: Option<f32>,
+}
+
+/// Where a log is bad. `row` counts from 1 (for JSON Lines it is the line number).
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    #[error("{}: row {row}: field `{field}`: {message}", path.display())]
+    Row {
+        path: PathBuf,
+        row: usize,
+        field: String,
+        message: String,
+    },
+}
+
+/// A validation failure inside one row, before the file and row are known.
+#[derive(Debug, PartialEq)]
+pub(crate) struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl fmt::Display, message: impl fmt::Display) -> FieldError {
+        FieldError {
+            field: field.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn at(self, path: &Path, row: usize) -> LogError {
+        LogError::Row {
+            path: path.to_owned(),
+            row,
+            field: self.field,
+            message: self.message,
+        }
+    }
+}
+
+/// Reads and validates a whole log; the encoding follows the extension (`.parquet`,
+/// `.jsonl`/`.ndjson`). Every row must have the widths of the first.
+pub fn read_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
+    let raw = match Encoding::of(path)? {
+        Encoding::Parquet => parquet::read(path)?,
+        Encoding::JsonLines => jsonl::read(path)?,
+    };
+    let mut rows = Vec::with_capacity(raw.len());
+    let mut widths = None;
+    for (i, (row_number, raw)) in raw.into_iter().enumerate() {
+        let row = validate(raw, widths.as_ref()).map_err(|e| e.at(path, row_number))?;
+        if i == 0 {
+            widths = Some(Widths::of(&row));
+        }
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(LogError::File {
+            path: path.to_owned(),
+            message: "the log has no rows".into(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Writes rows in the encoding the extension names.
+pub fn write_logs(path: &Path, rows: &[LoggedRequest]) -> Result<(), LogError> {
+    match Encoding::of(path)? {
+        Encoding::Parquet => parquet::write(path, rows),
+        Encoding::JsonLines => jsonl::write(path, rows),
+    }
+}
+
+enum Encoding {
+    Parquet,
+    JsonLines,
+}
+
+impl Encoding {
+    fn of(path: &Path) -> Result<Encoding, LogError> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("parquet") => Ok(Encoding::Parquet),
+            Some("jsonl" | "ndjson") => Ok(Encoding::JsonLines),
+            _ => Err(LogError::File {
+                path: path.to_owned(),
+                message: "unknown log encoding: use a .parquet or .jsonl file".into(),
+            }),
+        }
+    }
+}
+
+/// The widths the first row fixes for all others.
+struct Widths {
+    context_dense: usize,
+    context_categorical: usize,
+    candidate_dense: usize,
+    candidate_categorical: usize,
+}
+
+impl Widths {
+    fn of(row: &LoggedRequest) -> Widths {
+        let candidate = &row.candidates[0].features;
+        Widths {
+            context_dense: row.context.dense.len(),
+            context_categorical: row.context.categorical.len(),
+            candidate_dense: candidate.dense.len(),
+            candidate_categorical: candidate.categorical.len(),
+        }
+    }
+}
+
+fn required<T>(value: Option<T>, field: &str) -> Result<T, FieldError> {
+    value.ok_or_else(|| FieldError::new(field, "missing or null"))
+}
+
+fn features(
+    dense: Option<Vec<f32>>,
+    categorical: Option<Vec<i64>>,
+    prefix: &str,
+    widths: Option<(usize, usize)>,
+) -> Result<Features, FieldError> {
+    let dense = required(dense, &format!("{prefix}.dense"))?;
+    let categorical = required(categorical, &format!("{prefix}.categorical"))?;
+    if let Some(i) = dense.iter().position(|v| !v.is_finite()) {
+        return Err(FieldError::new(
+            format!("{prefix}.dense[{i}]"),
+            format!("{} is not finite", dense[i]),
+        ));
+    }
+    if let Some(i) = categorical.iter().position(|&id| id < 0) {
+        return Err(FieldError::new(
+            format!("{prefix}.categorical[{i}]"),
+            format!("id {} is negative", categorical[i]),
+        ));
+    }
+    if let Some((want_dense, want_categorical)) = widths {
+        for (name, want, got) in [
+            ("dense", want_dense, dense.len()),
+            ("categorical", want_categorical, categorical.len()),
+        ] {
+            if want != got {
+                return Err(FieldError::new(
+                    format!("{prefix}.{name}"),
+                    format!("{got} values, but the first row has {want}"),
+                ));
+            }
+        }
+    }
+    Ok(Features { dense, categorical })
+}
+
+fn validate(raw: RawRow, widths: Option<&Widths>) -> Result<LoggedRequest, FieldError> {
+    let request_id = required(raw.request_id, "request_id")?;
+    if request_id.is_empty() {
+        return Err(FieldError::new("request_id", "empty"));
+    }
+    let context = required(raw.context, "context")?;
+    let context = features(
+        context.dense,
+        context.categorical,
+        "context",
+        widths.map(|w| (w.context_dense, w.context_categorical)),
+    )?;
+    let raw_candidates = required(raw.candidates, "candidates")?;
+    if raw_candidates.is_empty() {
+        return Err(FieldError::new("candidates", "empty"));
+    }
+    let mut candidates: Vec<Candidate> = Vec::with_capacity(raw_candidates.len());
+    let mut ids = HashSet::with_capacity(raw_candidates.len());
+    for (i, raw) in raw_candidates.into_iter().enumerate() {
+        let prefix = format!("candidates[{i}]");
+        // Every candidate must match the first: of this row, or of the first row.
+        let want = widths
+            .map(|w| (w.candidate_dense, w.candidate_categorical))
+            .or_else(|| {
+                candidates
+                    .first()
+                    .map(|c| (c.features.dense.len(), c.features.categorical.len()))
+            });
+        let features = features(raw.dense, raw.categorical, &prefix, want)?;
+        let item_id = required(raw.item_id, &format!("{prefix}.item_id"))?;
+        if item_id.is_empty() {
+            return Err(FieldError::new(format!("{prefix}.item_id"), "empty"));
+        }
+        if !ids.insert(item_id.clone()) {
+            return Err(FieldError::new(
+                format!("{prefix}.item_id"),
+                format!("duplicate item id {item_id:?}"),
+            ));
+        }
+        let ranking_score = required(raw.ranking_score, &format!("{prefix}.ranking_score"))?;
+        if !ranking_score.is_finite() {
+            return Err(FieldError::new(
+                format!("{prefix}.ranking_score"),
+                format!("{ranking_score} is not finite"),
+            ));
+        }
+        candidates.push(Candidate {
+            item_id,
+            features,
+            ranking_score,
+        });
+    }
+    let raw_exposed = required(raw.exposed, "exposed")?;
+    if raw_exposed.is_empty() {
+        return Err(FieldError::new("exposed", "empty: a row logs a shown list"));
+    }
+    let mut shown = vec![false; candidates.len()];
+    let mut exposed = Vec::with_capacity(raw_exposed.len());
+    for (t, &index) in raw_exposed.iter().enumerate() {
+        let field = format!("exposed[{t}]");
+        let Some(seen) = usize::try_from(index).ok().and_then(|i| shown.get_mut(i)) else {
+            return Err(FieldError::new(
+                field,
+                format!("index {index} is not a candidate (0..{})", candidates.len()),
+            ));
+        };
+        if std::mem::replace(seen, true) {
+            return Err(FieldError::new(field, format!("index {index} shown twice")));
+        }
+        exposed.push(index as usize);
+    }
+    let clicks = required(raw.clicks, "clicks")?;
+    if clicks.len() != exposed.len() {
+        return Err(FieldError::new(
+            "clicks",
+            format!("{} values for {} exposed slots", clicks.len(), exposed.len()),
+        ));
+    }
+    if let Some(values) = &raw.values {
+        if values.len() != exposed.len() {
+            return Err(FieldError::new(
+                "values",
+                format!("{} values for {} exposed slots", values.len(), exposed.len()),
+            ));
+        }
+        if let Some(t) = values.iter().position(|v| !v.is_finite()) {
+            return Err(FieldError::new(
+                format!("values[{t}]"),
+                format!("{} is not finite", values[t]),
+            ));
+        }
+    }
+    Ok(LoggedRequest {
+        request_id,
+        context,
+        candidates,
+        exposed,
+        clicks,
+        values: raw.values,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! Search over lists for any model whose list value is a sum of per-slot gains, each gain
+//! depending on the prefix above it: the simulator's true utility and the Lookahead
+//! Evaluator are both such models. Exhaustive search, beam search and greedy share it.
+
+use std::cmp::Ordering;
+
+/// A list-value model for one request: `value(π) = Σ_t gain(π_{<t}, π_t)`.
+pub trait ListModel {
+    /// What the model remembers of a prefix.
+    type State: Clone;
+    fn candidates(&self) -> usize;
+    fn initial(&self) -> Self::State;
+    /// The value candidate `a` adds in the next slot after the prefix `state` describes.
+    fn gain(&self, state: &Self::State, a: usize) -> f64;
+    fn push(&self, state: &mut Self::State, a: usize);
+}
+
+/// A list and its value under the model that found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub list: Vec<usize>,
+    pub value: f64,
+}
+
+/// The value of a given list.
+pub fn value<M: ListModel>(model: &M, list: &[usize]) -> f64 {
+    let mut state = model.initial();
+    let mut total = 0.0;
+    for &a in list {
+        total += model.gain(&state, a);
+        model.push(&mut state, a);
+    }
+    total
+}
+
+/// Number of ordered lists of `k` out of `n`, saturating.
+pub fn permutations(n: usize, k: usize) -> u128 {
+    (0..k.min(n)).fold(1u128, |acc, i| acc.saturating_mul((n - i) as u128))
+}
+
+/// The best list of `min(k, n)` slots, by enumerating every one.
+pub fn exhaustive<M: ListModel>(model: &M, k: usize) -> Scored {
+    fn visit<M: ListModel>(
+        model: &M,
+        state: &M::State,
+        prefix: &mut Vec<usize>,
+        used: &mut [bool],
+        value: f64,
+        k: usize,
+        best: &mut Scored,
+    ) {
+        if prefix.len() == k {
+            if value > best.value {
+                *best = Scored {
+                    list: prefix.clone(),
+                    value,
+                };
+            }
+            return;
+        }
+        for a in 0..used.len() {
+            if used[a] {
+                continue;
+            }
+            let gain = model.gain(state, a);
+            let mut next = state.clone();
+            model.push(&mut next, a);
+            used[a] = true;
+            prefix.push(a);
+            visit(model, &next, prefix, used, value + gain, k, best);
+            prefix.pop();
+            used[a] = false;
+        }
+    }
+    let k = k.min(model.candidates());
+    let mut best = Scored {
+        list: Vec::new(),
+        value: f64::NEG_INFINITY,
+    };
+    let mut used = vec![false; model.candidates()];
+    visit(model, &model.initial(), &mut Vec::new(), &mut used, 0.0, k, &mut best);
+    best
+}
+
+/// Beam search of width `width` over lists of `min(k, n)` slots; the final beam, best first.
+pub fn beam<M: ListModel>(model: &M, k: usize, width: usize) -> Vec<Scored> {
+    let n = model.candidates();
+    let k = k.min(n);
+    let width = width.max(1);
+    let mut beam = vec![(Vec::<usize>::new(), model.initial(), 0.0f64)];
+    for _ in 0..k {
+        // Score every expansion cheaply; materialise states only for the survivors.
+        let mut expansions: Vec<(usize, usize, f64)> = Vec::with_capacity(beam.len() * n);
+        for (b, (prefix, state, value)) in beam.iter().enumerate() {
+            for a in (0..n).filter(|a| !prefix.contains(a)) {
+                expansions.push((b, a, value + model.gain(state, a)));
+            }
+        }
+        if expansions.len() > width {
+            expansions.select_nth_unstable_by(width - 1, by_value_desc);
+            expansions.truncate(width);
+        }
+        expansions.sort_by(by_value_desc);
+        beam = expansions
+            .into_iter()
+            .map(|(b, a, value)| {
+                let (prefix, state, _) = &beam[b];
+                let mut state = state.clone();
+                model.push(&mut state, a);
+                let mut prefix = prefix.clone();
+                prefix.push(a);
+                (prefix, state, value)
+            })
+            .collect();
+    }
+    beam.into_iter()
+        .map(|(list, _, value)| Scored { list, value })
+        .collect()
+}
+
+/// Step-wise greedy: at each slot, the candidate with the largest immediate gain.
+pub fn greedy<M: ListModel>(model: &M, k: usize) -> Scored {
+    beam(model, k, 1).swap_remove(0)
+}
+
+fn by_value_desc(a: &(usize, usize, f64), b: &(usize, usize, f64)) -> Ordering {
+    // Ties broken by beam rank then candidate index, so results are deterministic.
+    b.2.total_cmp(&a.2)
+        .then(a.0.cmp(&b.0))
+        .then(a.1.cmp(&b.1))
+}
+
+/// Sorts candidates by a score, descending (ties by index), and keeps the first `k`.
+pub fn sort_by_score(scores: &[f64], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
+}

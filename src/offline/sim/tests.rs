@@ -1,0 +1,131 @@
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::*;
+use crate::offline::search;
+
+/// A small world where redundancy and complementarity both fire often.
+fn small_config() -> SimConfig {
+    SimConfig {
+        train_requests: 0,
+        test_requests: 0,
+        items: 60,
+        categories: 3,
+        complement_pairs: 2,
+        candidates: 6,
+        retrieval_pool: 20,
+        slots: 3,
+        fatigue: 0.05,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn exact_utility_matches_monte_carlo() {
+    let world = World::generate(small_config(), 11);
+    let request = world.sample_request("r".into(), &mut StdRng::seed_from_u64(1));
+    let truth = world.truth(&request).unwrap();
+    let list = [0, 1, 2, 3, 4, 5];
+    let exact = search::value(&truth, &list);
+    let mut rng = StdRng::seed_from_u64(2);
+    let sessions = 200_000;
+    let clicks: Vec<f64> = (0..sessions)
+        .map(|_| truth.sample_clicks(&list, &mut rng).iter().filter(|&&c| c).count() as f64)
+        .collect();
+    let (mean, std) = crate::offline::metrics::mean_std(&clicks);
+    let stderr = std / (sessions as f64).sqrt();
+    assert!(
+        (mean - exact).abs() < 4.0 * stderr,
+        "Monte Carlo {mean:.5} ± {stderr:.5}, exact {exact:.5}"
+    );
+}
+
+fn all_lists(n: usize, k: usize) -> Vec<Vec<usize>> {
+    if k == 0 {
+        return vec![Vec::new()];
+    }
+    let mut out = Vec::new();
+    for prefix in all_lists(n, k - 1) {
+        for a in (0..n).filter(|a| !prefix.contains(a)) {
+            let mut list = prefix.clone();
+            list.push(a);
+            out.push(list);
+        }
+    }
+    out
+}
+
+#[test]
+fn exhaustive_oracle_is_at_least_every_list_and_every_search() {
+    let config = small_config();
+    let world = World::generate(config.clone(), 5);
+    let mut rng = StdRng::seed_from_u64(3);
+    for r in 0..20 {
+        let request = world.sample_request(format!("r{r}"), &mut rng);
+        let truth = world.truth(&request).unwrap();
+        let (best, method) = oracle(&truth, &config);
+        assert_eq!(method, OracleMethod::Exhaustive);
+        let lists = all_lists(config.candidates, config.slots);
+        assert_eq!(lists.len() as u128, search::permutations(6, 3));
+        let max = lists
+            .iter()
+            .map(|l| search::value(&truth, l))
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!((best.value - max).abs() < 1e-12, "{} vs {max}", best.value);
+        assert!((search::value(&truth, &best.list) - best.value).abs() < 1e-12);
+        for width in [1, 2, 8] {
+            assert!(search::beam(&truth, 3, width)[0].value <= best.value + 1e-12);
+        }
+        // A beam as wide as the space is exhaustive.
+        assert!((search::beam(&truth, 3, lists.len())[0].value - best.value).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_logs() {
+    let config = SimConfig {
+        train_requests: 30,
+        test_requests: 5,
+        ..small_config()
+    };
+    let a = sample_split(&World::generate(config.clone(), 9), "train", 30);
+    let b = sample_split(&World::generate(config.clone(), 9), "train", 30);
+    let c = sample_split(&World::generate(config, 10), "train", 30);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn context_effects_make_pointwise_sorting_clearly_suboptimal_by_default() {
+    let config = SimConfig::default();
+    let world = World::generate(config.clone(), 0);
+    let requests = sample_split(&world, "test", 150);
+    let (mut pointwise, mut best) = (0.0, 0.0);
+    for request in &requests {
+        let truth = world.truth(request).unwrap();
+        let list = search::sort_by_score(&truth.attractiveness, config.slots);
+        pointwise += search::value(&truth, &list);
+        best += oracle(&truth, &config).0.value;
+    }
+    let ratio = pointwise / best;
+    assert!(ratio <= 0.92, "pointwise reaches {:.1}% of the oracle", 100.0 * ratio);
+}
+
+#[test]
+fn configs_are_validated() {
+    let bad = SimConfig {
+        slots: 30,
+        ..SimConfig::default()
+    };
+    assert_eq!(bad.validate().unwrap_err(), "`slots` must not exceed `candidates`");
+    let bad = SimConfig {
+        redundancy: 1.5,
+        ..SimConfig::default()
+    };
+    assert_eq!(bad.validate().unwrap_err(), "`redundancy` must be within [0, 1]");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sim.toml");
+    std::fs::write(&path, "candidates = 12\nslotz = 3\n").unwrap();
+    let err = SimConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("unknown field `slotz`"), "{err}");
+}
