@@ -65,13 +65,28 @@ fn simulate_train_and_eval_from_the_command_line() {
     .unwrap();
     let sim = dir.path().join("sim");
     let sim_arg = sim.to_str().unwrap();
-    degre(&["simulate", "--out", sim_arg, "--seed", "5", "--config", config.to_str().unwrap()]);
+    degre(&[
+        "simulate",
+        "--out",
+        sim_arg,
+        "--seed",
+        "5",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
 
     if let Some(table) = pyarrow_reads(&sim.join("train.parquet")) {
         assert_eq!(table["rows"], 600);
         assert_eq!(
             table["columns"],
-            serde_json::json!(["request_id", "context", "candidates", "exposed", "clicks", "values"])
+            serde_json::json!([
+                "request_id",
+                "context",
+                "candidates",
+                "exposed",
+                "clicks",
+                "values"
+            ])
         );
         assert_eq!(table["candidates"], 8);
         assert_eq!(table["exposed"].as_array().unwrap().len(), 4);
@@ -85,8 +100,16 @@ fn simulate_train_and_eval_from_the_command_line() {
     let evaluator = dir.path().join("evaluator");
     let train = sim.join("train.parquet");
     degre(&[
-        "train-evaluator", "--logs", train.to_str().unwrap(), "--out",
-        evaluator.to_str().unwrap(), "--epochs", "2", "--hidden", "16", "--quiet",
+        "train-evaluator",
+        "--logs",
+        train.to_str().unwrap(),
+        "--out",
+        evaluator.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--hidden",
+        "16",
+        "--quiet",
     ]);
     assert!(evaluator.join("evaluator.safetensors").exists());
     assert!(evaluator.join("checkpoint/state.json").exists());
@@ -94,9 +117,19 @@ fn simulate_train_and_eval_from_the_command_line() {
     let report = dir.path().join("report.json");
     let test = sim.join("test.parquet");
     let table = degre(&[
-        "eval", "--logs", test.to_str().unwrap(), "--world", sim_arg, "--evaluator",
-        evaluator.to_str().unwrap(), "--out", report.to_str().unwrap(),
-        "--correlation-requests", "20", "--correlation-lists", "10",
+        "eval",
+        "--logs",
+        test.to_str().unwrap(),
+        "--world",
+        sim_arg,
+        "--evaluator",
+        evaluator.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+        "--correlation-requests",
+        "20",
+        "--correlation-lists",
+        "10",
     ]);
     assert!(table.contains("% oracle"), "{table}");
     let report: serde_json::Value =
@@ -106,7 +139,10 @@ fn simulate_train_and_eval_from_the_command_line() {
     let oracle = policies.iter().find(|p| p["name"] == "oracle").unwrap();
     assert!((oracle["percent_of_oracle"].as_f64().unwrap() - 100.0).abs() < 1e-9);
     for p in policies {
-        assert!(p["percent_of_oracle"].as_f64().unwrap() <= 100.0 + 1e-9, "{p}");
+        assert!(
+            p["percent_of_oracle"].as_f64().unwrap() <= 100.0 + 1e-9,
+            "{p}"
+        );
     }
     assert!(report["evaluator"]["auc"].as_f64().is_some());
 }

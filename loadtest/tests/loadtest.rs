@@ -14,9 +14,16 @@ const BUNDLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
 /// Generated requests sized by the bundled model's manifest.
 fn generated() -> Vec<String> {
     let manifest = format!("{BUNDLED}/degre/1/manifest.json");
-    ["--candidates", "50", "--top-k", "10", "--manifest", &manifest]
-        .map(String::from)
-        .to_vec()
+    [
+        "--candidates",
+        "50",
+        "--top-k",
+        "10",
+        "--manifest",
+        &manifest,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn run(addr: &str, args: &[String], json: &std::path::Path) -> serde_json::Value {
@@ -106,7 +113,14 @@ async fn counts_add_up_in_both_modes() {
     write_logs(&log, &sample_split(&world, "replay", 30)).unwrap();
     let json = dir.path().join("replay.json");
     let replayed = tokio::task::spawn_blocking(move || {
-        let args = ["--replay", log.to_str().unwrap(), "--top-k", "0", "--rate", "100"];
+        let args = [
+            "--replay",
+            log.to_str().unwrap(),
+            "--top-k",
+            "0",
+            "--rate",
+            "100",
+        ];
         run(&addr, &args.map(String::from), &json)
     })
     .await

@@ -4,6 +4,7 @@
 mod export;
 mod health;
 mod offline;
+mod pipeline;
 mod rerank;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,13 @@ pub enum Command {
     CheckLogs(offline::CheckLogsArgs),
     /// Train the Lookahead Evaluator on logged requests.
     TrainEvaluator(offline::TrainEvaluatorArgs),
+    /// Beam-search the evaluator for every logged request: best lists and lookahead values.
+    Mine(pipeline::MineArgs),
+    /// Train the generator on mined lists (dense soft targets) and export it (ONNX + manifest).
+    Distill(pipeline::DistillArgs),
+    /// Everything: simulate (or read logs), evaluator, mining, distillation, baselines,
+    /// evaluation, report, export, publish.
+    Pipeline(pipeline::PipelineArgs),
     /// Compare reranking policies: true utility, % of oracle, NDCG/MAP, evaluator quality.
     Eval(offline::EvalArgs),
 }
@@ -56,6 +64,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::CheckLogs(args) => offline::check_logs(args),
         Command::TrainEvaluator(args) => offline::train_evaluator(args),
         Command::Eval(args) => offline::eval(args),
+        Command::Mine(args) => pipeline::mine(args),
+        Command::Distill(args) => pipeline::distill(args),
+        Command::Pipeline(args) => pipeline::pipeline(args),
     }
 }
 

@@ -79,7 +79,10 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         args.valid_fraction > 0.0 && args.valid_fraction < 1.0,
         "--valid-fraction must be within (0, 1)"
     );
-    anyhow::ensure!(args.batch_size > 0 && args.hidden > 0, "--batch-size and --hidden must be > 0");
+    anyhow::ensure!(
+        args.batch_size > 0 && args.hidden > 0,
+        "--batch-size and --hidden must be > 0"
+    );
     let rows = read_logs(&args.logs)?;
     let config = TrainConfig {
         hidden: args.hidden,
@@ -93,7 +96,11 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         ..TrainConfig::default()
     };
     let evaluator = evaluator::train(&rows, &config, &args.out, args.resume)?;
-    let summary = evaluator.spec.training.as_ref().context("training summary")?;
+    let summary = evaluator
+        .spec
+        .training
+        .as_ref()
+        .context("training summary")?;
     println!(
         "evaluator: best epoch {} of {}, validation BCE {:.4} (constant {:.4}); wrote {} in {:.1} s",
         summary.best_epoch,

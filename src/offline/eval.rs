@@ -131,9 +131,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalReport> {
                 name: policy.name(),
                 true_utility,
                 true_utility_stderr,
-                percent_of_oracle: true_utility
-                    .zip(oracle_mean)
-                    .map(|(u, o)| 100.0 * u / o),
+                percent_of_oracle: true_utility.zip(oracle_mean).map(|(u, o)| 100.0 * u / o),
                 evaluator_value: column(|r| &r.values).0,
                 ndcg_at_k: column(|r| &r.ndcg).0,
                 map_at_k: column(|r| &r.map).0,
@@ -180,7 +178,9 @@ fn evaluate_request(
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let scorer = inputs.evaluator.map(|e| e.scorer(request)).transpose()?;
-    let k = inputs.world.map_or(request.exposed.len(), |w| w.config.slots);
+    let k = inputs
+        .world
+        .map_or(request.exposed.len(), |w| w.config.slots);
     let oracle = truth
         .as_ref()
         .map(|t| sim::oracle(t, &inputs.world.expect("truth implies a world").config).0);
@@ -210,8 +210,11 @@ fn evaluate_request(
         out.micros.push(started.elapsed().as_secs_f64() * 1e6);
         out.utilities
             .push(truth.as_ref().map(|t: &Truth<'_>| search::value(t, &list)));
-        out.values
-            .push(scorer.as_ref().map(|s: &RequestScorer| search::value(s, &list)));
+        out.values.push(
+            scorer
+                .as_ref()
+                .map(|s: &RequestScorer| search::value(s, &list)),
+        );
         let depth = request.exposed.len();
         out.ndcg.push(metrics::ndcg_at(&list, &relevance, depth));
         out.map
@@ -248,7 +251,11 @@ fn evaluator_report(
         .flatten()
         .map(f64::from)
         .collect();
-    let labels: Vec<bool> = inputs.logs.iter().flat_map(|r| r.clicks.iter().copied()).collect();
+    let labels: Vec<bool> = inputs
+        .logs
+        .iter()
+        .flat_map(|r| r.clicks.iter().copied())
+        .collect();
     // The best constant in hindsight: the held-out click rate itself.
     let base = labels.iter().filter(|&&l| l).count() as f64 / labels.len().max(1) as f64;
     let bce = |p: f64, y: bool| {
@@ -256,7 +263,12 @@ fn evaluator_report(
         -(if y { p.ln() } else { (1.0 - p).ln() })
     };
     let n = labels.len().max(1) as f64;
-    let held_out_loss = predicted.iter().zip(&labels).map(|(&p, &y)| bce(p, y)).sum::<f64>() / n;
+    let held_out_loss = predicted
+        .iter()
+        .zip(&labels)
+        .map(|(&p, &y)| bce(p, y))
+        .sum::<f64>()
+        / n;
     let constant_loss = labels.iter().map(|&y| bce(base, y)).sum::<f64>() / n;
     let rank_correlation = inputs
         .world
@@ -317,10 +329,7 @@ pub fn table(report: &EvalReport) -> String {
     };
     let mut out = format!("{} held-out requests", report.requests);
     if let Some(o) = &report.oracle {
-        out += &format!(
-            "; oracle ({}) mean utility {:.4}",
-            o.method, o.mean_utility
-        );
+        out += &format!("; oracle ({}) mean utility {:.4}", o.method, o.mean_utility);
     }
     out += "\n\n";
     out += &format!(

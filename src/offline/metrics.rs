@@ -14,7 +14,10 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     }
     // Sum of the positives' mid-ranks (Mann-Whitney U).
     let ranks = mid_ranks(scores, &order);
-    let rank_sum: f64 = (0..scores.len()).filter(|&i| labels[i]).map(|i| ranks[i]).sum();
+    let rank_sum: f64 = (0..scores.len())
+        .filter(|&i| labels[i])
+        .map(|i| ranks[i])
+        .sum();
     let u = rank_sum - (positives * (positives + 1)) as f64 / 2.0;
     Some(u / (positives * negatives) as f64)
 }
@@ -166,7 +169,10 @@ mod tests {
 
     #[test]
     fn auc_counts_ordered_pairs_and_ties() {
-        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), Some(0.75));
+        assert_eq!(
+            auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
+            Some(0.75)
+        );
         assert_eq!(auc(&[0.5, 0.5], &[false, true]), Some(0.5));
         assert_eq!(auc(&[0.5, 0.7], &[true, true]), None);
     }

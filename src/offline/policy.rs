@@ -3,12 +3,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::seq::index;
 use rand::SeedableRng;
 use serde::Deserialize;
 
+use crate::offline::distill::ServingGenerator;
 use crate::offline::evaluator::RequestScorer;
 use crate::offline::logs::LoggedRequest;
 use crate::offline::search::{self, ListModel};
@@ -32,6 +34,11 @@ pub enum Policy {
     EvaluatorGreedy,
     /// Beam search on the evaluator (the offline teacher).
     EvaluatorBeam(usize),
+    /// A trained generator's greedy pass, exactly as the server decodes.
+    Generator {
+        name: String,
+        generator: Arc<ServingGenerator>,
+    },
     /// Lists given per request id, read from a JSON Lines file.
     Lists {
         name: String,
@@ -85,7 +92,7 @@ impl Policy {
             Policy::EvaluatorPointwise => "evaluator-pointwise".into(),
             Policy::EvaluatorGreedy => "evaluator-greedy".into(),
             Policy::EvaluatorBeam(width) => format!("evaluator-beam:{width}"),
-            Policy::Lists { name, .. } => name.clone(),
+            Policy::Generator { name, .. } | Policy::Lists { name, .. } => name.clone(),
         }
     }
 
@@ -117,9 +124,7 @@ impl Policy {
                     .collect();
                 search::sort_by_score(&scores, k)
             }
-            Policy::Random => {
-                index::sample(&mut StdRng::seed_from_u64(cx.seed), n, k).into_vec()
-            }
+            Policy::Random => index::sample(&mut StdRng::seed_from_u64(cx.seed), n, k).into_vec(),
             Policy::TruePointwise => {
                 let truth = cx.truth.ok_or_else(|| missing("the simulator's world"))?;
                 search::sort_by_score(&truth.attractiveness, k)
@@ -138,13 +143,13 @@ impl Policy {
                 let scorer = cx.scorer.ok_or_else(|| missing("an evaluator"))?;
                 search::beam(scorer, k, *width).swap_remove(0).list
             }
+            Policy::Generator { generator, .. } => generator.rerank(cx.request, k)?,
             Policy::Lists { name, lists } => {
                 let list = lists.get(&cx.request.request_id).ok_or_else(|| {
                     format!("{name}: no list for request {:?}", cx.request.request_id)
                 })?;
-                check_list(list, n).map_err(|e| {
-                    format!("{name}: request {:?}: {e}", cx.request.request_id)
-                })?;
+                check_list(list, n)
+                    .map_err(|e| format!("{name}: request {:?}: {e}", cx.request.request_id))?;
                 list.clone()
             }
         })
@@ -162,7 +167,11 @@ impl Policy {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut lists = HashMap::new();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let line: Line = serde_json::from_str(line)
                 .map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), i + 1))?;
             if lists.insert(line.request_id.clone(), line.list).is_some() {

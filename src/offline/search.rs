@@ -78,7 +78,15 @@ pub fn exhaustive<M: ListModel>(model: &M, k: usize) -> Scored {
         value: f64::NEG_INFINITY,
     };
     let mut used = vec![false; model.candidates()];
-    visit(model, &model.initial(), &mut Vec::new(), &mut used, 0.0, k, &mut best);
+    visit(
+        model,
+        &model.initial(),
+        &mut Vec::new(),
+        &mut used,
+        0.0,
+        k,
+        &mut best,
+    );
     best
 }
 
@@ -125,9 +133,7 @@ pub fn greedy<M: ListModel>(model: &M, k: usize) -> Scored {
 
 fn by_value_desc(a: &(usize, usize, f64), b: &(usize, usize, f64)) -> Ordering {
     // Ties broken by beam rank then candidate index, so results are deterministic.
-    b.2.total_cmp(&a.2)
-        .then(a.0.cmp(&b.0))
-        .then(a.1.cmp(&b.1))
+    b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1))
 }
 
 /// Sorts candidates by a score, descending (ties by index), and keeps the first `k`.
@@ -136,4 +142,36 @@ pub fn sort_by_score(scores: &[f64], k: usize) -> Vec<usize> {
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     order.truncate(k);
     order
+}
+
+/// Completes `prefix` to `min(k, n)` slots greedily; the whole list and its value.
+pub fn greedy_from<M: ListModel>(model: &M, prefix: &[usize], k: usize) -> Scored {
+    let n = model.candidates();
+    let mut state = model.initial();
+    let mut used = vec![false; n];
+    let mut list = Vec::with_capacity(k);
+    let mut value = 0.0;
+    for &a in prefix {
+        value += model.gain(&state, a);
+        model.push(&mut state, a);
+        used[a] = true;
+        list.push(a);
+    }
+    while list.len() < k.min(n) {
+        let (a, gain) = (0..n)
+            .filter(|&a| !used[a])
+            .map(|a| (a, model.gain(&state, a)))
+            .fold((usize::MAX, f64::NEG_INFINITY), |best, c| {
+                if c.1 > best.1 {
+                    c
+                } else {
+                    best
+                }
+            });
+        value += gain;
+        model.push(&mut state, a);
+        used[a] = true;
+        list.push(a);
+    }
+    Scored { list, value }
 }

@@ -36,7 +36,11 @@ fn standardiser<'a>(width: usize, rows: impl Iterator<Item = &'a [f32]>) -> (Vec
         .map(|(s, m)| {
             let std = (s / n - m * m).max(0.0).sqrt();
             // A constant feature carries nothing; keep it finite.
-            if std > 1e-6 { 1.0 / std as f32 } else { 1.0 }
+            if std > 1e-6 {
+                1.0 / std as f32
+            } else {
+                1.0
+            }
         })
         .collect();
     (mean.iter().map(|&m| m as f32).collect(), scale)
@@ -105,7 +109,12 @@ impl FeatureMap {
 }
 
 fn standardise(raw: &[f32], mean: &[f32], scale: &[f32], out: &mut Vec<f32>) {
-    out.extend(raw.iter().zip(mean).zip(scale).map(|((v, m), s)| (v - m) * s));
+    out.extend(
+        raw.iter()
+            .zip(mean)
+            .zip(scale)
+            .map(|((v, m), s)| (v - m) * s),
+    );
 }
 
 fn map_ids(raw: &[i64], vocab: &[u64], out: &mut Vec<u32>) {
@@ -132,6 +141,21 @@ pub struct Batch {
     pub list: Tensor,
     pub slot_mask: Tensor,
     pub rewards: Tensor,
+    /// `[B, T, F]`: per candidate categorical feature, how many items above the slot share
+    /// the slot item's id (redundancy, made explicit rather than left to be learned).
+    pub same_above: Tensor,
+}
+
+/// Per categorical feature, how many of `above` share `item`'s id.
+pub fn same_above(request: &LoggedRequest, above: &[usize], item: usize, out: &mut Vec<f32>) {
+    let ids = &request.candidates[item].features.categorical;
+    for (j, id) in ids.iter().enumerate() {
+        let count = above
+            .iter()
+            .filter(|&&k| request.candidates[k].features.categorical[j] == *id)
+            .count();
+        out.push(count as f32);
+    }
 }
 
 /// One list to score: its request, the candidate indices and (for training) slot rewards.
@@ -144,7 +168,11 @@ pub struct ListRef<'a> {
 impl Batch {
     pub fn new(map: &FeatureMap, lists: &[ListRef<'_>]) -> candle_core::Result<Batch> {
         let b = lists.len();
-        let n = lists.iter().map(|l| l.request.candidates.len()).max().unwrap_or(1);
+        let n = lists
+            .iter()
+            .map(|l| l.request.candidates.len())
+            .max()
+            .unwrap_or(1);
         let t = lists.iter().map(|l| l.list.len()).max().unwrap_or(1).max(1);
         let (cf, kf) = (map.context_vocab.len(), map.candidate_vocab.len());
         let (cd, kd) = (map.context_mean.len(), map.candidate_mean.len());
@@ -156,6 +184,7 @@ impl Batch {
         let mut list = Vec::with_capacity(b * t);
         let mut slot_mask = Vec::with_capacity(b * t);
         let mut rewards = Vec::with_capacity(b * t);
+        let mut same = Vec::with_capacity(b * t * kf);
         for (r, item) in lists.iter().enumerate() {
             let request = item.request;
             map.context_dense(&request.context.dense, &mut context_dense);
@@ -167,13 +196,19 @@ impl Batch {
             let padding = n - request.candidates.len();
             candidate_dense.extend(std::iter::repeat_n(0.0, padding * kd));
             candidate_ids.extend(std::iter::repeat_n(0, padding * kf));
-            candidate_mask.extend((0..n).map(|i| f32::from(u8::from(i < request.candidates.len()))));
+            candidate_mask
+                .extend((0..n).map(|i| f32::from(u8::from(i < request.candidates.len()))));
             for s in 0..t {
                 let present = s < item.list.len();
                 let a = if present { item.list[s] } else { 0 };
                 list.push((r * n + a) as u32);
                 slot_mask.push(f32::from(u8::from(present)));
                 rewards.push(item.rewards.and_then(|w| w.get(s).copied()).unwrap_or(0.0));
+                if present {
+                    same_above(request, &item.list[..s], a, &mut same);
+                } else {
+                    same.extend(std::iter::repeat_n(0.0, kf));
+                }
             }
         }
         let dev = &Device::Cpu;
@@ -191,6 +226,7 @@ impl Batch {
             list: Tensor::from_vec(list, b * t, dev)?,
             slot_mask: Tensor::from_vec(slot_mask, (b, t), dev)?,
             rewards: Tensor::from_vec(rewards, (b, t), dev)?,
+            same_above: Tensor::from_vec(same, (b, t, kf), dev)?,
         })
     }
 }

@@ -61,8 +61,8 @@ impl Evaluator {
         let spec_path = dir.join(SPEC_FILE);
         let text = std::fs::read_to_string(&spec_path)
             .with_context(|| format!("{}", spec_path.display()))?;
-        let spec: Spec = serde_json::from_str(&text)
-            .with_context(|| format!("{}", spec_path.display()))?;
+        let spec: Spec =
+            serde_json::from_str(&text).with_context(|| format!("{}", spec_path.display()))?;
         let evaluator = Evaluator::new(spec, 0.0, 0)?;
         evaluator.params.load_into(&dir.join(WEIGHTS_FILE))?;
         Ok(evaluator)

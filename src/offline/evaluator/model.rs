@@ -4,7 +4,8 @@
 //! Per request: candidates are embedded (`h`), the context too (`c`), and the candidate set
 //! is summarised by a masked mean (`pool`). Along a list, slot t sees its item `x_t`, a
 //! strictly causal interaction sum `m_t = Σ_{k<t} σ(q_t·k_k/√A)·v_k` (a sum, not an average,
-//! so it can count repeated categories above), its position, and `c`, `pool`, `c ⊙ x_t`.
+//! so it can count repeated categories above), its position, `c`, `pool`, `c ⊙ x_t`, and
+//! for each categorical feature the number of items above with the same id.
 //! The slot's click logit comes from a one-hidden-layer MLP over those; `V(s_t)` is the sum
 //! of the slots' click probabilities (DESIGN.md §2, per-step BCE form).
 
@@ -60,7 +61,12 @@ impl Params {
             matrix(format!("emb.context.{j}"), vocab as usize + 1, e, &mut rng)?;
         }
         for (j, &vocab) in candidate_vocab.iter().enumerate() {
-            matrix(format!("emb.candidate.{j}"), vocab as usize + 1, e, &mut rng)?;
+            matrix(
+                format!("emb.candidate.{j}"),
+                vocab as usize + 1,
+                e,
+                &mut rng,
+            )?;
         }
         matrix("item.w1".into(), item_in, h, &mut rng)?;
         matrix("item.w2".into(), h, h, &mut rng)?;
@@ -69,7 +75,13 @@ impl Params {
             matrix(name.into(), h, dims.attention, &mut rng)?;
         }
         matrix("position".into(), dims.max_slots, h, &mut rng)?;
-        matrix("out.w1".into(), 5 * h + dims.attention, h, &mut rng)?;
+        let same_above = candidate_vocab.len();
+        matrix(
+            "out.w1".into(),
+            5 * h + dims.attention + same_above,
+            h,
+            &mut rng,
+        )?;
         matrix("out.w2".into(), h, 1, &mut rng)?;
         let mut params = Params { vars };
         for (name, size, value) in [
@@ -147,7 +159,11 @@ fn with_embeddings(
     }
     for j in 0..fields {
         let column = ids.narrow(1, j, 1)?.squeeze(1)?;
-        parts.push(params.get(&format!("{table}.{j}"))?.index_select(&column, 0)?);
+        parts.push(
+            params
+                .get(&format!("{table}.{j}"))?
+                .index_select(&column, 0)?,
+        );
     }
     Tensor::cat(&parts, 1)
 }
@@ -163,7 +179,11 @@ pub fn slot_logits(params: &Params, dims: &Dims, batch: &Batch) -> candle_core::
         &batch.candidate_ids,
         batch.candidate_fields,
     )?;
-    let h = relu(linear(&items, params.get("item.w1")?, params.get("item.b1")?)?)?;
+    let h = relu(linear(
+        &items,
+        params.get("item.w1")?,
+        params.get("item.b1")?,
+    )?)?;
     let h = linear(&h, params.get("item.w2")?, params.get("item.b2")?)?; // [B*N, H]
     let hidden = dims.hidden;
     let mask = batch.candidate_mask.unsqueeze(2)?; // [B, N, 1]
@@ -179,14 +199,18 @@ pub fn slot_logits(params: &Params, dims: &Dims, batch: &Batch) -> candle_core::
         &batch.context_ids,
         batch.context_fields,
     )?;
-    let c = relu(linear(&context, params.get("context.w1")?, params.get("context.b1")?)?)?;
+    let c = relu(linear(
+        &context,
+        params.get("context.w1")?,
+        params.get("context.b1")?,
+    )?)?;
     let x = h.index_select(&batch.list, 0)?.reshape((b, t, hidden))?;
     let q = x.broadcast_matmul(params.get("att.q")?)?;
     let k = x.broadcast_matmul(params.get("att.k")?)?;
     let v = x.broadcast_matmul(params.get("att.v")?)?;
     let scale = 1.0 / (dims.attention as f64).sqrt();
-    let strictly_above = (Tensor::tril2(t, DType::F32, &Device::Cpu)?
-        - Tensor::eye(t, DType::F32, &Device::Cpu)?)?;
+    let strictly_above =
+        (Tensor::tril2(t, DType::F32, &Device::Cpu)? - Tensor::eye(t, DType::F32, &Device::Cpu)?)?;
     let weights = candle_nn::ops::sigmoid(&(q.matmul(&k.t()?.contiguous()?)? * scale)?)?
         .broadcast_mul(&strictly_above)?;
     let m = weights.matmul(&v)?; // [B, T, A]
@@ -198,10 +222,18 @@ pub fn slot_logits(params: &Params, dims: &Dims, batch: &Batch) -> candle_core::
         .unsqueeze(0)?
         .broadcast_as((b, t, hidden))?
         .contiguous()?;
-    let z = Tensor::cat(
-        &[&x, &m, &c_t, &per_slot(&pool)?, &position, &(&c_t * &x)?],
-        D::Minus1,
-    )?;
+    let mut parts = vec![
+        x.clone(),
+        m,
+        c_t.clone(),
+        per_slot(&pool)?,
+        position,
+        (&c_t * &x)?,
+    ];
+    if batch.candidate_fields > 0 {
+        parts.push(batch.same_above.clone());
+    }
+    let z = Tensor::cat(&parts, D::Minus1)?;
     let o = relu(linear(&z, params.get("out.w1")?, params.get("out.b1")?)?)?;
     linear(&o, params.get("out.w2")?, params.get("out.b2")?)?.squeeze(2)
 }

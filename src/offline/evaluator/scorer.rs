@@ -70,8 +70,11 @@ pub struct RequestScorer {
     values: Vec<Vec<f32>>,
     /// Per slot: the position's contribution to the output pre-activation.
     positions: Vec<Vec<f32>>,
-    /// Rows of the output layer that read the interaction sum `m`.
+    /// Rows of the output layer that read the interaction sum `m`, and the same-id counts.
     interaction: Matrix,
+    same_above: Matrix,
+    /// Each candidate's categorical ids, for the same-id counts.
+    ids: Vec<Vec<i64>>,
     out_w2: Vec<f32>,
     out_b2: f32,
     scale: f32,
@@ -151,11 +154,13 @@ impl RequestScorer {
             let w = m(name)?;
             Ok(items.iter().map(|x| w.apply(x, None)).collect())
         };
-        let interaction = Matrix {
-            rows: a,
+        let rows = |from: usize, count: usize| Matrix {
+            rows: count,
             cols: h,
-            data: out_w1.data[m_rows * h..(m_rows + a) * h].to_vec(),
+            data: out_w1.data[from * h..(from + count) * h].to_vec(),
         };
+        let fields = map.candidate_vocab.len();
+        let (interaction, same_above) = (rows(m_rows, a), rows(5 * h + a, fields));
         Ok(RequestScorer {
             base,
             keys: project("att.k")?,
@@ -163,6 +168,12 @@ impl RequestScorer {
             values: project("att.v")?,
             positions,
             interaction,
+            same_above,
+            ids: request
+                .candidates
+                .iter()
+                .map(|c| c.features.categorical.clone())
+                .collect(),
             out_w2: m("out.w2")?.data,
             out_b2: m("out.b2")?.data[0],
             scale: 1.0 / (a as f32).sqrt(),
@@ -174,14 +185,28 @@ impl RequestScorer {
     pub fn click_probability(&self, prefix: &[usize], a: usize) -> f32 {
         let mut pre = self.base[a].clone();
         let t = prefix.len().min(self.positions.len() - 1);
-        pre.iter_mut().zip(&self.positions[t]).for_each(|(p, x)| *p += x);
+        pre.iter_mut()
+            .zip(&self.positions[t])
+            .for_each(|(p, x)| *p += x);
         if !prefix.is_empty() {
             let mut m = vec![0.0; self.interaction.rows];
             for &j in prefix {
-                let weight = sigmoid(f64::from(dot(&self.queries[a], &self.keys[j]) * self.scale)) as f32;
-                m.iter_mut().zip(&self.values[j]).for_each(|(m, v)| *m += weight * v);
+                let weight =
+                    sigmoid(f64::from(dot(&self.queries[a], &self.keys[j]) * self.scale)) as f32;
+                m.iter_mut()
+                    .zip(&self.values[j])
+                    .for_each(|(m, v)| *m += weight * v);
             }
             self.interaction.add_product(&m, 0, &mut pre);
+            let same: Vec<f32> = (0..self.same_above.rows)
+                .map(|j| {
+                    prefix
+                        .iter()
+                        .filter(|&&k| self.ids[k][j] == self.ids[a][j])
+                        .count() as f32
+                })
+                .collect();
+            self.same_above.add_product(&same, 0, &mut pre);
         }
         let logit: f32 = pre
             .iter()

@@ -77,7 +77,11 @@ struct Checkpoint {
 const CHECKPOINT_DIR: &str = "checkpoint";
 const CHECKPOINT_FILE: &str = "state.json";
 
-fn lists<'a>(rows: &'a [LoggedRequest], rewards: &'a [Vec<f32>], order: &[usize]) -> Vec<ListRef<'a>> {
+fn lists<'a>(
+    rows: &'a [LoggedRequest],
+    rewards: &'a [Vec<f32>],
+    order: &[usize],
+) -> Vec<ListRef<'a>> {
     order
         .iter()
         .map(|&i| ListRef {
@@ -88,7 +92,11 @@ fn lists<'a>(rows: &'a [LoggedRequest], rewards: &'a [Vec<f32>], order: &[usize]
         .collect()
 }
 
-fn mean_loss(evaluator: &Evaluator, lists: &[ListRef<'_>], batch_size: usize) -> anyhow::Result<f64> {
+fn mean_loss(
+    evaluator: &Evaluator,
+    lists: &[ListRef<'_>],
+    batch_size: usize,
+) -> anyhow::Result<f64> {
     let (mut total, mut slots) = (0.0, 0.0);
     for chunk in lists.chunks(batch_size) {
         let batch = Batch::new(&evaluator.spec.features, chunk)?;
@@ -127,14 +135,19 @@ pub fn train(
 
     let (clicks, slots) = train_lists.iter().fold((0.0, 0.0), |(c, s), l| {
         let r = l.rewards.unwrap_or_default();
-        (c + r.iter().map(|&x| f64::from(x)).sum::<f64>(), s + r.len() as f64)
+        (
+            c + r.iter().map(|&x| f64::from(x)).sum::<f64>(),
+            s + r.len() as f64,
+        )
     });
     let base_rate = (clicks / slots).clamp(1e-4, 1.0 - 1e-4);
     let constant_valid_loss = {
-        let (sum, n) = valid_lists.iter().flat_map(|l| l.rewards.unwrap_or_default()).fold(
-            (0.0, 0.0),
-            |(s, n), &y| (s + bce(base_rate, f64::from(y)), n + 1.0),
-        );
+        let (sum, n) = valid_lists
+            .iter()
+            .flat_map(|l| l.rewards.unwrap_or_default())
+            .fold((0.0, 0.0), |(s, n), &y| {
+                (s + bce(base_rate, f64::from(y)), n + 1.0)
+            });
         sum / f64::max(n, 1.0)
     };
 
@@ -161,13 +174,20 @@ pub fn train(
         let state: Checkpoint =
             serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
         anyhow::ensure!(
-            state.spec.dims == evaluator.spec.dims && state.spec.features == evaluator.spec.features,
+            state.spec.dims == evaluator.spec.dims
+                && state.spec.features == evaluator.spec.features,
             "{}: the checkpoint was trained with other sizes or data; remove it to start over",
             path.display()
         );
-        evaluator.params.load_into(&checkpoint_dir.join(super::WEIGHTS_FILE))?;
-        (start_epoch, best_epoch, best_valid, train_loss) =
-            (state.epoch, state.best_epoch, state.best_valid_loss, state.train_loss);
+        evaluator
+            .params
+            .load_into(&checkpoint_dir.join(super::WEIGHTS_FILE))?;
+        (start_epoch, best_epoch, best_valid, train_loss) = (
+            state.epoch,
+            state.best_epoch,
+            state.best_valid_loss,
+            state.train_loss,
+        );
         tracing::info!(epoch = start_epoch, "resuming from checkpoint");
     }
 
@@ -186,7 +206,9 @@ pub fn train(
         let bar = progress_bar(config.progress, batches as u64, epoch, config.epochs);
         let mut shuffled: Vec<usize> = (0..train_lists.len()).collect();
         // Seeded per epoch, so a resumed run sees the same batches as an uninterrupted one.
-        shuffled.shuffle(&mut StdRng::seed_from_u64(config.seed ^ (epoch as u64) << 32));
+        shuffled.shuffle(&mut StdRng::seed_from_u64(
+            config.seed ^ (epoch as u64) << 32,
+        ));
         let (mut sum, mut count) = (0.0, 0.0);
         for chunk in shuffled.chunks(config.batch_size) {
             let chunk: Vec<ListRef<'_>> = chunk
@@ -217,7 +239,9 @@ pub fn train(
         }
         std::fs::create_dir_all(&checkpoint_dir)
             .with_context(|| format!("{}", checkpoint_dir.display()))?;
-        evaluator.params.save(&checkpoint_dir.join(super::WEIGHTS_FILE))?;
+        evaluator
+            .params
+            .save(&checkpoint_dir.join(super::WEIGHTS_FILE))?;
         let state = Checkpoint {
             epoch,
             best_epoch,

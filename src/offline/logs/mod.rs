@@ -48,7 +48,11 @@ impl LoggedRequest {
     pub fn rewards(&self, use_values: bool) -> Vec<f32> {
         match (&self.values, use_values) {
             (Some(values), true) => values.clone(),
-            _ => self.clicks.iter().map(|&c| f32::from(u8::from(c))).collect(),
+            _ => self
+                .clicks
+                .iter()
+                .map(|&c| f32::from(u8::from(c)))
+                .collect(),
         }
     }
 }
@@ -355,14 +359,22 @@ fn validate(raw: RawRow, widths: Option<&Widths>) -> Result<LoggedRequest, Field
     if clicks.len() != exposed.len() {
         return Err(FieldError::new(
             "clicks",
-            format!("{} values for {} exposed slots", clicks.len(), exposed.len()),
+            format!(
+                "{} values for {} exposed slots",
+                clicks.len(),
+                exposed.len()
+            ),
         ));
     }
     if let Some(values) = &raw.values {
         if values.len() != exposed.len() {
             return Err(FieldError::new(
                 "values",
-                format!("{} values for {} exposed slots", values.len(), exposed.len()),
+                format!(
+                    "{} values for {} exposed slots",
+                    values.len(),
+                    exposed.len()
+                ),
             ));
         }
         if let Some(t) = values.iter().position(|v| !v.is_finite()) {

@@ -64,12 +64,12 @@ pub(super) fn write(path: &Path, rows: &[LoggedRequest]) -> Result<(), LogError>
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
-        .map_err(|e| err(e.to_string()))?;
+    let mut writer =
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| err(e.to_string()))?;
     // Row groups of a few thousand requests keep the writer's memory bounded.
     for chunk in rows.chunks(4096) {
-        let batch = RecordBatch::try_new(schema.clone(), columns(chunk))
-            .map_err(|e| err(e.to_string()))?;
+        let batch =
+            RecordBatch::try_new(schema.clone(), columns(chunk)).map_err(|e| err(e.to_string()))?;
         writer.write(&batch).map_err(|e| err(e.to_string()))?;
     }
     writer.close().map_err(|e| err(e.to_string()))?;
@@ -114,7 +114,9 @@ fn columns(rows: &[LoggedRequest]) -> Vec<ArrayRef> {
     let candidates = StructArray::new(
         candidate_fields(),
         vec![
-            Arc::new(StringArray::from(all().map(|c| c.item_id.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                all().map(|c| c.item_id.as_str()).collect::<Vec<_>>(),
+            )),
             Arc::new(dense_list(all().map(|c| &c.features.dense[..]))),
             Arc::new(categorical_list(all().map(|c| &c.features.categorical[..]))),
             Arc::new(Float32Array::from_iter_values(
@@ -131,7 +133,10 @@ fn columns(rows: &[LoggedRequest]) -> Vec<ArrayRef> {
     let exposed = list(
         DataType::Int32,
         rows.iter().map(|r| r.exposed.len()).collect(),
-        Int32Array::from_iter_values(rows.iter().flat_map(|r| r.exposed.iter().map(|&i| i as i32))),
+        Int32Array::from_iter_values(
+            rows.iter()
+                .flat_map(|r| r.exposed.iter().map(|&i| i as i32)),
+        ),
     );
     let clicks = list(
         DataType::Boolean,
@@ -239,10 +244,7 @@ fn list_of<'a>(
     }
 }
 
-fn feature_columns<'a>(
-    parent: &'a StructArray,
-    path: &str,
-) -> Result<FeatureColumns<'a>, String> {
+fn feature_columns<'a>(parent: &'a StructArray, path: &str) -> Result<FeatureColumns<'a>, String> {
     let fields = parent.fields();
     let columns = parent.columns();
     let dense = child(columns, fields, "dense", path)?;
@@ -270,11 +272,8 @@ impl<'a> Columns<'a> {
         let column = |name: &str| child(columns, &fields, name, "");
         let context: &StructArray = typed(column("context")?, "context", "struct")?;
         let candidates: &ListArray = typed(column("candidates")?, "candidates", "list<struct>")?;
-        let candidate_structs: &StructArray = candidates
-            .values()
-            .as_any()
-            .downcast_ref()
-            .ok_or_else(|| {
+        let candidate_structs: &StructArray =
+            candidates.values().as_any().downcast_ref().ok_or_else(|| {
                 format!(
                     "column `candidates` has type {}, expected list<struct>",
                     candidates.data_type()
@@ -282,7 +281,12 @@ impl<'a> Columns<'a> {
             })?;
         let candidate_columns = candidate_structs.columns();
         let candidate_fields = candidate_structs.fields();
-        let item_id = child(candidate_columns, candidate_fields, "item_id", "candidates.")?;
+        let item_id = child(
+            candidate_columns,
+            candidate_fields,
+            "item_id",
+            "candidates.",
+        )?;
         let ranking_score = child(
             candidate_columns,
             candidate_fields,
@@ -342,11 +346,7 @@ impl<'a> Columns<'a> {
                         .item_id
                         .is_valid(j)
                         .then(|| self.item_id.value(j).to_string()),
-                    dense: floats(
-                        self.candidate_features.dense,
-                        j,
-                        &format!("{prefix}.dense"),
-                    )?,
+                    dense: floats(self.candidate_features.dense, j, &format!("{prefix}.dense"))?,
                     categorical: ints(
                         self.candidate_features.categorical,
                         j,

@@ -57,8 +57,10 @@ fn json_error(edit: impl Fn(&mut serde_json::Value)) -> String {
     let path = dir.path().join("logs.jsonl");
     write_logs(&path, &rows()).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
-    let mut lines: Vec<serde_json::Value> =
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     edit(&mut lines[1]);
     let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     std::fs::write(&path, text.join("\n")).unwrap();
@@ -72,42 +74,90 @@ fn json_error(edit: impl Fn(&mut serde_json::Value)) -> String {
 fn every_malformed_row_names_its_field() {
     use serde_json::json;
     let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
-        ("field `request_id`: missing or null", Box::new(|r| r["request_id"] = json!(null))),
-        ("field `request_id`: empty", Box::new(|r| r["request_id"] = json!(""))),
-        ("field `context.dense`: missing or null", Box::new(|r| {
-            r["context"].as_object_mut().unwrap().remove("dense");
-        })),
-        ("field `context.dense`: 1 values, but the first row has 2", Box::new(|r| {
-            r["context"]["dense"] = json!([1.0]);
-        })),
-        ("field `candidates`: empty", Box::new(|r| r["candidates"] = json!([]))),
-        ("field `candidates[1].item_id`: duplicate item id \"r1-item0\"", Box::new(|r| {
-            r["candidates"][1]["item_id"] = json!("r1-item0");
-        })),
-        ("field `candidates[2].categorical[0]`: id -3 is negative", Box::new(|r| {
-            r["candidates"][2]["categorical"][0] = json!(-3);
-        })),
-        ("field `candidates[3].dense`: 2 values, but the first row has 3", Box::new(|r| {
-            r["candidates"][3]["dense"] = json!([1.0, 2.0]);
-        })),
-        ("field `candidates[0].ranking_score`: missing or null", Box::new(|r| {
-            r["candidates"][0]["ranking_score"] = json!(null);
-        })),
-        ("field `candidates[0].dense[1]`: invalid type: string \"x\", expected f32", Box::new(|r| {
-            r["candidates"][0]["dense"][1] = json!("x");
-        })),
-        ("field `exposed`: empty: a row logs a shown list", Box::new(|r| r["exposed"] = json!([]))),
-        ("field `exposed[1]`: index 9 is not a candidate (0..4)", Box::new(|r| {
-            r["exposed"][1] = json!(9);
-        })),
-        ("field `exposed[2]`: index 2 shown twice", Box::new(|r| r["exposed"][2] = json!(2))),
-        ("field `clicks`: 2 values for 3 exposed slots", Box::new(|r| {
-            r["clicks"] = json!([true, false]);
-        })),
-        ("field `values`: 4 values for 3 exposed slots", Box::new(|r| {
-            r["values"] = json!([0.0, 0.0, 0.0, 1.0]);
-        })),
-        ("field `shown`: unknown field `shown`", Box::new(|r| r["shown"] = json!([0]))),
+        (
+            "field `request_id`: missing or null",
+            Box::new(|r| r["request_id"] = json!(null)),
+        ),
+        (
+            "field `request_id`: empty",
+            Box::new(|r| r["request_id"] = json!("")),
+        ),
+        (
+            "field `context.dense`: missing or null",
+            Box::new(|r| {
+                r["context"].as_object_mut().unwrap().remove("dense");
+            }),
+        ),
+        (
+            "field `context.dense`: 1 values, but the first row has 2",
+            Box::new(|r| {
+                r["context"]["dense"] = json!([1.0]);
+            }),
+        ),
+        (
+            "field `candidates`: empty",
+            Box::new(|r| r["candidates"] = json!([])),
+        ),
+        (
+            "field `candidates[1].item_id`: duplicate item id \"r1-item0\"",
+            Box::new(|r| {
+                r["candidates"][1]["item_id"] = json!("r1-item0");
+            }),
+        ),
+        (
+            "field `candidates[2].categorical[0]`: id -3 is negative",
+            Box::new(|r| {
+                r["candidates"][2]["categorical"][0] = json!(-3);
+            }),
+        ),
+        (
+            "field `candidates[3].dense`: 2 values, but the first row has 3",
+            Box::new(|r| {
+                r["candidates"][3]["dense"] = json!([1.0, 2.0]);
+            }),
+        ),
+        (
+            "field `candidates[0].ranking_score`: missing or null",
+            Box::new(|r| {
+                r["candidates"][0]["ranking_score"] = json!(null);
+            }),
+        ),
+        (
+            "field `candidates[0].dense[1]`: invalid type: string \"x\", expected f32",
+            Box::new(|r| {
+                r["candidates"][0]["dense"][1] = json!("x");
+            }),
+        ),
+        (
+            "field `exposed`: empty: a row logs a shown list",
+            Box::new(|r| r["exposed"] = json!([])),
+        ),
+        (
+            "field `exposed[1]`: index 9 is not a candidate (0..4)",
+            Box::new(|r| {
+                r["exposed"][1] = json!(9);
+            }),
+        ),
+        (
+            "field `exposed[2]`: index 2 shown twice",
+            Box::new(|r| r["exposed"][2] = json!(2)),
+        ),
+        (
+            "field `clicks`: 2 values for 3 exposed slots",
+            Box::new(|r| {
+                r["clicks"] = json!([true, false]);
+            }),
+        ),
+        (
+            "field `values`: 4 values for 3 exposed slots",
+            Box::new(|r| {
+                r["values"] = json!([0.0, 0.0, 0.0, 1.0]);
+            }),
+        ),
+        (
+            "field `shown`: unknown field `shown`",
+            Box::new(|r| r["shown"] = json!([0])),
+        ),
     ];
     for (want, edit) in cases {
         let got = json_error(edit);
@@ -125,7 +175,10 @@ fn parquet_rows_are_validated_like_json_lines() {
     let err = read_logs(&path).unwrap_err().to_string();
     assert_eq!(
         err,
-        format!("{}: row 3: field `candidates[1].dense[0]`: NaN is not finite", path.display())
+        format!(
+            "{}: row 3: field `candidates[1].dense[0]`: NaN is not finite",
+            path.display()
+        )
     );
 }
 
@@ -136,12 +189,13 @@ fn a_parquet_file_without_a_column_is_rejected_by_name() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("partial.parquet");
-    let schema = Arc::new(Schema::new(vec![Field::new("request_id", DataType::Utf8, false)]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![Arc::new(StringArray::from(vec!["a"]))],
-    )
-    .unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "request_id",
+        DataType::Utf8,
+        false,
+    )]));
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec!["a"]))]).unwrap();
     let mut writer =
         ::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None)
             .unwrap();
@@ -157,10 +211,19 @@ fn unreadable_files_name_the_file() {
     let garbage = dir.path().join("garbage.parquet");
     std::fs::write(&garbage, b"not parquet").unwrap();
     let err = read_logs(&garbage).unwrap_err().to_string();
-    assert!(err.starts_with(&format!("{}: not a readable Parquet file", garbage.display())), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "{}: not a readable Parquet file",
+            garbage.display()
+        )),
+        "{err}"
+    );
     let csv = Path::new("logs.csv");
     let err = read_logs(csv).unwrap_err().to_string();
-    assert_eq!(err, "logs.csv: unknown log encoding: use a .parquet or .jsonl file");
+    assert_eq!(
+        err,
+        "logs.csv: unknown log encoding: use a .parquet or .jsonl file"
+    );
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "\n").unwrap();
     let err = read_logs(&empty).unwrap_err().to_string();

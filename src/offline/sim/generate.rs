@@ -17,7 +17,10 @@ pub const TEST_FILE: &str = "test.parquet";
 /// Requests of one split. Each request has its own seed, so the logs do not depend on how
 /// many threads drew them.
 pub fn sample_split(world: &World, split: &str, count: usize) -> Vec<LoggedRequest> {
-    let split_seed = world.seed ^ split.bytes().fold(0u64, |h, b| h.wrapping_mul(131) ^ u64::from(b));
+    let split_seed = world.seed
+        ^ split
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(131) ^ u64::from(b));
     (0..count)
         .into_par_iter()
         .map(|i| {
@@ -48,11 +51,18 @@ pub fn simulate(config: SimConfig, seed: u64, out: &Path) -> anyhow::Result<Worl
 
 impl World {
     pub fn load(path: &Path) -> anyhow::Result<World> {
-        let path = if path.is_dir() { path.join(WORLD_FILE) } else { path.to_owned() };
+        let path = if path.is_dir() {
+            path.join(WORLD_FILE)
+        } else {
+            path.to_owned()
+        };
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
         let world: World =
             serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        world.config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        world
+            .config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(world)
     }
 }

@@ -4,8 +4,8 @@ mod config;
 mod generate;
 mod world;
 
-pub use generate::{sample_split, simulate, TEST_FILE, TRAIN_FILE, WORLD_FILE};
 pub use config::SimConfig;
+pub use generate::{sample_split, simulate, TEST_FILE, TRAIN_FILE, WORLD_FILE};
 pub use world::{item_id, sigmoid, Item, Reading, Truth, World};
 
 use crate::offline::search::{self, ListModel, Scored};
@@ -31,7 +31,9 @@ impl std::fmt::Display for OracleMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OracleMethod::Exhaustive => write!(f, "exhaustive search"),
-            OracleMethod::Beam(width) => write!(f, "beam search (width {width}) under the true model"),
+            OracleMethod::Beam(width) => {
+                write!(f, "beam search (width {width}) under the true model")
+            }
         }
     }
 }

@@ -30,7 +30,13 @@ fn exact_utility_matches_monte_carlo() {
     let mut rng = StdRng::seed_from_u64(2);
     let sessions = 200_000;
     let clicks: Vec<f64> = (0..sessions)
-        .map(|_| truth.sample_clicks(&list, &mut rng).iter().filter(|&&c| c).count() as f64)
+        .map(|_| {
+            truth
+                .sample_clicks(&list, &mut rng)
+                .iter()
+                .filter(|&&c| c)
+                .count() as f64
+        })
         .collect();
     let (mean, std) = crate::offline::metrics::mean_std(&clicks);
     let stderr = std / (sessions as f64).sqrt();
@@ -108,7 +114,11 @@ fn context_effects_make_pointwise_sorting_clearly_suboptimal_by_default() {
         best += oracle(&truth, &config).0.value;
     }
     let ratio = pointwise / best;
-    assert!(ratio <= 0.92, "pointwise reaches {:.1}% of the oracle", 100.0 * ratio);
+    assert!(
+        ratio <= 0.92,
+        "pointwise reaches {:.1}% of the oracle",
+        100.0 * ratio
+    );
 }
 
 #[test]
@@ -117,12 +127,18 @@ fn configs_are_validated() {
         slots: 30,
         ..SimConfig::default()
     };
-    assert_eq!(bad.validate().unwrap_err(), "`slots` must not exceed `candidates`");
+    assert_eq!(
+        bad.validate().unwrap_err(),
+        "`slots` must not exceed `candidates`"
+    );
     let bad = SimConfig {
         redundancy: 1.5,
         ..SimConfig::default()
     };
-    assert_eq!(bad.validate().unwrap_err(), "`redundancy` must be within [0, 1]");
+    assert_eq!(
+        bad.validate().unwrap_err(),
+        "`redundancy` must be within [0, 1]"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sim.toml");
     std::fs::write(&path, "candidates = 12\nslotz = 3\n").unwrap();

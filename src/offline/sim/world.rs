@@ -98,13 +98,18 @@ impl World {
         let mut logit = item.bias;
         for (j, u) in user.iter().enumerate() {
             let row = &self.interaction[j * d..(j + 1) * d];
-            logit += u * row.iter().zip(&item.latent).map(|(w, x)| w * x).sum::<f64>();
+            logit += u * row
+                .iter()
+                .zip(&item.latent)
+                .map(|(w, x)| w * x)
+                .sum::<f64>();
         }
         logit
     }
 
     fn segment(&self, user: &[f64]) -> usize {
-        let distance = |c: &Vec<f64>| -> f64 { c.iter().zip(user).map(|(a, b)| (a - b).powi(2)).sum() };
+        let distance =
+            |c: &Vec<f64>| -> f64 { c.iter().zip(user).map(|(a, b)| (a - b).powi(2)).sum() };
         (0..self.segment_centres.len())
             .min_by(|&a, &b| {
                 distance(&self.segment_centres[a]).total_cmp(&distance(&self.segment_centres[b]))
@@ -143,7 +148,13 @@ impl World {
         let values = exposed
             .iter()
             .zip(&clicks)
-            .map(|(&a, &click)| if click { self.items[scored[a].0].price as f32 } else { 0.0 })
+            .map(|(&a, &click)| {
+                if click {
+                    self.items[scored[a].0].price as f32
+                } else {
+                    0.0
+                }
+            })
             .collect();
         LoggedRequest {
             request_id,

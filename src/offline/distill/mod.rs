@@ -1,0 +1,456 @@
+//! `degre distill`: the generator (`model::generator`, the network the server runs) trained
+//! by teacher forcing along target lists. DeGRe's targets are the miner's dense soft labels
+//! `softmax(Q_t/τ)` at every step (plus `β`·CE on the mined item); the same trainer learns
+//! from one-hot targets (hard labels, heuristic labels), and [`reinforce`] trains it from a
+//! sparse list-level reward instead.
+//!
+//! The network sees standardised dense features while training; [`ServingGenerator::fold`]
+//! folds the standardisation into the first layers so the exported graph takes raw features.
+
+mod ops;
+mod reinforce;
+
+pub use ops::{CandleOps, Ids};
+pub use reinforce::reinforce;
+
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::decode;
+use crate::model::generator::reference::ReferenceSteps;
+use crate::model::generator::{Dims, Encoded, EncoderInputs, Weights};
+use crate::model::manifest::{Categorical, FeatureSchema};
+use crate::offline::evaluator::FeatureMap;
+use crate::offline::logs::LoggedRequest;
+use crate::offline::mine::Mined;
+use crate::rerank::RerankInput;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistillConfig {
+    pub hidden: usize,
+    pub embed: usize,
+    pub epochs: usize,
+    /// Requests per optimiser step.
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Softmax temperature of the soft targets, in units of `V` (expected clicks).
+    pub temperature: f64,
+    /// Weight of the cross-entropy on the teacher's own item, added to the soft targets.
+    pub ce_weight: f64,
+    pub patience: usize,
+    pub valid_fraction: f64,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            hidden: 32,
+            embed: 8,
+            epochs: 12,
+            batch_size: 32,
+            learning_rate: 3e-3,
+            temperature: 0.05,
+            ce_weight: 0.1,
+            patience: 3,
+            valid_fraction: 0.1,
+            seed: 0,
+            progress: true,
+        }
+    }
+}
+
+/// A list to teacher-force along, and the target distribution at each of its steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forced {
+    pub list: Vec<usize>,
+    /// Per step: (candidate, probability) pairs summing to 1, over candidates not yet placed.
+    pub targets: Vec<Vec<(usize, f32)>>,
+}
+
+impl Forced {
+    /// DeGRe's dense soft targets, `softmax(Q_t/τ)` over the remaining candidates.
+    pub fn soft(mined: &Mined, temperature: f64) -> Forced {
+        Forced {
+            list: mined.list.clone(),
+            targets: mined
+                .steps
+                .iter()
+                .map(|step| {
+                    let p = step.soft_target(temperature);
+                    step.candidates
+                        .iter()
+                        .zip(p)
+                        .map(|(&a, p)| (a, p as f32))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// One-hot targets along a list.
+    pub fn hard(list: &[usize]) -> Forced {
+        Forced {
+            list: list.to_vec(),
+            targets: list.iter().map(|&a| vec![(a, 1.0)]).collect(),
+        }
+    }
+}
+
+/// The feature schema of a generator for logs of a given shape.
+pub fn schema_of(map: &FeatureMap) -> FeatureSchema {
+    let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}_{i}")).collect();
+    let categorical = |prefix: &str, vocab: &[u64]| {
+        vocab
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| Categorical {
+                name: format!("{prefix}_{i}"),
+                vocab_size: v,
+            })
+            .collect()
+    };
+    FeatureSchema {
+        context_dense: names("context_dense", map.context_mean.len()),
+        context_categorical: categorical("context_categorical", &map.context_vocab),
+        candidate_dense: names("candidate_dense", map.candidate_mean.len()),
+        candidate_categorical: categorical("candidate_categorical", &map.candidate_vocab),
+    }
+}
+
+/// One request as the generator's training inputs (standardised dense features).
+pub struct Inputs {
+    ctx_dense: Option<Tensor>,
+    ctx_ids: Option<Ids>,
+    cand_dense: Option<Tensor>,
+    cand_ids: Option<Ids>,
+    pub candidates: usize,
+}
+
+impl Inputs {
+    pub fn new(map: &FeatureMap, request: &LoggedRequest) -> candle_core::Result<Inputs> {
+        let n = request.candidates.len();
+        let (mut ctx, mut ctx_ids, mut cand, mut cand_ids) = (vec![], vec![], vec![], vec![]);
+        map.context_dense(&request.context.dense, &mut ctx);
+        map.context_ids(&request.context.categorical, &mut ctx_ids);
+        for c in &request.candidates {
+            map.candidate_dense(&c.features.dense, &mut cand);
+            map.candidate_ids(&c.features.categorical, &mut cand_ids);
+        }
+        let dense = |data: Vec<f32>, rows: usize| -> candle_core::Result<Option<Tensor>> {
+            let cols = data.len() / rows;
+            (cols > 0)
+                .then(|| Tensor::from_vec(data, (rows, cols), &Device::Cpu))
+                .transpose()
+        };
+        let ids = |data: Vec<u32>, rows: usize| {
+            let cols = data.len() / rows;
+            (cols > 0).then_some(Ids { rows, cols, data })
+        };
+        Ok(Inputs {
+            ctx_dense: dense(ctx, 1)?,
+            ctx_ids: ids(ctx_ids, 1),
+            cand_dense: dense(cand, n)?,
+            cand_ids: ids(cand_ids, n),
+            candidates: n,
+        })
+    }
+
+    pub fn encode(&self, ops: &mut CandleOps, weights: &Weights) -> Encoded<Tensor> {
+        weights.encode(
+            ops,
+            EncoderInputs {
+                ctx_dense: self.ctx_dense.as_ref(),
+                ctx_ids: self.ctx_ids.as_ref(),
+                cand_dense: self.cand_dense.as_ref(),
+                cand_ids: self.cand_ids.as_ref(),
+            },
+        )
+    }
+}
+
+/// Steps the decoder along a list chosen as it goes: `choose(t, log_probs)` returns slot
+/// t's item. Returns every step's log-probabilities over all candidates (`[N]`, placed
+/// items at about -1e9).
+pub fn decode_steps(
+    ops: &mut CandleOps,
+    weights: &Weights,
+    inputs: &Inputs,
+    steps: usize,
+    mut choose: impl FnMut(usize, &Tensor) -> candle_core::Result<usize>,
+) -> candle_core::Result<(Vec<usize>, Vec<Tensor>)> {
+    let n = inputs.candidates;
+    let encoded = inputs.encode(ops, weights);
+    let mut state = encoded.state;
+    let mut prev = Tensor::zeros(
+        (1, weights.dims.hidden),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )?;
+    let mut mask = vec![0f32; n];
+    let (mut list, mut log_probs) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+    for t in 0..steps.min(n) {
+        let (query, next) = weights.step(ops, &state, &prev);
+        let logits = encoded.keys.matmul(&query.t()?)?.reshape(n)?;
+        let logits = (logits + Tensor::from_slice(&mask, n, &Device::Cpu)?)?;
+        let lp = candle_nn::ops::log_softmax(&logits, 0)?;
+        let a = choose(t, &lp)?;
+        mask[a] = -1e9;
+        prev = encoded.values.narrow(0, a, 1)?;
+        state = next;
+        list.push(a);
+        log_probs.push(lp);
+    }
+    Ok((list, log_probs))
+}
+
+/// Cross-entropy of the generator against a [`Forced`] target, averaged over steps.
+pub fn forced_loss(
+    ops: &mut CandleOps,
+    weights: &Weights,
+    inputs: &Inputs,
+    forced: &Forced,
+    ce_weight: f64,
+) -> candle_core::Result<Tensor> {
+    let n = inputs.candidates;
+    let (_, log_probs) = decode_steps(ops, weights, inputs, forced.list.len(), |t, _| {
+        Ok(forced.list[t])
+    })?;
+    let mut total: Option<Tensor> = None;
+    for (t, lp) in log_probs.iter().enumerate() {
+        let mut target = vec![0f32; n];
+        for &(a, p) in &forced.targets[t] {
+            target[a] += p;
+        }
+        target[forced.list[t]] += ce_weight as f32;
+        let term = (lp * Tensor::from_vec(target, n, &Device::Cpu)?)?
+            .sum_all()?
+            .neg()?;
+        total = Some(match total {
+            Some(sum) => (sum + term)?,
+            None => term,
+        });
+    }
+    let steps = log_probs.len().max(1) as f64;
+    total.map_or_else(|| Tensor::new(0f32, &Device::Cpu), |t| t / steps)
+}
+
+pub(crate) fn progress_bar(visible: bool, len: u64, prefix: String) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+            .expect("a valid progress template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix);
+    bar
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DistillSummary {
+    pub train_requests: usize,
+    pub valid_requests: usize,
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub valid_loss: f64,
+    pub seconds: f64,
+}
+
+/// Splits indices into (train, valid) with a seeded shuffle.
+pub(crate) fn split(len: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    let valid = ((len as f64 * fraction).round() as usize).clamp(usize::from(len > 1), len / 2);
+    let train = order.split_off(valid);
+    (train, order)
+}
+
+/// Trains a generator by teacher forcing; keeps the epoch with the best validation loss.
+pub fn distill(
+    requests: &[&LoggedRequest],
+    targets: &[Forced],
+    map: &FeatureMap,
+    config: &DistillConfig,
+    label: &str,
+) -> anyhow::Result<(ServingGenerator, DistillSummary)> {
+    let started = std::time::Instant::now();
+    anyhow::ensure!(
+        requests.len() == targets.len() && !requests.is_empty(),
+        "no targets"
+    );
+    let schema = schema_of(map);
+    let dims = Dims {
+        hidden: config.hidden,
+        embed: config.embed,
+    };
+    let mut weights = Weights::init(&schema, dims, config.seed);
+    let mut ops = CandleOps::new(&weights)?;
+    let mut optimizer = AdamW::new(
+        ops.all(),
+        ParamsAdamW {
+            lr: config.learning_rate,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let inputs: Vec<Inputs> = requests
+        .iter()
+        .map(|r| Inputs::new(map, r))
+        .collect::<candle_core::Result<_>>()?;
+    let (train, valid) = split(requests.len(), config.valid_fraction, config.seed);
+    let ce = config.ce_weight;
+    let valid_loss = |ops: &mut CandleOps, weights: &Weights| -> candle_core::Result<f64> {
+        let mut sum = 0.0;
+        for &i in &valid {
+            sum += f64::from(
+                forced_loss(ops, weights, &inputs[i], &targets[i], ce)?.to_scalar::<f32>()?,
+            );
+        }
+        Ok(sum / valid.len().max(1) as f64)
+    };
+    let (mut best, mut best_epoch, mut best_loss) =
+        (weights.clone(), 0, valid_loss(&mut ops, &weights)?);
+    let mut epoch = 0;
+    while epoch < config.epochs && epoch - best_epoch < config.patience.max(1) {
+        epoch += 1;
+        let mut order = train.clone();
+        order.shuffle(&mut StdRng::seed_from_u64(
+            config.seed.wrapping_add(epoch as u64),
+        ));
+        let bar = progress_bar(
+            config.progress,
+            order.len().div_ceil(config.batch_size) as u64,
+            format!("{label} epoch {epoch}/{}", config.epochs),
+        );
+        let mut running = 0.0;
+        for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+            let mut total: Option<Tensor> = None;
+            for &i in chunk {
+                let loss = forced_loss(&mut ops, &weights, &inputs[i], &targets[i], ce)?;
+                total = Some(match total {
+                    Some(sum) => (sum + loss)?,
+                    None => loss,
+                });
+            }
+            let loss = (total.expect("non-empty chunk") / chunk.len() as f64)?;
+            optimizer.backward_step(&loss)?;
+            running += f64::from(loss.to_scalar::<f32>()?);
+            bar.set_message(format!("loss {:.4}", running / (b + 1) as f64));
+            bar.inc(1);
+        }
+        ops.store(&mut weights)?;
+        let loss = valid_loss(&mut ops, &weights)?;
+        bar.finish_with_message(format!(
+            "loss {:.4}, validation {loss:.4}",
+            running / order.len().div_ceil(config.batch_size).max(1) as f64
+        ));
+        if loss < best_loss {
+            (best, best_epoch, best_loss) = (weights.clone(), epoch, loss);
+        }
+    }
+    let summary = DistillSummary {
+        train_requests: train.len(),
+        valid_requests: valid.len(),
+        epochs_run: epoch,
+        best_epoch,
+        valid_loss: best_loss,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((ServingGenerator::fold(best, map), summary))
+}
+
+/// A trained generator as served: weights that take raw features, and its schema.
+#[derive(Debug, Clone)]
+pub struct ServingGenerator {
+    pub weights: Weights,
+    pub schema: FeatureSchema,
+}
+
+impl ServingGenerator {
+    /// Folds `x ↦ (x − mean)·scale` of the dense inputs into the first layers:
+    /// `W' = diag(scale)·W` on the dense rows and `b' = b − (mean·scale)·W`.
+    pub fn fold(mut weights: Weights, map: &FeatureMap) -> ServingGenerator {
+        let fold = |w: &mut crate::model::generator::Param,
+                    b: &mut crate::model::generator::Param,
+                    mean: &[f32],
+                    scale: &[f32]| {
+            let cols = w.cols;
+            for (j, (&m, &s)) in mean.iter().zip(scale).enumerate() {
+                let row = &mut w.data[j * cols..(j + 1) * cols];
+                for (c, v) in row.iter_mut().enumerate() {
+                    b.data[c] -= m * s * *v;
+                    *v *= s;
+                }
+            }
+        };
+        if let Some(w_ctx) = weights.w_ctx.as_mut() {
+            fold(
+                w_ctx,
+                &mut weights.b_ctx,
+                &map.context_mean,
+                &map.context_scale,
+            );
+        }
+        fold(
+            &mut weights.w_item,
+            &mut weights.b_item,
+            &map.candidate_mean,
+            &map.candidate_scale,
+        );
+        ServingGenerator {
+            weights,
+            schema: schema_of(map),
+        }
+    }
+
+    /// The request as the server would see it: raw features, ids mapped into the vocabulary.
+    pub fn input(&self, request: &LoggedRequest, slots: usize) -> RerankInput {
+        let clamp = |ids: &[i64], vocab: &[Categorical]| -> Vec<i64> {
+            ids.iter()
+                .zip(vocab)
+                .map(|(&id, c)| id.min(c.vocab_size as i64))
+                .collect()
+        };
+        RerankInput {
+            context_dense: request.context.dense.clone(),
+            context_ids: clamp(
+                &request.context.categorical,
+                &self.schema.context_categorical,
+            ),
+            candidate_dense: request
+                .candidates
+                .iter()
+                .flat_map(|c| c.features.dense.clone())
+                .collect(),
+            candidate_ids: request
+                .candidates
+                .iter()
+                .flat_map(|c| clamp(&c.features.categorical, &self.schema.candidate_categorical))
+                .collect(),
+            item_ids: request
+                .candidates
+                .iter()
+                .map(|c| c.item_id.clone())
+                .collect(),
+            slots: slots.min(request.candidates.len()),
+        }
+    }
+
+    /// One greedy pass, exactly as served (the reference forward the exported graph matches).
+    pub fn rerank(&self, request: &LoggedRequest, slots: usize) -> Result<Vec<usize>, String> {
+        let input = self.input(request, slots);
+        let mut steps = ReferenceSteps::new(&self.weights, &self.schema, &input);
+        decode::greedy(&mut steps, input.candidates(), input.slots)
+            .map(|picks| picks.iter().map(|p| p.index).collect())
+            .map_err(|e| e.to_string())
+    }
+}

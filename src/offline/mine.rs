@@ -1,0 +1,258 @@
+//! `degre mine`: beam search over the Lookahead Evaluator for every logged request, keeping
+//! the best list found and, at every step along it, the lookahead value of every remaining
+//! candidate (DESIGN.md §2):
+//!
+//! `Q_t(a)` = the best `V` of a list in the final beam that starts with `(π*_{<t}, a)`, or,
+//! where the beam holds none, `V` of the greedy completion of `(π*_{<t}, a)`.
+//!
+//! Output is JSON Lines, one [`Mined`] per request, written in input order chunk by chunk so
+//! a run can be resumed (`--resume` skips requests already written) and split across
+//! machines (`--shard i/n` takes the requests whose id hashes to `i`).
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::offline::evaluator::Evaluator;
+use crate::offline::logs::LoggedRequest;
+use crate::offline::search::{self, ListModel, Scored};
+
+/// One request's mining result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mined {
+    pub request_id: String,
+    /// The best list found, `π*`, and its evaluator value.
+    pub list: Vec<usize>,
+    pub value: f64,
+    /// One per slot of `list`.
+    pub steps: Vec<MinedStep>,
+}
+
+/// The candidates still available at a step and their lookahead values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MinedStep {
+    pub candidates: Vec<usize>,
+    pub q: Vec<f64>,
+}
+
+impl MinedStep {
+    /// The soft target `softmax(Q/τ)` over this step's candidates.
+    pub fn soft_target(&self, temperature: f64) -> Vec<f64> {
+        let max = self.q.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = self
+            .q
+            .iter()
+            .map(|q| ((q - max) / temperature).exp())
+            .collect();
+        let sum: f64 = weights.iter().sum();
+        weights.iter().map(|w| w / sum).collect()
+    }
+}
+
+/// Mines one request: beam of `width` over lists of `k` slots.
+pub fn mine_request<M: ListModel>(model: &M, request_id: &str, k: usize, width: usize) -> Mined {
+    let beam = search::beam(model, k, width);
+    let Scored { list: best, value } = beam[0].clone();
+    let n = model.candidates();
+    let steps = (0..best.len())
+        .map(|t| {
+            let prefix = &best[..t];
+            let candidates: Vec<usize> = (0..n).filter(|a| !prefix.contains(a)).collect();
+            let q = candidates
+                .iter()
+                .map(|&a| {
+                    let in_beam = beam
+                        .iter()
+                        .filter(|s| s.list.starts_with(prefix) && s.list[t] == a)
+                        .map(|s| s.value)
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    if in_beam.is_finite() {
+                        in_beam
+                    } else {
+                        let mut start = prefix.to_vec();
+                        start.push(a);
+                        search::greedy_from(model, &start, k).value
+                    }
+                })
+                .collect();
+            MinedStep { candidates, q }
+        })
+        .collect();
+    Mined {
+        request_id: request_id.to_string(),
+        list: best,
+        value,
+        steps,
+    }
+}
+
+/// `i/n`: this process mines the requests whose id hashes to `i` modulo `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let parsed = s
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)));
+        match parsed {
+            Some((index, count)) if index < count => Ok(Shard { index, count }),
+            _ => Err(format!(
+                "shard {s:?}: expected i/n with 0 <= i < n, e.g. 0/4"
+            )),
+        }
+    }
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// FNV-1a of the request id: stable across runs, machines and Rust versions.
+    pub fn owns(&self, request_id: &str) -> bool {
+        let hash = request_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x1_0000_0001_b3)
+        });
+        hash % self.count == self.index
+    }
+}
+
+pub struct MineConfig {
+    pub width: usize,
+    /// Slots per list; 0: each request's logged list length.
+    pub slots: usize,
+    pub shard: Shard,
+    pub resume: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MineSummary {
+    pub mined: usize,
+    pub skipped_as_done: usize,
+    pub seconds: f64,
+    pub requests_per_second: f64,
+}
+
+/// Request ids already in an output file; a torn last line (an interrupted write) is cut.
+fn done_ids(path: &Path) -> anyhow::Result<HashSet<String>> {
+    let mut done = HashSet::new();
+    let Ok(file) = File::open(path) else {
+        return Ok(done);
+    };
+    let mut good_bytes = 0u64;
+    for line in BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("{}", path.display()))?;
+        match serde_json::from_str::<Mined>(&line) {
+            Ok(m) => {
+                done.insert(m.request_id);
+                good_bytes += line.len() as u64 + 1;
+            }
+            Err(_) => break,
+        }
+    }
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(good_bytes))
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(done)
+}
+
+/// Mines every request of `logs` this shard owns into `out` (JSON Lines).
+pub fn mine(
+    logs: &[LoggedRequest],
+    evaluator: &Evaluator,
+    config: &MineConfig,
+    out: &Path,
+) -> anyhow::Result<MineSummary> {
+    let started = Instant::now();
+    let done = if config.resume {
+        done_ids(out)?
+    } else {
+        HashSet::new()
+    };
+    let todo: Vec<&LoggedRequest> = logs
+        .iter()
+        .filter(|r| config.shard.owns(&r.request_id) && !done.contains(&r.request_id))
+        .collect();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(config.resume)
+        .write(true)
+        .truncate(!config.resume)
+        .open(out)
+        .with_context(|| format!("{}", out.display()))?;
+    let mut writer = BufWriter::new(file);
+    let bar = if config.progress {
+        let bar = ProgressBar::new(todo.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("mining [{bar:30}] {pos}/{len} {per_sec} ({eta} left)")
+                .expect("a valid progress template")
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    for chunk in todo.chunks(256) {
+        let mined: Vec<Mined> = chunk
+            .par_iter()
+            .map(|request| {
+                let scorer = evaluator.scorer(request)?;
+                let k = match config.slots {
+                    0 => request.exposed.len(),
+                    k => k,
+                };
+                Ok(mine_request(&scorer, &request.request_id, k, config.width))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        for m in &mined {
+            serde_json::to_writer(&mut writer, m)?;
+            writer.write_all(b"\n")?;
+        }
+        // A chunk is on disk before the next starts: an interrupted run loses at most one.
+        writer
+            .flush()
+            .with_context(|| format!("{}", out.display()))?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(MineSummary {
+        mined: todo.len(),
+        skipped_as_done: done.len(),
+        seconds,
+        requests_per_second: todo.len() as f64 / seconds.max(1e-9),
+    })
+}
+
+/// Reads mined requests from JSON Lines files (e.g. one per shard).
+pub fn read_mined(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Mined>> {
+    let mut all = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        let file = File::open(path).with_context(|| format!("{}", path.display()))?;
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.with_context(|| format!("{}", path.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let mined: Mined = serde_json::from_str(&line)
+                .with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+            all.push(mined);
+        }
+    }
+    Ok(all)
+}

@@ -1,0 +1,353 @@
+//! The pipeline's report: every method across seeds (mean ± spread), as JSON, Markdown and
+//! two SVG plots (true utility per method; utility against beam width).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::offline::metrics::mean_std;
+use crate::offline::pipeline::SeedRun;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub seeds: Vec<u64>,
+    /// True utility is known (simulator) or only estimated by the evaluator (user logs).
+    pub simulated: bool,
+    pub oracle_method: Option<String>,
+    /// The teacher's beam width (the main table's `evaluator-beam` row).
+    pub teacher_width: usize,
+    pub methods: Vec<MethodRow>,
+    pub evaluator: Vec<EvaluatorRow>,
+    pub stage_seconds: BTreeMap<String, f64>,
+    pub mining_requests_per_second: f64,
+    pub runs: Vec<SeedRun>,
+}
+
+/// One method over seeds: (mean, sample standard deviation) of each figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodRow {
+    pub name: String,
+    pub true_utility: Option<(f64, f64)>,
+    pub percent_of_oracle: Option<(f64, f64)>,
+    pub evaluator_value: Option<(f64, f64)>,
+    pub ndcg_at_k: Option<(f64, f64)>,
+    pub map_at_k: Option<(f64, f64)>,
+    pub micros_per_request: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EvaluatorRow {
+    pub seed: u64,
+    pub auc: Option<f64>,
+    pub ece: f64,
+    pub held_out_loss: f64,
+    pub constant_loss: f64,
+    pub spearman_within_request: Option<f64>,
+}
+
+fn over_seeds(values: Vec<Option<f64>>) -> Option<(f64, f64)> {
+    let values: Option<Vec<f64>> = values.into_iter().collect();
+    values.filter(|v| !v.is_empty()).map(|v| mean_std(&v))
+}
+
+impl Report {
+    pub fn new(runs: Vec<SeedRun>, teacher_width: usize) -> Report {
+        let first = &runs[0];
+        let methods = first
+            .eval
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(p, policy)| {
+                let column = |f: fn(&crate::offline::eval::PolicyReport) -> Option<f64>| {
+                    over_seeds(runs.iter().map(|r| f(&r.eval.policies[p])).collect())
+                };
+                MethodRow {
+                    name: policy.name.clone(),
+                    true_utility: column(|p| p.true_utility),
+                    percent_of_oracle: column(|p| p.percent_of_oracle),
+                    evaluator_value: column(|p| p.evaluator_value),
+                    ndcg_at_k: column(|p| p.ndcg_at_k),
+                    map_at_k: column(|p| p.map_at_k),
+                    micros_per_request: runs
+                        .iter()
+                        .map(|r| r.eval.policies[p].micros_per_request)
+                        .sum::<f64>()
+                        / runs.len() as f64,
+                }
+            })
+            .collect();
+        let evaluator = runs
+            .iter()
+            .filter_map(|r| {
+                let e = r.eval.evaluator.as_ref()?;
+                Some(EvaluatorRow {
+                    seed: r.seed,
+                    auc: e.auc,
+                    ece: e.calibration.ece,
+                    held_out_loss: e.held_out_loss,
+                    constant_loss: e.constant_loss,
+                    spearman_within_request: e
+                        .rank_correlation
+                        .as_ref()
+                        .and_then(|c| c.within_request),
+                })
+            })
+            .collect();
+        let mut stage_seconds = BTreeMap::new();
+        for run in &runs {
+            for (stage, s) in &run.stage_seconds {
+                *stage_seconds.entry(stage.clone()).or_insert(0.0) += s / runs.len() as f64;
+            }
+        }
+        Report {
+            seeds: runs.iter().map(|r| r.seed).collect(),
+            simulated: first.eval.oracle.is_some(),
+            oracle_method: first.eval.oracle.as_ref().map(|o| o.method.clone()),
+            teacher_width,
+            methods,
+            evaluator,
+            mining_requests_per_second: runs
+                .iter()
+                .map(|r| r.mining_requests_per_second)
+                .sum::<f64>()
+                / runs.len() as f64,
+            stage_seconds,
+            runs,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let pm = |v: Option<(f64, f64)>, d: usize| {
+            v.map_or_else(|| "–".into(), |(m, s)| format!("{m:.d$} ± {s:.d$}"))
+        };
+        let mut md = String::from("# DeGRe pipeline report\n\n");
+        let _ = writeln!(
+            md,
+            "Seeds: {:?}. {} Figures are the mean ± standard deviation over seeds; each seed \
+             is a fresh world (or split), evaluator, mining run and set of generators.\n",
+            self.seeds,
+            if self.simulated {
+                format!(
+                    "True utility = exact expected clicks per request under the simulator; the \
+                     oracle is {}.",
+                    self.oracle_method.as_deref().unwrap_or("?")
+                )
+            } else {
+                "No simulator: `V(list)` is the evaluator's estimate of expected clicks, and \
+                 NDCG/MAP use the held-out logged clicks."
+                    .to_string()
+            }
+        );
+        md += "| method | true utility | % of oracle | V(list) | NDCG@K | MAP@K | µs/request |\n";
+        md += "|---|---|---|---|---|---|---|\n";
+        for m in self.main_rows() {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {:.1} |",
+                m.name,
+                pm(m.true_utility, 4),
+                pm(m.percent_of_oracle, 1),
+                pm(m.evaluator_value, 4),
+                pm(m.ndcg_at_k, 4),
+                pm(m.map_at_k, 4),
+                m.micros_per_request
+            );
+        }
+        md += "\n`µs/request` is the wall time of producing one list on one core in this \
+               process (generators: the reference forward pass, as exported).\n\n";
+        md += "## Beam width (the teacher)\n\n| B | true utility | V(list) | µs/request |\n|---|---|---|---|\n";
+        for (width, m) in self.beam_rows() {
+            let _ = writeln!(
+                md,
+                "| {width} | {} | {} | {:.1} |",
+                pm(m.true_utility, 4),
+                pm(m.evaluator_value, 4),
+                m.micros_per_request
+            );
+        }
+        md += "\n## Evaluator\n\n| seed | click AUC | ECE | held-out BCE | constant BCE | Spearman(V, U) within request |\n|---|---|---|---|---|---|\n";
+        for e in &self.evaluator {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.4} | {:.4} | {:.4} | {} |",
+                e.seed,
+                e.auc.map_or("–".into(), |a| format!("{a:.4}")),
+                e.ece,
+                e.held_out_loss,
+                e.constant_loss,
+                e.spearman_within_request
+                    .map_or("–".into(), |s| format!("{s:.3}"))
+            );
+        }
+        md += "\n## Stages (mean seconds per seed)\n\n| stage | seconds |\n|---|---|\n";
+        for (stage, s) in &self.stage_seconds {
+            let _ = writeln!(md, "| {stage} | {s:.1} |");
+        }
+        let _ = writeln!(
+            md,
+            "\nMining throughput: {:.1} requests/s.",
+            self.mining_requests_per_second
+        );
+        md += "\n![true utility per method](utility.svg)\n\n![utility vs beam width](beam.svg)\n";
+        md
+    }
+
+    /// Methods of the main table: all but the beam-width sweep's extra widths.
+    fn main_rows(&self) -> impl Iterator<Item = &MethodRow> {
+        let teacher = format!("evaluator-beam:{}", self.teacher_width);
+        self.methods
+            .iter()
+            .filter(move |m| !m.name.starts_with("evaluator-beam:") || m.name == teacher)
+    }
+
+    /// Beam-search rows sorted by width.
+    fn beam_rows(&self) -> Vec<(usize, &MethodRow)> {
+        let mut rows: Vec<(usize, &MethodRow)> = self
+            .methods
+            .iter()
+            .filter_map(|m| Some((m.name.strip_prefix("evaluator-beam:")?.parse().ok()?, m)))
+            .collect();
+        rows.sort_by_key(|r| r.0);
+        rows
+    }
+
+    /// The figure plotted: true utility with the simulator, else the evaluator's value.
+    fn plotted(m: &MethodRow) -> Option<(f64, f64)> {
+        m.true_utility.or(m.evaluator_value)
+    }
+
+    pub fn utility_svg(&self) -> String {
+        let rows: Vec<(&str, (f64, f64))> = self
+            .main_rows()
+            .filter_map(|m| Some((m.name.as_str(), Report::plotted(m)?)))
+            .collect();
+        let max = rows
+            .iter()
+            .map(|r| r.1 .0 + r.1 .1)
+            .fold(0.0, f64::max)
+            .max(1e-9);
+        let (left, width, bar) = (210.0, 420.0, 22.0);
+        let height = 40.0 + rows.len() as f64 * (bar + 8.0);
+        let mut svg = svg_open(left + width + 80.0, height);
+        let label = if self.simulated {
+            "true utility (expected clicks per request)"
+        } else {
+            "evaluator value V (expected clicks)"
+        };
+        let _ = writeln!(
+            svg,
+            r#"<text x="{left}" y="18" font-size="13">{label}, mean ± sd over seeds</text>"#
+        );
+        for (i, (name, (mean, sd))) in rows.iter().enumerate() {
+            let y = 30.0 + i as f64 * (bar + 8.0);
+            let w = width * mean / max;
+            let colour = if name.starts_with("degre") {
+                "#c0392b"
+            } else {
+                "#5d6d7e"
+            };
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{}" font-size="12" text-anchor="end">{name}</text>"#,
+                left - 6.0,
+                y + 15.0
+            );
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{left}" y="{y}" width="{w:.1}" height="{bar}" fill="{colour}"/>"#
+            );
+            let (x0, x1) = (
+                left + width * (mean - sd) / max,
+                left + width * (mean + sd) / max,
+            );
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{x0:.1}" x2="{x1:.1}" y1="{0:.1}" y2="{0:.1}" stroke="black"/>"#,
+                y + bar / 2.0
+            );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{}" font-size="11">{mean:.3}</text>"#,
+                x1 + 4.0,
+                y + 15.0
+            );
+        }
+        svg + "</svg>\n"
+    }
+
+    pub fn beam_svg(&self) -> String {
+        let rows: Vec<(usize, f64)> = self
+            .beam_rows()
+            .into_iter()
+            .filter_map(|(w, m)| Some((w, Report::plotted(m)?.0)))
+            .collect();
+        let (w, h, pad) = (480.0, 260.0, 50.0);
+        let mut svg = svg_open(w + 2.0 * pad, h + 2.0 * pad);
+        if rows.is_empty() {
+            return svg + "</svg>\n";
+        }
+        let lo = rows.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
+        let hi = rows
+            .iter()
+            .map(|r| r.1)
+            .fold(f64::NEG_INFINITY, f64::max)
+            .max(lo + 1e-9);
+        let x_max = (rows.last().map_or(1, |r| r.0) as f64).log2().max(1.0);
+        let point = |(width, v): (usize, f64)| {
+            (
+                pad + w * (width as f64).log2() / x_max,
+                pad + h - h * (v - lo) / (hi - lo),
+            )
+        };
+        let path: Vec<String> = rows
+            .iter()
+            .map(|&r| {
+                let (x, y) = point(r);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<text x="{pad}" y="24" font-size="13">utility of evaluator beam search vs beam width B (log scale)</text>"#
+        );
+        let _ = writeln!(
+            svg,
+            r##"<polyline points="{}" fill="none" stroke="#c0392b" stroke-width="2"/>"##,
+            path.join(" ")
+        );
+        for &r in &rows {
+            let (x, y) = point(r);
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{x:.1}" cy="{y:.1}" r="3"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">B={} ({:.3})</text>"#,
+                y - 8.0,
+                r.0,
+                r.1
+            );
+        }
+        svg + "</svg>\n"
+    }
+
+    /// Writes report.json, report.md, utility.svg and beam.svg into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("report.json"),
+            serde_json::to_string_pretty(self)? + "\n",
+        )?;
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        std::fs::write(dir.join("utility.svg"), self.utility_svg())?;
+        std::fs::write(dir.join("beam.svg"), self.beam_svg())?;
+        Ok(())
+    }
+}
+
+fn svg_open(width: f64, height: f64) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
+         font-family=\"sans-serif\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    )
+}
