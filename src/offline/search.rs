@@ -175,3 +175,55 @@ pub fn greedy_from<M: ListModel>(model: &M, prefix: &[usize], k: usize) -> Score
     }
     Scored { list, value }
 }
+
+/// The best completion of `prefix` to `min(k, n)` slots, by enumerating every one.
+pub fn exhaustive_from<M: ListModel>(model: &M, prefix: &[usize], k: usize) -> Scored {
+    let fixed = Prefixed { model, prefix };
+    let rest = exhaustive(&fixed, k.saturating_sub(prefix.len()));
+    let mut list = prefix.to_vec();
+    list.extend(rest.list.iter().map(|&i| fixed.candidate(i)));
+    Scored {
+        value: value(model, &list),
+        list,
+    }
+}
+
+/// A model restricted to the candidates outside `prefix`, starting after it.
+struct Prefixed<'a, M> {
+    model: &'a M,
+    prefix: &'a [usize],
+}
+
+impl<M: ListModel> Prefixed<'_, M> {
+    /// The underlying candidate of this model's `i`-th candidate.
+    fn candidate(&self, i: usize) -> usize {
+        (0..self.model.candidates())
+            .filter(|a| !self.prefix.contains(a))
+            .nth(i)
+            .expect("index within the remaining candidates")
+    }
+}
+
+impl<M: ListModel> ListModel for Prefixed<'_, M> {
+    type State = M::State;
+
+    fn candidates(&self) -> usize {
+        self.model.candidates() - self.prefix.len()
+    }
+
+    fn initial(&self) -> M::State {
+        let mut state = self.model.initial();
+        for &a in self.prefix {
+            self.model.push(&mut state, a);
+        }
+        state
+    }
+
+    fn gain(&self, state: &M::State, i: usize) -> f64 {
+        self.model.gain(state, self.candidate(i))
+    }
+
+    fn push(&self, state: &mut M::State, i: usize) {
+        self.model.push(state, self.candidate(i));
+    }
+}

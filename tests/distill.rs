@@ -1,0 +1,140 @@
+//! Distillation into the served generator: on a tiny case it reproduces its teacher's lists,
+//! and the exported graph run by tract equals the training-time (candle) forward pass.
+
+use candle_core::Tensor;
+use degre::model::export::version_files;
+use degre::model::generator::{Dims, Weights};
+use degre::model::manifest::Limits;
+use degre::model::publish::publish_files;
+use degre::model::repository::Repository;
+use degre::offline::distill::{
+    self, schema_of, CandleOps, DistillConfig, Forced, Inputs, ServingGenerator,
+};
+use degre::offline::evaluator::{self, FeatureMap, TrainConfig};
+use degre::offline::logs::{LogShape, LoggedRequest};
+use degre::offline::mine::mine_request;
+use degre::offline::sim::{sample_split, SimConfig, World};
+
+fn world(candidates: usize) -> World {
+    let config = SimConfig {
+        items: 100,
+        categories: 4,
+        candidates,
+        slots: 3.min(candidates),
+        retrieval_pool: 30,
+        complement_pairs: 3,
+        ..SimConfig::default()
+    };
+    World::generate(config, 8)
+}
+
+#[test]
+fn the_distilled_generator_reproduces_its_teachers_lists() {
+    let rows = sample_split(&world(6), "train", 40);
+    let dir = tempfile::tempdir().unwrap();
+    let train = TrainConfig {
+        hidden: 16,
+        epochs: 2,
+        seed: 1,
+        progress: false,
+        ..TrainConfig::default()
+    };
+    let evaluator = evaluator::train(&rows, &train, dir.path(), false).unwrap();
+    let mined: Vec<_> = rows
+        .iter()
+        .map(|r| mine_request(&evaluator.scorer(r).unwrap(), &r.request_id, 3, 8))
+        .collect();
+    let requests: Vec<&LoggedRequest> = rows.iter().collect();
+    let targets: Vec<Forced> = mined.iter().map(|m| Forced::soft(m, 0.02)).collect();
+    let config = DistillConfig {
+        hidden: 16,
+        embed: 4,
+        epochs: 40,
+        batch_size: 8,
+        learning_rate: 1e-2,
+        ce_weight: 0.5,
+        patience: 40,
+        valid_fraction: 0.1,
+        progress: false,
+        ..DistillConfig::default()
+    };
+    let (generator, summary) = distill::distill(
+        &requests,
+        &targets,
+        &evaluator.spec.features,
+        &config,
+        "test",
+    )
+    .unwrap();
+    assert!(summary.valid_loss.is_finite());
+    let same = rows
+        .iter()
+        .zip(&mined)
+        .filter(|(r, m)| generator.rerank(r, 3).unwrap() == m.list)
+        .count();
+    assert!(
+        same * 10 >= rows.len() * 8,
+        "{same} of {} lists reproduced",
+        rows.len()
+    );
+}
+
+#[test]
+fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
+    for n in [2, 7, 20] {
+        let rows = sample_split(&world(n), "any", 6);
+        let shape = LogShape::of(&rows).unwrap();
+        let map = FeatureMap::fit(&rows.iter().collect::<Vec<_>>(), &shape);
+        let trained = Weights::init(
+            &schema_of(&map),
+            Dims {
+                hidden: 16,
+                embed: 4,
+            },
+            n as u64,
+        );
+        let served = ServingGenerator::fold(trained.clone(), &map);
+        let dir = tempfile::tempdir().unwrap();
+        let files = version_files(
+            &served.weights,
+            &served.schema,
+            "m",
+            Limits { max_candidates: 64 },
+            serde_json::Value::Null,
+        );
+        publish_files(dir.path(), "m", &files).unwrap();
+        let tract = Repository::open(dir.path(), None).unwrap().load(1).unwrap();
+        for row in &rows {
+            let prefix: Vec<usize> = (0..n).rev().take(3).collect();
+            let expected = tract
+                .logits_along(&served.input(row, n), &prefix, false)
+                .unwrap();
+            // The training forward: candle ops, standardised inputs, unfolded weights.
+            let mut ops = CandleOps::new(&trained).unwrap();
+            let inputs = Inputs::new(&map, row).unwrap();
+            let encoded = inputs.encode(&mut ops, &trained);
+            let mut state = encoded.state.clone();
+            let mut prev =
+                Tensor::zeros((1, 16), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+            for (t, want) in expected.iter().enumerate() {
+                let (query, next) = trained.step(&mut ops, &state, &prev);
+                let got: Vec<f32> = encoded
+                    .keys
+                    .matmul(&query.t().unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                for (a, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "N={n} step {t} candidate {a}: candle {g}, tract {w}"
+                    );
+                }
+                prev = encoded.values.narrow(0, prefix[t], 1).unwrap();
+                state = next;
+            }
+        }
+    }
+}
