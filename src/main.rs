@@ -10,6 +10,7 @@ const EXIT_CONFIG: i32 = 64;
 
 fn main() {
     let cli = Cli::parse();
+    degre::offline::single_threaded_kernels();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

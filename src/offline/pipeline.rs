@@ -324,40 +324,50 @@ fn run_seed(
     };
     let map = &evaluator.spec.features;
     let train_on = |label: &str, targets: Vec<Forced>, ce: f64| {
-        let config = DistillConfig {
-            ce_weight: ce,
-            ..distill_config.clone()
-        };
-        distill::distill(&mined_requests, &targets, map, &config, label).map(|(g, _)| g)
+        let config = DistillConfig { ce_weight: ce, progress: false, ..distill_config.clone() };
+        let (generator, summary) = distill::distill(&mined_requests, &targets, map, &config, label)?;
+        if progress {
+            eprintln!(
+                "{label}: best epoch {} of {}, validation loss {:.4}, {:.1} s",
+                summary.best_epoch, summary.epochs_run, summary.valid_loss, summary.seconds
+            );
+        }
+        anyhow::Ok(generator)
     };
     let soft = |m: &[Mined]| m.iter().map(|m| Forced::soft(m, d.temperature)).collect();
-    let degre = train_on("degre", soft(&mined), d.ce_weight)?;
-    clock.lap("distill");
-    let hard = train_on(
-        "degre-hard",
-        mined.iter().map(|m| Forced::hard(&m.list)).collect(),
-        0.0,
-    )?;
-    let b1 = train_on("degre-b1", soft(&mined_b1), d.ce_weight)?;
-    let heuristic = train_on(
-        "heuristic",
-        mined_requests
-            .iter()
-            .map(|r| Forced::hard(&clicked_first(r)))
-            .collect(),
-        0.0,
-    )?;
-    let reinforce_config = DistillConfig {
-        epochs: d.reinforce_epochs,
-        ..distill_config.clone()
-    };
-    let k = if slots == 0 {
-        train.iter().map(|r| r.exposed.len()).max().unwrap_or(1)
-    } else {
-        slots
-    };
-    let (sparse, _) = distill::reinforce(&mined_requests, &evaluator, k, &reinforce_config)?;
-    clock.lap("baselines");
+    let k = if slots == 0 { train.iter().map(|r| r.exposed.len()).max().unwrap_or(1) } else { slots };
+    // Five single-threaded trainings, run side by side on rayon's pool.
+    let ((degre, hard), (b1, (heuristic, sparse))) = rayon::join(
+        || {
+            rayon::join(
+                || train_on("degre", soft(&mined), d.ce_weight),
+                || train_on("degre-hard-labels", mined.iter().map(|m| Forced::hard(&m.list)).collect(), 0.0),
+            )
+        },
+        || {
+            rayon::join(
+                || train_on("degre-b1", soft(&mined_b1), d.ce_weight),
+                || {
+                    rayon::join(
+                        || {
+                            let clicked = mined_requests.iter().map(|r| Forced::hard(&clicked_first(r)));
+                            train_on("generator-heuristic-labels", clicked.collect(), 0.0)
+                        },
+                        || {
+                            let config = DistillConfig {
+                                epochs: d.reinforce_epochs,
+                                progress: false,
+                                ..distill_config.clone()
+                            };
+                            distill::reinforce(&mined_requests, &evaluator, k, &config).map(|(g, _)| g)
+                        },
+                    )
+                },
+            )
+        },
+    );
+    let (degre, hard, b1, heuristic, sparse) = (degre?, hard?, b1?, heuristic?, sparse?);
+    clock.lap("distill-and-baselines");
 
     let generator = |name: &str, g: &ServingGenerator| Policy::Generator {
         name: name.into(),
