@@ -21,7 +21,9 @@ fn user_logs(requests: usize) -> String {
         let n = rng.random_range(6..=9);
         let candidates: Vec<serde_json::Value> = (0..n)
             .map(|i| {
-                let dense: Vec<f32> = (0..5).map(|_| rng.random_range(-1.0f32..1.0) * 10.0).collect();
+                let dense: Vec<f32> = (0..5)
+                    .map(|_| rng.random_range(-1.0f32..1.0) * 10.0)
+                    .collect();
                 serde_json::json!({
                     "item_id": format!("p{r}-{i}"),
                     "dense": dense,
@@ -97,31 +99,65 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
         "--quiet".into(),
     ];
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_degre")).args(args).output().unwrap()
+        Command::new(env!("CARGO_BIN_EXE_degre"))
+            .args(args)
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["simulated"], false);
-    let degre = report["methods"].as_array().unwrap().iter().find(|m| m["name"] == "degre").unwrap();
+    let degre = report["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "degre")
+        .unwrap();
     assert!(degre["true_utility"].is_null(), "{degre}");
-    assert!(degre["evaluator_value"][0].as_f64().unwrap() > 0.0, "{degre}");
+    assert!(
+        degre["evaluator_value"][0].as_f64().unwrap() > 0.0,
+        "{degre}"
+    );
     assert!(degre["ndcg_at_k"][0].as_f64().is_some(), "{degre}");
     assert!(run.join("report.md").exists() && run.join("utility.svg").exists());
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("model/manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["schema"]["context_dense"].as_array().unwrap().len(), 3);
-    assert_eq!(manifest["schema"]["candidate_dense"].as_array().unwrap().len(), 5);
-    assert_eq!(manifest["schema"]["candidate_categorical"][0]["vocab_size"], 6);
+        serde_json::from_str(&std::fs::read_to_string(run.join("model/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["schema"]["context_dense"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        manifest["schema"]["candidate_dense"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        manifest["schema"]["candidate_categorical"][0]["vocab_size"],
+        6
+    );
 
     // The running server loads the published version and reranks with it.
     server.wait_serving().await;
     let request = v1::RerankRequest {
         request_id: "after-publish".into(),
-        context: Some(v1::Features { dense: vec![10.0, 50.0, 90.0], categorical: vec![] }),
+        context: Some(v1::Features {
+            dense: vec![10.0, 50.0, 90.0],
+            categorical: vec![],
+        }),
         candidates: (0..7)
             .map(|i| v1::Candidate {
                 item_id: format!("c{i}"),
@@ -134,7 +170,13 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
         top_k: 4,
         model_version: None,
     };
-    let response = server.client().await.rerank(request).await.unwrap().into_inner();
+    let response = server
+        .client()
+        .await
+        .rerank(request)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.model_version, 1);
     assert_eq!(response.items.len(), 4);
     server.stop().await;

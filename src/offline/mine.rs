@@ -122,7 +122,7 @@ impl Shard {
     /// FNV-1a of the request id: stable across runs, machines and Rust versions.
     pub fn owns(&self, request_id: &str) -> bool {
         let hash = request_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x1_0000_0001_b3)
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
         hash % self.count == self.index
     }
@@ -238,11 +238,26 @@ pub fn mine(
     })
 }
 
-/// Reads mined requests from JSON Lines files (e.g. one per shard).
+/// Reads mined requests from JSON Lines files, or from every `.jsonl` file of a directory
+/// (e.g. one per shard).
 pub fn read_mined(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Mined>> {
-    let mut all = Vec::new();
+    let mut files = Vec::new();
     for path in paths {
         let path = path.as_ref();
+        if path.is_dir() {
+            let mut inside: Vec<_> = std::fs::read_dir(path)
+                .with_context(|| format!("{}", path.display()))?
+                .filter_map(|e| Some(e.ok()?.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                .collect();
+            inside.sort();
+            files.extend(inside);
+        } else {
+            files.push(path.to_owned());
+        }
+    }
+    let mut all = Vec::new();
+    for path in &files {
         let file = File::open(path).with_context(|| format!("{}", path.display()))?;
         for (i, line) in BufReader::new(file).lines().enumerate() {
             let line = line.with_context(|| format!("{}", path.display()))?;

@@ -25,6 +25,8 @@ pub fn single_threaded_kernels() {
         .filter(|&n: &usize| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Fails only if the pool exists already, in which case it keeps its size.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
     std::env::set_var("RAYON_NUM_THREADS", "1");
 }

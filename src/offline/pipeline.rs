@@ -324,8 +324,13 @@ fn run_seed(
     };
     let map = &evaluator.spec.features;
     let train_on = |label: &str, targets: Vec<Forced>, ce: f64| {
-        let config = DistillConfig { ce_weight: ce, progress: false, ..distill_config.clone() };
-        let (generator, summary) = distill::distill(&mined_requests, &targets, map, &config, label)?;
+        let config = DistillConfig {
+            ce_weight: ce,
+            progress: false,
+            ..distill_config.clone()
+        };
+        let (generator, summary) =
+            distill::distill(&mined_requests, &targets, map, &config, label)?;
         if progress {
             eprintln!(
                 "{label}: best epoch {} of {}, validation loss {:.4}, {:.1} s",
@@ -335,13 +340,23 @@ fn run_seed(
         anyhow::Ok(generator)
     };
     let soft = |m: &[Mined]| m.iter().map(|m| Forced::soft(m, d.temperature)).collect();
-    let k = if slots == 0 { train.iter().map(|r| r.exposed.len()).max().unwrap_or(1) } else { slots };
+    let k = if slots == 0 {
+        train.iter().map(|r| r.exposed.len()).max().unwrap_or(1)
+    } else {
+        slots
+    };
     // Five single-threaded trainings, run side by side on rayon's pool.
     let ((degre, hard), (b1, (heuristic, sparse))) = rayon::join(
         || {
             rayon::join(
                 || train_on("degre", soft(&mined), d.ce_weight),
-                || train_on("degre-hard-labels", mined.iter().map(|m| Forced::hard(&m.list)).collect(), 0.0),
+                || {
+                    train_on(
+                        "degre-hard-labels",
+                        mined.iter().map(|m| Forced::hard(&m.list)).collect(),
+                        0.0,
+                    )
+                },
             )
         },
         || {
@@ -350,7 +365,9 @@ fn run_seed(
                 || {
                     rayon::join(
                         || {
-                            let clicked = mined_requests.iter().map(|r| Forced::hard(&clicked_first(r)));
+                            let clicked = mined_requests
+                                .iter()
+                                .map(|r| Forced::hard(&clicked_first(r)));
                             train_on("generator-heuristic-labels", clicked.collect(), 0.0)
                         },
                         || {
@@ -359,7 +376,8 @@ fn run_seed(
                                 progress: false,
                                 ..distill_config.clone()
                             };
-                            distill::reinforce(&mined_requests, &evaluator, k, &config).map(|(g, _)| g)
+                            distill::reinforce(&mined_requests, &evaluator, k, &config)
+                                .map(|(g, _)| g)
                         },
                     )
                 },

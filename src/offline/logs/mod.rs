@@ -174,8 +174,42 @@ impl FieldError {
 }
 
 /// Reads and validates a whole log; the encoding follows the extension (`.parquet`,
-/// `.jsonl`/`.ndjson`). Every row must have the widths of the first.
+/// `.jsonl`/`.ndjson`). A directory (e.g. a Spark job's output) is read as its log files in
+/// name order, other files skipped. Every row must have the widths of the first.
 pub fn read_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
+    if path.is_dir() {
+        let mut rows: Vec<LoggedRequest> = Vec::new();
+        for file in log_files(path)? {
+            let part = read_logs(&file)?;
+            if let (Some(first), Some(next)) = (rows.first(), part.first()) {
+                let (want, got) = (Widths::of(first), Widths::of(next));
+                if (
+                    want.context_dense,
+                    want.context_categorical,
+                    want.candidate_dense,
+                    want.candidate_categorical,
+                ) != (
+                    got.context_dense,
+                    got.context_categorical,
+                    got.candidate_dense,
+                    got.candidate_categorical,
+                ) {
+                    return Err(LogError::File {
+                        path: file,
+                        message: "its feature widths differ from the directory's first file".into(),
+                    });
+                }
+            }
+            rows.extend(part);
+        }
+        if rows.is_empty() {
+            return Err(LogError::File {
+                path: path.to_owned(),
+                message: "no .parquet or .jsonl files in the directory".into(),
+            });
+        }
+        return Ok(rows);
+    }
     let raw = match Encoding::of(path)? {
         Encoding::Parquet => parquet::read(path)?,
         Encoding::JsonLines => jsonl::read(path)?,
@@ -196,6 +230,23 @@ pub fn read_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
         });
     }
     Ok(rows)
+}
+
+/// The log files of a directory, in name order.
+fn log_files(dir: &Path) -> Result<Vec<PathBuf>, LogError> {
+    let io = |source| LogError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.is_file() && Encoding::of(&path).is_ok() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Writes rows in the encoding the extension names.

@@ -73,7 +73,8 @@ fn json_error(edit: impl Fn(&mut serde_json::Value)) -> String {
 #[test]
 fn every_malformed_row_names_its_field() {
     use serde_json::json;
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "field `request_id`: missing or null",
             Box::new(|r| r["request_id"] = json!(null)),
@@ -228,4 +229,23 @@ fn unreadable_files_name_the_file() {
     std::fs::write(&empty, "\n").unwrap();
     let err = read_logs(&empty).unwrap_err().to_string();
     assert_eq!(err, format!("{}: the log has no rows", empty.display()));
+}
+
+#[test]
+fn a_directory_of_part_files_is_one_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = rows();
+    write_logs(&dir.path().join("part-0.parquet"), &all[..2]).unwrap();
+    write_logs(&dir.path().join("part-1.jsonl"), &all[2..]).unwrap();
+    std::fs::write(dir.path().join("_SUCCESS"), "").unwrap();
+    assert_eq!(read_logs(dir.path()).unwrap(), all);
+
+    let mut narrow = row(3, false);
+    narrow.context.dense.pop();
+    write_logs(&dir.path().join("part-2.jsonl"), &[narrow]).unwrap();
+    let err = read_logs(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("part-2.jsonl: its feature widths differ"),
+        "{err}"
+    );
 }

@@ -141,7 +141,7 @@ impl SimConfig {
             ("ranking_noise", self.ranking_noise),
             ("logging_temperature", self.logging_temperature),
         ];
-        if let Some((name, _)) = non_negative.iter().find(|(_, v)| !(*v >= 0.0)) {
+        if let Some((name, _)) = non_negative.iter().find(|(_, v)| v.is_nan() || *v < 0.0) {
             return Err(format!("`{name}` must be >= 0"));
         }
         Ok(())
