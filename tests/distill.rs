@@ -8,7 +8,7 @@ use degre::model::manifest::Limits;
 use degre::model::publish::publish_files;
 use degre::model::repository::Repository;
 use degre::offline::distill::{
-    self, schema_of, CandleOps, DistillConfig, Forced, Inputs, ServingGenerator,
+    self, request_input, schema_of, CandleOps, DistillConfig, Forced, Inputs, ServingGenerator,
 };
 use degre::offline::evaluator::{self, FeatureMap, TrainConfig};
 use degre::offline::logs::{LogShape, LoggedRequest};
@@ -107,7 +107,7 @@ fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
         for row in &rows {
             let prefix: Vec<usize> = (0..n).rev().take(3).collect();
             let expected = tract
-                .logits_along(&served.input(row, n), &prefix, false)
+                .logits_along(&request_input(row, &served.schema, n), &prefix, false)
                 .unwrap();
             // The training forward: candle ops, standardised inputs, unfolded weights.
             let mut ops = CandleOps::new(&trained).unwrap();

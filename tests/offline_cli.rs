@@ -1,6 +1,7 @@
 //! The offline commands end to end, as a user runs them: `degre simulate` writes Parquet
 //! that pyarrow (a reader nobody here wrote) reads, `degre train-evaluator` trains on it,
-//! and `degre eval` writes a JSON report. pyarrow comes from python3; CI installs it and
+//! `degre mine` (in shards) and `degre distill` make a model, and `degre eval` compares it
+//! with other policies in a JSON report. pyarrow comes from python3; CI installs it and
 //! sets DEGRE_REQUIRE_PYARROW=1 so that check cannot be skipped there.
 
 use std::path::Path;

@@ -130,6 +130,9 @@ pub struct EvalArgs {
     /// JSON Lines of {"request_id", "list"} to evaluate as a policy (repeatable).
     #[arg(long = "lists", value_name = "FILE")]
     pub lists: Vec<PathBuf>,
+    /// An exported model version directory, run by the server's runtime (repeatable).
+    #[arg(long = "model", value_name = "DIR")]
+    pub models: Vec<PathBuf>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -147,16 +150,20 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let logs = read_logs(&args.logs)?;
     let world = args.world.as_deref().map(World::load).transpose()?;
     let evaluator = args.evaluator.as_deref().map(Evaluator::load).transpose()?;
-    let mut policies: Vec<Policy> = if args.policies.is_empty() && args.lists.is_empty() {
-        default_policies(world.is_some(), evaluator.is_some())
-    } else {
-        args.policies
-            .iter()
-            .map(|name| name.parse().map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<_>>()?
-    };
+    let mut policies: Vec<Policy> =
+        if args.policies.is_empty() && args.lists.is_empty() && args.models.is_empty() {
+            default_policies(world.is_some(), evaluator.is_some())
+        } else {
+            args.policies
+                .iter()
+                .map(|name| name.parse().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?
+        };
     for path in &args.lists {
         policies.push(Policy::from_lists_file(path)?);
+    }
+    for dir in &args.models {
+        policies.push(Policy::from_model_dir(dir)?);
     }
     let report = eval::evaluate(&EvalInputs {
         logs: &logs,

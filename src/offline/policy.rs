@@ -10,13 +10,13 @@ use rand::seq::index;
 use rand::SeedableRng;
 use serde::Deserialize;
 
-use crate::offline::distill::ServingGenerator;
+use crate::offline::distill::{request_input, ServingGenerator};
 use crate::offline::evaluator::RequestScorer;
 use crate::offline::logs::LoggedRequest;
 use crate::offline::search::{self, ListModel};
 use crate::offline::sim::Truth;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Policy {
     /// The list the logging policy showed.
     Logged,
@@ -38,6 +38,11 @@ pub enum Policy {
     Generator {
         name: String,
         generator: Arc<ServingGenerator>,
+    },
+    /// An exported model version (ONNX graphs + manifest) run by the server's runtime.
+    Served {
+        name: String,
+        model: Arc<crate::model::Generator>,
     },
     /// Lists given per request id, read from a JSON Lines file.
     Lists {
@@ -92,7 +97,9 @@ impl Policy {
             Policy::EvaluatorPointwise => "evaluator-pointwise".into(),
             Policy::EvaluatorGreedy => "evaluator-greedy".into(),
             Policy::EvaluatorBeam(width) => format!("evaluator-beam:{width}"),
-            Policy::Generator { name, .. } | Policy::Lists { name, .. } => name.clone(),
+            Policy::Generator { name, .. }
+            | Policy::Served { name, .. }
+            | Policy::Lists { name, .. } => name.clone(),
         }
     }
 
@@ -144,6 +151,11 @@ impl Policy {
                 search::beam(scorer, k, *width).swap_remove(0).list
             }
             Policy::Generator { generator, .. } => generator.rerank(cx.request, k)?,
+            Policy::Served { model, .. } => {
+                let input = request_input(cx.request, &model.manifest.schema, k);
+                let picks = model.rerank(&input).map_err(|e| e.to_string())?;
+                picks.iter().map(|p| p.index).collect()
+            }
             Policy::Lists { name, lists } => {
                 let list = lists.get(&cx.request.request_id).ok_or_else(|| {
                     format!("{name}: no list for request {:?}", cx.request.request_id)
@@ -200,4 +212,22 @@ fn check_list(list: &[usize], n: usize) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+impl Policy {
+    /// Loads a model version directory (as written by `degre distill` or published) with
+    /// the server's runtime; the policy is named after the directory.
+    pub fn from_model_dir(dir: &Path) -> anyhow::Result<Policy> {
+        let manifest = crate::model::manifest::Manifest::load_verified(dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let model = crate::model::Generator::load(dir, 0, manifest)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let name = dir
+            .file_name()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        Ok(Policy::Served {
+            name,
+            model: Arc::new(model),
+        })
+    }
 }

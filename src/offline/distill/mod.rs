@@ -412,45 +412,43 @@ impl ServingGenerator {
         }
     }
 
-    /// The request as the server would see it: raw features, ids mapped into the vocabulary.
-    pub fn input(&self, request: &LoggedRequest, slots: usize) -> RerankInput {
-        let clamp = |ids: &[i64], vocab: &[Categorical]| -> Vec<i64> {
-            ids.iter()
-                .zip(vocab)
-                .map(|(&id, c)| id.min(c.vocab_size as i64))
-                .collect()
-        };
-        RerankInput {
-            context_dense: request.context.dense.clone(),
-            context_ids: clamp(
-                &request.context.categorical,
-                &self.schema.context_categorical,
-            ),
-            candidate_dense: request
-                .candidates
-                .iter()
-                .flat_map(|c| c.features.dense.clone())
-                .collect(),
-            candidate_ids: request
-                .candidates
-                .iter()
-                .flat_map(|c| clamp(&c.features.categorical, &self.schema.candidate_categorical))
-                .collect(),
-            item_ids: request
-                .candidates
-                .iter()
-                .map(|c| c.item_id.clone())
-                .collect(),
-            slots: slots.min(request.candidates.len()),
-        }
-    }
-
     /// One greedy pass, exactly as served (the reference forward the exported graph matches).
     pub fn rerank(&self, request: &LoggedRequest, slots: usize) -> Result<Vec<usize>, String> {
-        let input = self.input(request, slots);
+        let input = request_input(request, &self.schema, slots);
         let mut steps = ReferenceSteps::new(&self.weights, &self.schema, &input);
         decode::greedy(&mut steps, input.candidates(), input.slots)
             .map(|picks| picks.iter().map(|p| p.index).collect())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// A logged request as the server would see it: raw features, ids beyond a feature's
+/// vocabulary mapped to its unknown bucket.
+pub fn request_input(request: &LoggedRequest, schema: &FeatureSchema, slots: usize) -> RerankInput {
+    let clamp = |ids: &[i64], vocab: &[Categorical]| -> Vec<i64> {
+        ids.iter()
+            .zip(vocab)
+            .map(|(&id, c)| id.min(c.vocab_size as i64))
+            .collect()
+    };
+    RerankInput {
+        context_dense: request.context.dense.clone(),
+        context_ids: clamp(&request.context.categorical, &schema.context_categorical),
+        candidate_dense: request
+            .candidates
+            .iter()
+            .flat_map(|c| c.features.dense.clone())
+            .collect(),
+        candidate_ids: request
+            .candidates
+            .iter()
+            .flat_map(|c| clamp(&c.features.categorical, &schema.candidate_categorical))
+            .collect(),
+        item_ids: request
+            .candidates
+            .iter()
+            .map(|c| c.item_id.clone())
+            .collect(),
+        slots: slots.min(request.candidates.len()),
     }
 }
