@@ -12,6 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_degre");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_request_reranks_on_the_bundled_model() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("docs/examples/rerank_request.json");
     let server = TestServer::start(&root.join("models"), |_| {}).await;
     server.wait_serving().await;
     let out = tokio::process::Command::new(BIN)
@@ -21,7 +22,7 @@ async fn example_request_reranks_on_the_bundled_model() {
             &format!("http://{}", server.grpc_addr),
             "--request",
         ])
-        .arg(root.join("docs/examples/rerank_request.json"))
+        .arg(&example)
         .output()
         .await
         .unwrap();
@@ -32,11 +33,16 @@ async fn example_request_reranks_on_the_bundled_model() {
     );
     let response: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(response["model_name"], "degre");
+    let request: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+    let candidates = request["candidates"].as_array().unwrap();
     let items = response["items"].as_array().unwrap();
-    assert_eq!(items.len(), 5, "top_k of the example");
+    assert_eq!(items.len() as u64, request["top_k"].as_u64().unwrap());
+    let mut shown = std::collections::HashSet::new();
     for item in items {
-        let index = item["candidate_index"].as_u64().unwrap();
-        assert_eq!(item["item_id"], format!("sku-{}", 1000 + index));
+        let index = item["candidate_index"].as_u64().unwrap() as usize;
+        assert!(shown.insert(index), "candidate {index} shown twice");
+        assert_eq!(item["item_id"], candidates[index]["item_id"]);
     }
     server.stop().await;
 }

@@ -127,6 +127,20 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
         "{degre}"
     );
     assert!(degre["ndcg_at_k"][0].as_f64().is_some(), "{degre}");
+    // The paired table: a mean of differences is the difference of the means.
+    let value = |name: &str| {
+        let methods = report["methods"].as_array().unwrap();
+        let method = methods.iter().find(|m| m["name"] == name).unwrap();
+        method["evaluator_value"][0].as_f64().unwrap()
+    };
+    let paired = report["versus_degre"].as_array().unwrap();
+    assert!(paired.len() >= 8, "{paired:?}");
+    for row in paired {
+        let name = row["name"].as_str().unwrap();
+        assert_ne!(name, "degre");
+        let difference = row["difference"][0].as_f64().unwrap();
+        assert!((difference - (value("degre") - value(name))).abs() < 1e-9, "{row}");
+    }
     assert!(run.join("report.md").exists() && run.join("utility.svg").exists());
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("model/manifest.json")).unwrap())

@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use super::contract as role;
 use super::generator::{onnx, Weights};
 use super::manifest::{
-    sha256_hex, Categorical, FeatureSchema, GraphSpec, Limits, Manifest, FORMAT_VERSION,
-    MANIFEST_FILE,
+    sha256_hex, FeatureSchema, GraphSpec, Limits, Manifest, FORMAT_VERSION, MANIFEST_FILE,
 };
 
 pub const ENCODER_FILE: &str = "encoder.onnx";
@@ -66,17 +65,8 @@ pub fn version_files(
     ]
 }
 
-/// The schema of the bundled default model (see models/README.md).
+/// The schema of the bundled default model (see models/README.md): the simulator's default
+/// log format, with the positional names the pipeline gives features.
 pub fn default_schema() -> FeatureSchema {
-    let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect();
-    let cat = |name: &str, vocab_size| Categorical {
-        name: name.into(),
-        vocab_size,
-    };
-    FeatureSchema {
-        context_dense: names("ctx_dense_", 4),
-        context_categorical: vec![cat("user_segment", 16)],
-        candidate_dense: names("item_dense_", 8),
-        candidate_categorical: vec![cat("category", 64), cat("brand", 256)],
-    }
+    FeatureSchema::positional(4, &[8], 8, &[16, 64])
 }

@@ -40,6 +40,32 @@ pub struct FeatureSchema {
     pub candidate_categorical: Vec<Categorical>,
 }
 
+impl FeatureSchema {
+    /// A schema of positional names (`context_dense_0`, …, `candidate_categorical_1`), for
+    /// features known only by their sizes, as in logs.
+    pub fn positional(
+        context_dense: usize,
+        context_vocab: &[u64],
+        candidate_dense: usize,
+        candidate_vocab: &[u64],
+    ) -> FeatureSchema {
+        let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}_{i}")).collect();
+        let categorical = |prefix: &str, vocab: &[u64]| {
+            let named = |(i, &vocab_size)| Categorical {
+                name: format!("{prefix}_{i}"),
+                vocab_size,
+            };
+            vocab.iter().enumerate().map(named).collect()
+        };
+        FeatureSchema {
+            context_dense: names("context_dense", context_dense),
+            context_categorical: categorical("context_categorical", context_vocab),
+            candidate_dense: names("candidate_dense", candidate_dense),
+            candidate_categorical: categorical("candidate_categorical", candidate_vocab),
+        }
+    }
+}
+
 /// A categorical feature. Known ids are `0..vocab_size`; any larger id is looked up in the
 /// reserved unknown bucket, row `vocab_size` of the feature's embedding table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,9 @@ pub struct Report {
     /// The teacher's beam width (the main table's `evaluator-beam` row).
     pub teacher_width: usize,
     pub methods: Vec<MethodRow>,
+    /// DeGRe against every other method on the same seeds (paired, so the spread between
+    /// worlds cancels out).
+    pub versus_degre: Vec<PairedRow>,
     pub evaluator: Vec<EvaluatorRow>,
     pub stage_seconds: BTreeMap<String, f64>,
     pub mining_requests_per_second: f64,
@@ -36,6 +39,19 @@ pub struct MethodRow {
     pub map_at_k: Option<(f64, f64)>,
     pub micros_per_request: f64,
 }
+
+/// `degre − method` of the plotted figure (true utility, else `V`), seed by seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedRow {
+    pub name: String,
+    /// Mean and sample standard deviation of the per-seed differences.
+    pub difference: (f64, f64),
+    /// Seeds on which DeGRe is strictly better.
+    pub degre_wins: usize,
+}
+
+/// The method the paired table compares everything with.
+const DEGRE: &str = "degre";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EvaluatorRow {
@@ -79,6 +95,7 @@ impl Report {
                 }
             })
             .collect();
+        let versus_degre = paired_with_degre(&runs, teacher_width);
         let evaluator = runs
             .iter()
             .filter_map(|r| {
@@ -108,6 +125,7 @@ impl Report {
             oracle_method: first.eval.oracle.as_ref().map(|o| o.method.clone()),
             teacher_width,
             methods,
+            versus_degre,
             evaluator,
             mining_requests_per_second: runs
                 .iter()
@@ -158,6 +176,27 @@ impl Report {
         }
         md += "\n`µs/request` is the wall time of producing one list on one core in this \
                process (generators: the reference forward pass, as exported).\n\n";
+        if !self.versus_degre.is_empty() {
+            let _ = writeln!(
+                md,
+                "## DeGRe against each method, paired by seed\n\n`degre − method` of {} on \
+                 the same world and held-out requests: mean ± sd over seeds, and on how many \
+                 of the {} seeds DeGRe is better.\n\n| method | difference | DeGRe better |\n|---|---|---|",
+                if self.simulated { "true utility" } else { "V(list)" },
+                self.seeds.len()
+            );
+            for row in &self.versus_degre {
+                let (mean, sd) = row.difference;
+                let _ = writeln!(
+                    md,
+                    "| {} | {mean:+.4} ± {sd:.4} | {}/{} |",
+                    row.name,
+                    row.degre_wins,
+                    self.seeds.len()
+                );
+            }
+            md += "\n";
+        }
         md += "## Beam width (the teacher)\n\n| B | true utility | V(list) | µs/request |\n|---|---|---|---|\n";
         for (width, m) in self.beam_rows() {
             let _ = writeln!(
@@ -197,10 +236,9 @@ impl Report {
 
     /// Methods of the main table: all but the beam-width sweep's extra widths.
     fn main_rows(&self) -> impl Iterator<Item = &MethodRow> {
-        let teacher = format!("evaluator-beam:{}", self.teacher_width);
         self.methods
             .iter()
-            .filter(move |m| !m.name.starts_with("evaluator-beam:") || m.name == teacher)
+            .filter(|m| in_main_table(&m.name, self.teacher_width))
     }
 
     /// Beam-search rows sorted by width.
@@ -343,6 +381,41 @@ impl Report {
         std::fs::write(dir.join("beam.svg"), self.beam_svg())?;
         Ok(())
     }
+}
+
+/// Every method but the beam-width sweep's extra widths.
+fn in_main_table(name: &str, teacher_width: usize) -> bool {
+    match name.strip_prefix("evaluator-beam:") {
+        Some(width) => width == teacher_width.to_string(),
+        None => true,
+    }
+}
+
+/// Per-seed differences between DeGRe and every other method of the main table.
+fn paired_with_degre(runs: &[SeedRun], teacher_width: usize) -> Vec<PairedRow> {
+    let policies = &runs[0].eval.policies;
+    let Some(degre) = policies.iter().position(|p| p.name == DEGRE) else {
+        return Vec::new();
+    };
+    let figure = |r: &SeedRun, p: usize| {
+        let policy = &r.eval.policies[p];
+        policy.true_utility.or(policy.evaluator_value)
+    };
+    (0..policies.len())
+        .filter(|&p| p != degre && in_main_table(&policies[p].name, teacher_width))
+        .filter_map(|p| {
+            let differences: Option<Vec<f64>> = runs
+                .iter()
+                .map(|r| Some(figure(r, degre)? - figure(r, p)?))
+                .collect();
+            let differences = differences?;
+            Some(PairedRow {
+                name: policies[p].name.clone(),
+                difference: mean_std(&differences),
+                degre_wins: differences.iter().filter(|&&d| d > 0.0).count(),
+            })
+        })
+        .collect()
 }
 
 fn svg_open(width: f64, height: f64) -> String {

@@ -105,23 +105,12 @@ impl Forced {
 
 /// The feature schema of a generator for logs of a given shape.
 pub fn schema_of(map: &FeatureMap) -> FeatureSchema {
-    let names = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}_{i}")).collect();
-    let categorical = |prefix: &str, vocab: &[u64]| {
-        vocab
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| Categorical {
-                name: format!("{prefix}_{i}"),
-                vocab_size: v,
-            })
-            .collect()
-    };
-    FeatureSchema {
-        context_dense: names("context_dense", map.context_mean.len()),
-        context_categorical: categorical("context_categorical", &map.context_vocab),
-        candidate_dense: names("candidate_dense", map.candidate_mean.len()),
-        candidate_categorical: categorical("candidate_categorical", &map.candidate_vocab),
-    }
+    FeatureSchema::positional(
+        map.context_mean.len(),
+        &map.context_vocab,
+        map.candidate_mean.len(),
+        &map.candidate_vocab,
+    )
 }
 
 /// One request as the generator's training inputs (standardised dense features).
