@@ -139,7 +139,10 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
         let name = row["name"].as_str().unwrap();
         assert_ne!(name, "degre");
         let difference = row["difference"][0].as_f64().unwrap();
-        assert!((difference - (value("degre") - value(name))).abs() < 1e-9, "{row}");
+        assert!(
+            (difference - (value("degre") - value(name))).abs() < 1e-9,
+            "{row}"
+        );
     }
     assert!(run.join("report.md").exists() && run.join("utility.svg").exists());
     let manifest: serde_json::Value =
