@@ -143,6 +143,12 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
             (difference - (value("degre") - value(name))).abs() < 1e-9,
             "{row}"
         );
+        // One seed here: DeGRe "wins" it exactly when the difference is positive.
+        assert_eq!(
+            row["degre_wins"].as_u64(),
+            Some(u64::from(difference > 0.0)),
+            "{row}"
+        );
     }
     assert!(run.join("report.md").exists() && run.join("utility.svg").exists());
     let manifest: serde_json::Value =

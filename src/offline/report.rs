@@ -252,9 +252,8 @@ impl Report {
         rows
     }
 
-    /// The figure plotted: true utility with the simulator, else the evaluator's value.
     fn plotted(m: &MethodRow) -> Option<(f64, f64)> {
-        m.true_utility.or(m.evaluator_value)
+        headline(m.true_utility, m.evaluator_value)
     }
 
     pub fn utility_svg(&self) -> String {
@@ -383,10 +382,15 @@ impl Report {
     }
 }
 
+/// The figure plotted and paired: true utility with the simulator, else the evaluator's value.
+fn headline<T>(true_utility: Option<T>, evaluator_value: Option<T>) -> Option<T> {
+    true_utility.or(evaluator_value)
+}
+
 /// Every method but the beam-width sweep's extra widths.
 fn in_main_table(name: &str, teacher_width: usize) -> bool {
     match name.strip_prefix("evaluator-beam:") {
-        Some(width) => width == teacher_width.to_string(),
+        Some(width) => width.parse() == Ok(teacher_width),
         None => true,
     }
 }
@@ -399,7 +403,7 @@ fn paired_with_degre(runs: &[SeedRun], teacher_width: usize) -> Vec<PairedRow> {
     };
     let figure = |r: &SeedRun, p: usize| {
         let policy = &r.eval.policies[p];
-        policy.true_utility.or(policy.evaluator_value)
+        headline(policy.true_utility, policy.evaluator_value)
     };
     (0..policies.len())
         .filter(|&p| p != degre && in_main_table(&policies[p].name, teacher_width))
