@@ -2,10 +2,10 @@
 //! decoder steps. Run: `cargo bench --bench decode`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use degre::model::repository::Repository;
+use degre::repository::Repository;
 use degre::rerank::{InputBuilder, RerankInput};
 
-fn input(generator: &degre::model::Generator, n: usize, k: u32) -> RerankInput {
+fn input(generator: &degre::runtime::LoadedModel, n: usize, k: u32) -> RerankInput {
     let schema = &generator.manifest.schema;
     let value = |i: usize, j: usize| ((i * 31 + j * 17) % 23) as f32 / 11.0 - 1.0;
     let mut b = InputBuilder::new(schema, n, n).expect("n within limits");

@@ -10,7 +10,10 @@ const EXIT_CONFIG: i32 = 64;
 
 fn main() {
     let cli = Cli::parse();
-    degre::offline::single_threaded_kernels();
+    #[cfg(feature = "offline")]
+    if cli.command.is_offline() {
+        degre::offline::single_threaded_kernels();
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,5 +1,6 @@
 //! Every metric the server exports (names, units, buckets) and the tracing setup.
 //! Labels come from small fixed sets: gRPC code, model name, load failure reason.
+//! A leaf: it imports nothing else of degre, and the rooms that count things call it.
 
 use std::sync::OnceLock;
 
@@ -54,10 +55,6 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             .install_recorder()
             .expect("the recorder is installed only here, once");
         describe();
-        // Failure counters exist from the start, so `increase()` sees a pod's first failure.
-        for reason in crate::model::LoadError::REASONS {
-            counter!(MODEL_LOADS, "result" => "failure", "reason" => reason).absolute(0);
-        }
         handle
     })
 }
@@ -128,6 +125,13 @@ pub fn model_loaded(model: &str, version: u64) {
     }
     gauge!(MODEL_INFO, "model" => labels.0, "version" => labels.1).set(1.0);
     gauge!(MODEL_VERSION).set(version as f64);
+}
+
+/// Starts a failure counter at 0 for every reason, so `increase()` sees a pod's first failure.
+pub fn model_load_reasons(reasons: &[&'static str]) {
+    for &reason in reasons {
+        counter!(MODEL_LOADS, "result" => "failure", "reason" => reason).absolute(0);
+    }
 }
 
 pub fn model_load_failed(reason: &'static str) {

@@ -1,14 +1,14 @@
 //! Property tests: the served decode (exported ONNX run by tract, incremental state, masks)
 //! equals the reference network decoded naively, for random schemas, weights and requests.
 
-use degre::decode::{greedy, StepModel};
-use degre::model::export::version_files;
-use degre::model::generator::reference::ReferenceSteps;
-use degre::model::generator::{Dims, Weights};
-use degre::model::manifest::{Categorical, FeatureSchema, Limits};
-use degre::model::repository::Repository;
-use degre::model::Generator;
+use degre::contract::manifest::{Categorical, FeatureSchema, Limits};
+use degre::network::export::version_files;
+use degre::network::reference::ReferenceSteps;
+use degre::network::{Dims, Weights};
+use degre::repository::Repository;
+use degre::rerank::decode::{greedy, StepModel};
 use degre::rerank::{InputBuilder, RerankInput};
+use degre::runtime::LoadedModel;
 use proptest::prelude::*;
 
 fn schema(ctx_dense: usize, ctx_cats: usize, cand_dense: usize, cand_cats: usize) -> FeatureSchema {
@@ -102,7 +102,7 @@ fn naive_decode(
     out
 }
 
-fn load(schema: &FeatureSchema, weights: &Weights) -> (tempfile::TempDir, Generator) {
+fn load(schema: &FeatureSchema, weights: &Weights) -> (tempfile::TempDir, LoadedModel) {
     let dir = tempfile::tempdir().unwrap();
     let files = version_files(
         weights,
@@ -111,7 +111,7 @@ fn load(schema: &FeatureSchema, weights: &Weights) -> (tempfile::TempDir, Genera
         Limits { max_candidates: 64 },
         serde_json::Value::Null,
     );
-    degre::model::publish::publish_files(dir.path(), "m", &files).unwrap();
+    degre::repository::publish::publish_files(dir.path(), "m", &files).unwrap();
     let generator = Repository::open(dir.path(), None).unwrap().load(1).unwrap();
     (dir, generator)
 }
@@ -149,7 +149,7 @@ proptest! {
 
 #[test]
 fn exported_graphs_match_the_reference_forward_within_1e5() {
-    let schema = degre::model::export::default_schema();
+    let schema = degre::network::export::default_schema();
     let weights = Weights::init(
         &schema,
         Dims {

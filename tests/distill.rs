@@ -1,19 +1,21 @@
 //! Distillation into the served generator: on a tiny case it reproduces its teacher's lists,
 //! and the exported graph run by tract equals the training-time (candle) forward pass.
+#![cfg(feature = "offline")]
 
 use candle_core::Tensor;
-use degre::model::export::version_files;
-use degre::model::generator::{Dims, Weights};
-use degre::model::manifest::Limits;
-use degre::model::publish::publish_files;
-use degre::model::repository::Repository;
+use degre::contract::manifest::Limits;
+use degre::network::export::version_files;
+use degre::network::{Dims, Weights};
 use degre::offline::distill::{
-    self, request_input, schema_of, CandleOps, DistillConfig, Forced, Inputs, ServingGenerator,
+    self, schema_of, CandleOps, DistillConfig, Forced, Inputs, TrainedGenerator,
 };
 use degre::offline::evaluator::{self, FeatureMap, TrainConfig};
 use degre::offline::logs::{LogShape, LoggedRequest};
 use degre::offline::mine::mine_request;
+use degre::offline::objective::Objective;
 use degre::offline::sim::{sample_split, SimConfig, World};
+use degre::repository::publish::publish_files;
+use degre::repository::Repository;
 
 fn world(candidates: usize) -> World {
     let config = SimConfig {
@@ -37,6 +39,7 @@ fn the_distilled_generator_reproduces_its_teachers_lists() {
         epochs: 2,
         seed: 1,
         progress: false,
+        objective: Some(Objective::CLICKS),
         ..TrainConfig::default()
     };
     let evaluator = evaluator::train(&rows, &train, dir.path(), false).unwrap();
@@ -93,7 +96,7 @@ fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
             },
             n as u64,
         );
-        let served = ServingGenerator::fold(trained.clone(), &map);
+        let served = TrainedGenerator::fold(trained.clone(), &map);
         let dir = tempfile::tempdir().unwrap();
         let files = version_files(
             &served.weights,
@@ -107,7 +110,11 @@ fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
         for row in &rows {
             let prefix: Vec<usize> = (0..n).rev().take(3).collect();
             let expected = tract
-                .logits_along(&request_input(row, &served.schema, n), &prefix, false)
+                .logits_along(
+                    &row.rerank_input(&served.schema, n).unwrap(),
+                    &prefix,
+                    false,
+                )
                 .unwrap();
             // The training forward: candle ops, standardised inputs, unfolded weights.
             let mut ops = CandleOps::new(&trained).unwrap();

@@ -1,9 +1,12 @@
 //! The Lookahead Evaluator on a small seeded simulated run: it learns, it ranks lists like
 //! the true utility does, and its incremental scorer equals the training-time network.
+#![cfg(feature = "offline")]
 
-use degre::offline::eval::{evaluate, EvalInputs};
+use degre::offline::compare::{evaluate, EvalInputs};
 use degre::offline::evaluator::{self, Evaluator, ListRef, TrainConfig};
 use degre::offline::logs::LoggedRequest;
+use degre::offline::metrics::spearman;
+use degre::offline::objective::Objective;
 use degre::offline::policy::Policy;
 use degre::offline::search::{self, ListModel};
 use degre::offline::sim::{sample_split, SimConfig, World};
@@ -38,6 +41,7 @@ fn evaluator_learns_and_ranks_lists_like_the_true_utility() {
 
     let loaded = Evaluator::load(dir.path()).unwrap();
     let report = evaluate(&EvalInputs {
+        objective: loaded.spec.objective,
         logs: &test,
         world: Some(&world),
         evaluator: Some(&loaded),
@@ -70,6 +74,53 @@ fn evaluator_learns_and_ranks_lists_like_the_true_utility() {
 }
 
 #[test]
+fn the_value_objective_learns_what_a_click_is_worth() {
+    let world = small_world();
+    let train = sample_split(&world, "train", 3000);
+    let test = sample_split(&world, "test", 200);
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        hidden: 32,
+        epochs: 6,
+        seed: 2,
+        progress: false,
+        objective: Some(Objective::VALUE),
+        ..TrainConfig::default()
+    };
+    let trained = evaluator::train(&train, &config, dir.path(), false).unwrap();
+    assert_eq!(trained.spec.objective, Objective::VALUE);
+    // The value head's reward of a click tracks the item's true price (a click's value in
+    // this world), slot by slot on held-out lists.
+    let ids = world.id_map();
+    let lists: Vec<ListRef<'_>> = test
+        .iter()
+        .map(|r| ListRef {
+            request: r,
+            list: &r.exposed,
+            labels: None,
+        })
+        .collect();
+    let (mut predicted, mut price) = (Vec::new(), Vec::new());
+    for (row, slots) in test.iter().zip(trained.slot_predictions(&lists).unwrap()) {
+        for (&a, (_, reward)) in row.exposed.iter().zip(slots) {
+            predicted.push(f64::from(reward));
+            price.push(world.items[ids[&row.candidates[a].item_id]].price);
+        }
+    }
+    let rho = spearman(&predicted, &price).unwrap();
+    assert!(
+        rho > 0.8,
+        "Spearman(predicted value of a click, price) = {rho:.3}"
+    );
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let ratio = mean(&predicted) / mean(&price);
+    assert!(
+        (0.7..1.4).contains(&ratio),
+        "mean predicted / true = {ratio:.3}"
+    );
+}
+
+#[test]
 fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
     let world = small_world();
     let mut rows: Vec<LoggedRequest> = sample_split(&world, "train", 40);
@@ -79,7 +130,9 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
         row.candidates.truncate(keep);
         row.exposed = (0..keep.min(5)).rev().collect();
         row.clicks.truncate(row.exposed.len());
-        row.values = None;
+        if let Some(values) = &mut row.values {
+            values.truncate(row.exposed.len());
+        }
     }
     let dir = tempfile::tempdir().unwrap();
     let config = TrainConfig {
@@ -95,24 +148,27 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
         .map(|r| ListRef {
             request: r,
             list: &r.exposed,
-            rewards: None,
+            labels: None,
         })
         .collect();
-    let batched = evaluator.slot_probabilities(&lists).unwrap();
-    for (row, probabilities) in rows.iter().zip(&batched) {
+    // The simulator's logs carry values, so the default objective is value: the slot's
+    // expected reward is P(click) times the value head's reward, in both forward passes.
+    assert!(evaluator.spec.objective.uses_value());
+    let batched = evaluator.slot_predictions(&lists).unwrap();
+    for (row, slots) in rows.iter().zip(&batched) {
         let scorer = evaluator.scorer(row).unwrap();
         let mut state = scorer.initial();
-        for (&a, &p) in row.exposed.iter().zip(probabilities) {
-            let q = scorer.gain(&state, a) as f32;
+        for (&a, &(p, reward)) in row.exposed.iter().zip(slots) {
+            let (expected, q) = (p * reward, scorer.gain(&state, a) as f32);
             assert!(
-                (p - q).abs() < 1e-5,
-                "{}: batched {p}, incremental {q}",
+                (expected - q).abs() < 1e-4 * expected.abs().max(1.0),
+                "{}: batched {expected}, incremental {q}",
                 row.request_id
             );
             scorer.push(&mut state, a);
         }
         let v = search::value(&scorer, &row.exposed);
-        let sum: f32 = probabilities.iter().sum();
-        assert!((v as f32 - sum).abs() < 1e-4);
+        let sum: f32 = slots.iter().map(|(p, r)| p * r).sum();
+        assert!((v as f32 - sum).abs() < 1e-3 * sum.max(1.0));
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{model_files, publish, request, TestServer, MODEL};
-use degre::model::export::default_schema;
-use degre::model::publish::publish_files;
+use degre::network::export::default_schema;
+use degre::repository::publish::publish_files;
 
 /// Polls until the server answers with `version`, or panics after 20 s.
 async fn wait_for_version(server: &TestServer, version: u64) {
@@ -149,7 +149,7 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
     let mut garbage = good.clone();
     garbage[0].1 = b"not onnx".to_vec();
     let mut manifest: serde_json::Value = serde_json::from_slice(&good[2].1).unwrap();
-    manifest["files"]["encoder.onnx"] = degre::model::manifest::sha256_hex(b"not onnx").into();
+    manifest["files"]["encoder.onnx"] = degre::contract::manifest::sha256_hex(b"not onnx").into();
     garbage[2].1 = serde_json::to_vec(&manifest).unwrap();
     write_version(dir.path(), 5, &garbage);
     // Partial: graphs copied, manifest not yet.

@@ -1,6 +1,7 @@
 //! Beam-search mining over a (briefly trained) evaluator on tiny cases: a wide beam finds the
 //! evaluator's exhaustive optimum, lookahead values give proper soft targets, and a run can
 //! be resumed after an interruption and split into shards.
+#![cfg(feature = "offline")]
 
 use degre::offline::evaluator::{self, Evaluator, TrainConfig};
 use degre::offline::logs::LoggedRequest;

@@ -3,6 +3,7 @@
 //! `degre mine` (in shards) and `degre distill` make a model, and `degre eval` compares it
 //! with other policies in a JSON report. pyarrow comes from python3; CI installs it and
 //! sets DEGRE_REQUIRE_PYARROW=1 so that check cannot be skipped there.
+#![cfg(feature = "offline")]
 
 use std::path::Path;
 use std::process::Command;

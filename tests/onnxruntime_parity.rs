@@ -6,11 +6,11 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use degre::model::export::{default_schema, version_files};
-use degre::model::generator::{Dims, Weights};
-use degre::model::manifest::Limits;
-use degre::model::publish::publish_files;
-use degre::model::repository::Repository;
+use degre::contract::manifest::Limits;
+use degre::network::export::{default_schema, version_files};
+use degre::network::{Dims, Weights};
+use degre::repository::publish::publish_files;
+use degre::repository::Repository;
 use degre::rerank::InputBuilder;
 
 #[test]

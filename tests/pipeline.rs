@@ -1,6 +1,7 @@
 //! `degre pipeline --logs` on logs that `degre simulate` did not make (other feature sizes,
 //! no simulator), publishing into a repository a running server watches: the server picks
 //! the trained generator up and reranks with it.
+#![cfg(feature = "offline")]
 
 mod common;
 

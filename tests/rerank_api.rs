@@ -206,8 +206,8 @@ async fn deadline_is_deadline_exceeded() {
     // Requests of 3,000 candidates (N² attention) queue behind a single compute thread, so
     // the deadline passes while the last request waits.
     let dir = tempfile::tempdir().unwrap();
-    let files = common::model_files_limited(&degre::model::export::default_schema(), 1, 4096);
-    degre::model::publish::publish_files(dir.path(), common::MODEL, &files).unwrap();
+    let files = common::model_files_limited(&degre::network::export::default_schema(), 1, 4096);
+    degre::repository::publish::publish_files(dir.path(), common::MODEL, &files).unwrap();
     let server = TestServer::start(dir.path(), |a| {
         a.compute_threads = Some(1);
         a.max_candidates = Some(4096);

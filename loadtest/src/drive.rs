@@ -10,19 +10,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::report::{Collector, Report};
+use crate::report::{Collector, Outcome, Report};
 use crate::{Mode, RunArgs};
-
-/// One request's fate: when it was due (since start), how long it took, and its status.
-pub enum Outcome {
-    Done {
-        due: Duration,
-        latency: Duration,
-        code: tonic::Code,
-    },
-    /// Open loop only: not sent because `max_outstanding` requests were already in flight.
-    ClientOverloaded,
-}
 
 pub async fn run(args: &RunArgs, pool: Vec<v1::RerankRequest>) -> anyhow::Result<Report> {
     let mut clients = Vec::with_capacity(args.connections);

@@ -3,6 +3,7 @@
 //! cannot hide its queue: no coordinated omission) or closed-loop at a fixed concurrency,
 //! and reports HDR percentiles and counts per gRPC status. `echo-server` serves the same
 //! API without a model: the transport floor.
+#![forbid(unsafe_code)]
 
 mod drive;
 mod echo;

@@ -9,8 +9,18 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::drive::Outcome;
 use crate::{Mode, RunArgs};
+
+/// One request's fate: when it was due (since start), how long it took, and its status.
+pub enum Outcome {
+    Done {
+        due: Duration,
+        latency: Duration,
+        code: tonic::Code,
+    },
+    /// Open loop only: not sent because `max_outstanding` requests were already in flight.
+    ClientOverloaded,
+}
 
 /// Latencies from 1 µs to 60 s at 3 significant digits.
 fn histogram() -> Histogram<u64> {

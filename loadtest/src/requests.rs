@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use degre::api::v1;
-use degre::model::manifest::Manifest;
+use degre::contract::manifest::Manifest;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::RunArgs;
@@ -66,15 +66,14 @@ pub fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
 
 /// `<root>/<only model>/<newest version>/manifest.json`.
 fn newest_manifest(root: &Path) -> anyhow::Result<PathBuf> {
-    let repo =
-        degre::model::repository::Repository::open(root, None).map_err(anyhow::Error::msg)?;
+    let repo = degre::repository::Repository::open(root, None).map_err(anyhow::Error::msg)?;
     let version = *repo
         .versions()?
         .first()
         .with_context(|| format!("no version under {}", repo.model_dir().display()))?;
     Ok(repo
         .version_dir(version)
-        .join(degre::model::manifest::MANIFEST_FILE))
+        .join(degre::contract::manifest::MANIFEST_FILE))
 }
 
 /// Every row of a log as a request, in log order (the driver cycles through them).

@@ -7,7 +7,7 @@ pub mod v1 {
 /// Encoded descriptors of the API, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("degre_descriptor");
 
-use crate::model::manifest::FeatureSchema;
+use crate::contract::manifest::FeatureSchema;
 use crate::rerank::{InputBuilder, InvalidField, RerankInput};
 
 /// Validates a request against the serving schema. Destructured field by field, so a new

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use crate::model::export::{default_schema, version_files};
-use crate::model::generator::{Dims, Weights};
-use crate::model::manifest::{FeatureSchema, Limits, Manifest};
-use crate::model::publish::publish_files;
+use crate::contract::manifest::{FeatureSchema, Limits, Manifest};
+use crate::network::export::{default_schema, version_files};
+use crate::network::{Dims, Weights};
+use crate::repository::publish::{publish_files, write_version_dir};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -70,11 +70,8 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let limits = Limits {
         max_candidates: args.max_candidates,
     };
-    std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
-    for (file, bytes) in version_files(&weights, &schema, &args.model_name, limits, provenance) {
-        let path = args.out.join(&file);
-        std::fs::write(&path, bytes).with_context(|| path.display().to_string())?;
-    }
+    let files = version_files(&weights, &schema, &args.model_name, limits, provenance);
+    write_version_dir(&args.out, &files).with_context(|| args.out.display().to_string())?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
@@ -87,7 +84,7 @@ pub fn publish(args: PublishArgs) -> anyhow::Result<()> {
         .files
         .keys()
         .map(String::as_str)
-        .chain([crate::model::manifest::MANIFEST_FILE])
+        .chain([crate::contract::manifest::MANIFEST_FILE])
     {
         let path = args.from.join(file);
         files.push((

@@ -1,9 +1,12 @@
-//! The `degre` command line: `serve`, the `rerank` client, `export`/`publish` of models, and
-//! the offline commands (`simulate`, `train-evaluator`, `eval`).
+//! The `degre` command line. Always: `serve`, the `rerank` and `health` clients, `export`
+//! and `publish` of versions. With the `offline` feature: `simulate`, `check-logs`,
+//! `train-evaluator`, `mine`, `distill`, `pipeline` and `eval`.
 
 mod export;
 mod health;
+#[cfg(feature = "offline")]
 mod offline;
+#[cfg(feature = "offline")]
 mod pipeline;
 mod rerank;
 
@@ -35,21 +38,42 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Publish a version directory atomically as the next version of a model.
     Publish(export::PublishArgs),
+    #[cfg(feature = "offline")]
     /// Generate a ground-truth world and logged requests from it (Parquet).
     Simulate(offline::SimulateArgs),
+    #[cfg(feature = "offline")]
     /// Validate a log file, print its shape, optionally convert it (Parquet <-> JSON Lines).
     CheckLogs(offline::CheckLogsArgs),
+    #[cfg(feature = "offline")]
     /// Train the Lookahead Evaluator on logged requests.
     TrainEvaluator(offline::TrainEvaluatorArgs),
+    #[cfg(feature = "offline")]
     /// Beam-search the evaluator for every logged request: best lists and lookahead values.
     Mine(pipeline::MineArgs),
+    #[cfg(feature = "offline")]
     /// Train the generator on mined lists (dense soft targets) and export it (ONNX + manifest).
     Distill(pipeline::DistillArgs),
+    #[cfg(feature = "offline")]
     /// Everything: simulate (or read logs), evaluator, mining, distillation, baselines,
     /// evaluation, report, export, publish.
     Pipeline(pipeline::PipelineArgs),
+    #[cfg(feature = "offline")]
     /// Compare reranking policies: true utility, % of oracle, NDCG/MAP, evaluator quality.
     Eval(offline::EvalArgs),
+}
+
+impl Command {
+    /// Offline commands run data-parallel work on rayon and want single-threaded kernels.
+    pub fn is_offline(&self) -> bool {
+        !matches!(
+            self,
+            Command::Serve(_)
+                | Command::Rerank(_)
+                | Command::Health(_)
+                | Command::Export(_)
+                | Command::Publish(_)
+        )
+    }
 }
 
 /// Runs one command. A [`crate::config::ConfigError`] in the result means bad settings.
@@ -60,12 +84,19 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Health(args) => health::run(args).await,
         Command::Export(args) => export::export(args),
         Command::Publish(args) => export::publish(args),
+        #[cfg(feature = "offline")]
         Command::Simulate(args) => offline::simulate(args),
+        #[cfg(feature = "offline")]
         Command::CheckLogs(args) => offline::check_logs(args),
+        #[cfg(feature = "offline")]
         Command::TrainEvaluator(args) => offline::train_evaluator(args),
+        #[cfg(feature = "offline")]
         Command::Eval(args) => offline::eval(args),
+        #[cfg(feature = "offline")]
         Command::Mine(args) => pipeline::mine(args),
+        #[cfg(feature = "offline")]
         Command::Distill(args) => pipeline::distill(args),
+        #[cfg(feature = "offline")]
         Command::Pipeline(args) => pipeline::pipeline(args),
     }
 }

@@ -6,9 +6,10 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use crate::offline::eval::{self, EvalInputs};
+use crate::offline::compare::{self, EvalInputs};
 use crate::offline::evaluator::{self, Evaluator, TrainConfig};
 use crate::offline::logs::read_logs;
+use crate::offline::objective::Objective;
 use crate::offline::policy::{self, Policy};
 use crate::offline::sim::{self, SimConfig, World};
 
@@ -19,7 +20,7 @@ pub struct SimulateArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// TOML file overriding any simulator setting (see docs/simulator.md).
+    /// TOML file overriding any simulator setting (keys and defaults: docs/offline.md, "The benchmark environment").
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -65,6 +66,10 @@ pub struct TrainEvaluatorArgs {
     pub patience: usize,
     #[arg(long, default_value_t = TrainConfig::default().valid_fraction)]
     pub valid_fraction: f64,
+    /// What a slot earns: `clicks`, `value` (the logs' `values`, e.g. GMV) or
+    /// `A*clicks+B*value`. Default: value when every row logs values, else clicks.
+    #[arg(long)]
+    pub objective: Option<Objective>,
     /// Continue from `OUT/checkpoint` if present.
     #[arg(long)]
     pub resume: bool,
@@ -91,6 +96,7 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         learning_rate: args.learning_rate,
         patience: args.patience,
         valid_fraction: args.valid_fraction,
+        objective: args.objective,
         seed: args.seed,
         progress: !args.quiet,
         ..TrainConfig::default()
@@ -102,7 +108,8 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         .as_ref()
         .context("training summary")?;
     println!(
-        "evaluator: best epoch {} of {}, validation BCE {:.4} (constant {:.4}); wrote {} in {:.1} s",
+        "evaluator ({}): best epoch {} of {}, validation BCE {:.4} (constant {:.4}); wrote {} in {:.1} s",
+        evaluator.spec.objective,
         summary.best_epoch,
         summary.epochs_run,
         summary.valid_loss,
@@ -133,6 +140,10 @@ pub struct EvalArgs {
     /// An exported model version directory, run by the server's runtime (repeatable).
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
+    /// What utility and `V` measure (see train-evaluator). Default: the evaluator's, else
+    /// value when every row logs values, else clicks.
+    #[arg(long)]
+    pub objective: Option<Objective>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -165,7 +176,20 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     for dir in &args.models {
         policies.push(Policy::from_model_dir(dir)?);
     }
-    let report = eval::evaluate(&EvalInputs {
+    let objective = match (args.objective, &evaluator) {
+        (Some(objective), _) => objective,
+        (None, Some(e)) => e.spec.objective,
+        (None, None) => Objective::default_for(logs.iter().all(|r| r.values.is_some())),
+    };
+    if let Some(e) = &evaluator {
+        anyhow::ensure!(
+            e.spec.objective == objective,
+            "the evaluator was trained for {}, not {objective}",
+            e.spec.objective
+        );
+    }
+    let report = compare::evaluate(&EvalInputs {
+        objective,
         logs: &logs,
         world: world.as_ref(),
         evaluator: evaluator.as_ref(),
@@ -174,7 +198,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         correlation_requests: args.correlation_requests,
         correlation_lists: args.correlation_lists,
     })?;
-    print!("{}", eval::table(&report));
+    print!("{}", compare::table(&report));
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("{}", out.display()))?;

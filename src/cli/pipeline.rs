@@ -6,13 +6,14 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use crate::model::publish::publish_files;
+use crate::contract::Limits;
 use crate::offline::distill::{self, DistillConfig, Forced};
 use crate::offline::evaluator::Evaluator;
 use crate::offline::logs::read_logs;
 use crate::offline::mine::{self, MineConfig, Shard};
 use crate::offline::pipeline::{self, PipelineConfig, Source};
 use crate::offline::report::Report;
+use crate::repository::publish::{publish_files, write_version_dir};
 
 #[derive(Debug, Args)]
 pub struct MineArgs {
@@ -108,25 +109,15 @@ pub fn distill(args: DistillArgs) -> anyhow::Result<()> {
     let logs = read_logs(&args.logs)?;
     let evaluator = Evaluator::load(&args.evaluator)?;
     let mined = mine::read_mined(&args.mined)?;
-    let by_id: std::collections::HashMap<&str, &_> =
-        logs.iter().map(|r| (r.request_id.as_str(), r)).collect();
-    let mut requests = Vec::with_capacity(mined.len());
-    let mut targets = Vec::with_capacity(mined.len());
-    for m in &mined {
-        let request = by_id.get(m.request_id.as_str()).with_context(|| {
-            format!(
-                "mined request {:?} is not in {}",
-                m.request_id,
-                args.logs.display()
-            )
-        })?;
-        requests.push(*request);
-        targets.push(if args.hard_labels {
-            Forced::hard(&m.list)
-        } else {
-            Forced::soft(m, args.temperature)
-        });
-    }
+    let requests = mine::join_logs(&mined, &logs)
+        .with_context(|| format!("joining the mined lists to {}", args.logs.display()))?;
+    let targets: Vec<Forced> = mined
+        .iter()
+        .map(|m| match args.hard_labels {
+            true => Forced::hard(&m.list),
+            false => Forced::soft(m, args.temperature * evaluator.reward_unit()),
+        })
+        .collect();
     let config = DistillConfig {
         hidden: args.hidden,
         epochs: args.epochs,
@@ -147,20 +138,14 @@ pub fn distill(args: DistillArgs) -> anyhow::Result<()> {
         &config,
         "distill",
     )?;
-    let files = crate::model::export::version_files(
-        &generator.weights,
-        &generator.schema,
+    let files = generator.version_files(
         &args.model_name,
-        crate::model::manifest::Limits {
+        Limits {
             max_candidates: args.max_candidates,
         },
         serde_json::json!({ "trainer": "degre distill", "config": config, "summary": summary }),
     );
-    std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
-    for (name, bytes) in &files {
-        std::fs::write(args.out.join(name), bytes)
-            .with_context(|| format!("{}", args.out.join(name).display()))?;
-    }
+    write_version_dir(&args.out, &files).with_context(|| args.out.display().to_string())?;
     println!(
         "distilled {} requests (best epoch {} of {}, validation loss {:.4}); exported to {} in {:.1} s",
         summary.train_requests,
@@ -218,10 +203,7 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
     });
     let files = pipeline::export_files(&output.generator, &config, provenance);
     let model_dir = args.out.join("model");
-    std::fs::create_dir_all(&model_dir)?;
-    for (name, bytes) in &files {
-        std::fs::write(model_dir.join(name), bytes)?;
-    }
+    write_version_dir(&model_dir, &files).with_context(|| model_dir.display().to_string())?;
     print!("{}", report.markdown());
     if let Some(root) = &args.publish {
         let version = publish_files(root, &config.export.model_name, &files)

@@ -1,6 +1,6 @@
 //! `degre mine`: beam search over the Lookahead Evaluator for every logged request, keeping
 //! the best list found and, at every step along it, the lookahead value of every remaining
-//! candidate (DESIGN.md §2):
+//! candidate (docs/offline.md, "The algorithm"):
 //!
 //! `Q_t(a)` = the best `V` of a list in the final beam that starts with `(π*_{<t}, a)`, or,
 //! where the beam holds none, `V` of the greedy completion of `(π*_{<t}, a)`.
@@ -16,12 +16,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::offline::evaluator::Evaluator;
 use crate::offline::logs::LoggedRequest;
+use crate::offline::progress::Progress;
 use crate::offline::search::{self, ListModel, Scored};
 
 /// One request's mining result.
@@ -195,17 +195,8 @@ pub fn mine(
         .open(out)
         .with_context(|| format!("{}", out.display()))?;
     let mut writer = BufWriter::new(file);
-    let bar = if config.progress {
-        let bar = ProgressBar::new(todo.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("mining [{bar:30}] {pos}/{len} {per_sec} ({eta} left)")
-                .expect("a valid progress template")
-                .progress_chars("=> "),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = Progress::new(config.progress, todo.len(), "mining");
+    let mut finished = 0;
     for chunk in todo.chunks(256) {
         let mined: Vec<Mined> = chunk
             .par_iter()
@@ -226,10 +217,14 @@ pub fn mine(
         writer
             .flush()
             .with_context(|| format!("{}", out.display()))?;
-        bar.inc(chunk.len() as u64);
+        finished += chunk.len();
+        bar.advance(chunk.len(), || {
+            let rate = finished as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            format!("{rate:.0} requests/s")
+        });
     }
-    bar.finish();
     let seconds = started.elapsed().as_secs_f64();
+    bar.finish(format!("{} requests in {seconds:.1} s", todo.len()));
     Ok(MineSummary {
         mined: todo.len(),
         skipped_as_done: done.len(),
@@ -270,4 +265,23 @@ pub fn read_mined(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Mined>> {
         }
     }
     Ok(all)
+}
+
+/// The logged request of every mined one, in the mined order; an id missing from the logs
+/// is an error (the lists were mined from other data).
+pub fn join_logs<'a>(
+    mined: &[Mined],
+    logs: &'a [LoggedRequest],
+) -> anyhow::Result<Vec<&'a LoggedRequest>> {
+    let by_id: std::collections::HashMap<&str, &LoggedRequest> =
+        logs.iter().map(|r| (r.request_id.as_str(), r)).collect();
+    mined
+        .iter()
+        .map(|m| {
+            by_id
+                .get(m.request_id.as_str())
+                .copied()
+                .with_context(|| format!("mined request {:?} is not in the logs", m.request_id))
+        })
+        .collect()
 }

@@ -1,17 +1,24 @@
-//! The offline half of DeGRe: logged data, the benchmark environment, the Lookahead
-//! Evaluator and the evaluation harness.
+//! The offline half of DeGRe (feature `offline`): logged requests (`logs`), the benchmark
+//! world with a known utility (`sim`), the Lookahead Evaluator (`evaluator`), beam search
+//! and mining of lists with lookahead values (`search`, `mine`), distillation of the
+//! generator (`distill`), the policies compared and their comparison (`policy`, `compare`,
+//! `metrics`), and the whole run with its report (`pipeline`, `report`). The shared
+//! training loop lives in `training`. Nothing in the serving core imports from here.
 
+pub mod compare;
 pub mod distill;
-pub mod eval;
 pub mod evaluator;
 pub mod logs;
 pub mod metrics;
 pub mod mine;
+pub mod objective;
 pub mod pipeline;
 pub mod policy;
+pub mod progress;
 pub mod report;
 pub mod search;
 pub mod sim;
+pub mod training;
 
 /// Offline work is parallel across requests and jobs (rayon), each on one thread. candle's
 /// matrix kernels read `RAYON_NUM_THREADS` at every product and split even tiny products

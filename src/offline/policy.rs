@@ -10,7 +10,7 @@ use rand::seq::index;
 use rand::SeedableRng;
 use serde::Deserialize;
 
-use crate::offline::distill::{request_input, ServingGenerator};
+use crate::offline::distill::TrainedGenerator;
 use crate::offline::evaluator::RequestScorer;
 use crate::offline::logs::LoggedRequest;
 use crate::offline::search::{self, ListModel};
@@ -37,12 +37,12 @@ pub enum Policy {
     /// A trained generator's greedy pass, exactly as the server decodes.
     Generator {
         name: String,
-        generator: Arc<ServingGenerator>,
+        generator: Arc<TrainedGenerator>,
     },
     /// An exported model version (ONNX graphs + manifest) run by the server's runtime.
     Served {
         name: String,
-        model: Arc<crate::model::Generator>,
+        model: Arc<crate::runtime::LoadedModel>,
     },
     /// Lists given per request id, read from a JSON Lines file.
     Lists {
@@ -134,7 +134,7 @@ impl Policy {
             Policy::Random => index::sample(&mut StdRng::seed_from_u64(cx.seed), n, k).into_vec(),
             Policy::TruePointwise => {
                 let truth = cx.truth.ok_or_else(|| missing("the simulator's world"))?;
-                search::sort_by_score(&truth.attractiveness, k)
+                search::sort_by_score(&truth.pointwise_scores(), k)
             }
             Policy::Oracle => return Err("the oracle is computed by the harness".into()),
             Policy::EvaluatorPointwise => {
@@ -152,7 +152,10 @@ impl Policy {
             }
             Policy::Generator { generator, .. } => generator.rerank(cx.request, k)?,
             Policy::Served { model, .. } => {
-                let input = request_input(cx.request, &model.manifest.schema, k);
+                let input = cx
+                    .request
+                    .rerank_input(&model.manifest.schema, k)
+                    .map_err(|e| e.to_string())?;
                 let picks = model.rerank(&input).map_err(|e| e.to_string())?;
                 picks.iter().map(|p| p.index).collect()
             }
@@ -218,9 +221,9 @@ impl Policy {
     /// Loads a model version directory (as written by `degre distill` or published) with
     /// the server's runtime; the policy is named after the directory.
     pub fn from_model_dir(dir: &Path) -> anyhow::Result<Policy> {
-        let manifest = crate::model::manifest::Manifest::load_verified(dir)
+        let manifest = crate::contract::manifest::Manifest::load_verified(dir)
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-        let model = crate::model::Generator::load(dir, 0, manifest)
+        let model = crate::runtime::LoadedModel::load(dir, 0, manifest)
             .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let name = dir
             .file_name()

@@ -77,7 +77,7 @@ impl Report {
             .iter()
             .enumerate()
             .map(|(p, policy)| {
-                let column = |f: fn(&crate::offline::eval::PolicyReport) -> Option<f64>| {
+                let column = |f: fn(&crate::offline::compare::PolicyReport) -> Option<f64>| {
                     over_seeds(runs.iter().map(|r| f(&r.eval.policies[p])).collect())
                 };
                 MethodRow {

@@ -16,9 +16,9 @@ use tonic_health::ServingStatus;
 
 use crate::api::v1::reranker_server::RerankerServer;
 use crate::config::Config;
-use crate::model::repository::Repository;
-use crate::model::watcher::Watcher;
-use crate::model::ModelStore;
+use crate::repository::watcher::Watcher;
+use crate::repository::ModelStore;
+use crate::repository::Repository;
 pub use service::RerankService;
 
 const SERVICE_NAME: &str = "degre.v1.Reranker";

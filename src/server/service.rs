@@ -12,7 +12,7 @@ use super::deadline;
 use super::status::ServeError;
 use crate::api::{self, v1};
 use crate::config::Config;
-use crate::model::ModelStore;
+use crate::repository::ModelStore;
 use crate::telemetry;
 
 pub struct RerankService {

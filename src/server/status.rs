@@ -2,10 +2,10 @@
 
 use tonic::{Code, Status};
 
-use crate::decode::DecodeError;
-use crate::model::runtime::InferenceError;
-use crate::model::store::StoreError;
+use crate::repository::store::StoreError;
+use crate::rerank::decode::DecodeError;
 use crate::rerank::InvalidField;
+use crate::runtime::InferenceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use degre::api::v1::{self, reranker_client::RerankerClient};
 use degre::config::ServeArgs;
-use degre::model::export::{default_schema, version_files};
-use degre::model::generator::{Dims, Weights};
-use degre::model::manifest::{FeatureSchema, Limits};
-use degre::model::publish::publish_files;
+use degre::contract::manifest::{FeatureSchema, Limits};
+use degre::network::export::{default_schema, version_files};
+use degre::network::{Dims, Weights};
+use degre::repository::publish::publish_files;
 use degre::server::BoundServer;
 use tonic::transport::Channel;
 

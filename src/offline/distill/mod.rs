@@ -1,10 +1,10 @@
-//! `degre distill`: the generator (`model::generator`, the network the server runs) trained
+//! `degre distill`: the generator (`network`, the network the server runs) trained
 //! by teacher forcing along target lists. DeGRe's targets are the miner's dense soft labels
 //! `softmax(Q_t/τ)` at every step (plus `β`·CE on the mined item); the same trainer learns
 //! from one-hot targets (hard labels, heuristic labels), and [`reinforce`] trains it from a
 //! sparse list-level reward instead.
 //!
-//! The network sees standardised dense features while training; [`ServingGenerator::fold`]
+//! The network sees standardised dense features while training; [`TrainedGenerator::fold`]
 //! folds the standardisation into the first layers so the exported graph takes raw features.
 
 mod ops;
@@ -13,24 +13,24 @@ mod reinforce;
 pub use ops::{CandleOps, Ids};
 pub use reinforce::reinforce;
 
+use anyhow::Context;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use indicatif::{ProgressBar, ProgressStyle};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::decode;
-use crate::model::generator::reference::ReferenceSteps;
-use crate::model::generator::{Dims, Encoded, EncoderInputs, Weights};
-use crate::model::manifest::{Categorical, FeatureSchema};
+use crate::contract::manifest::{FeatureSchema, Limits};
+use crate::network::export::version_files;
+use crate::network::reference::ReferenceSteps;
+use crate::network::{Dims, Encoded, EncoderInputs, Weights};
 use crate::offline::evaluator::FeatureMap;
 use crate::offline::logs::LoggedRequest;
 use crate::offline::mine::Mined;
-use crate::rerank::RerankInput;
+use crate::offline::training::{self, Schedule, Split};
+use crate::rerank::decode;
 
+/// Sizes, schedule and targets of the generator's training; the pipeline's `[distill]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DistillConfig {
     pub hidden: usize,
     pub embed: usize,
@@ -38,14 +38,32 @@ pub struct DistillConfig {
     /// Requests per optimiser step.
     pub batch_size: usize,
     pub learning_rate: f64,
-    /// Softmax temperature of the soft targets, in units of `V` (expected clicks).
+    /// Softmax temperature of the soft targets, in units of an average click's reward
+    /// (1 for clicks; the mean value per click for value), so one default fits both.
     pub temperature: f64,
     /// Weight of the cross-entropy on the teacher's own item, added to the soft targets.
     pub ce_weight: f64,
     pub patience: usize,
     pub valid_fraction: f64,
+    /// Epochs of the sparse-reward (REINFORCE) baseline.
+    pub reinforce_epochs: usize,
+    /// Set per run (the pipeline's seed), not in a config file.
+    #[serde(skip)]
     pub seed: u64,
+    #[serde(skip)]
     pub progress: bool,
+}
+
+impl DistillConfig {
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            patience: self.patience,
+            seed: self.seed,
+            progress: self.progress,
+        }
+    }
 }
 
 impl Default for DistillConfig {
@@ -60,6 +78,7 @@ impl Default for DistillConfig {
             ce_weight: 0.5,
             patience: 3,
             valid_fraction: 0.1,
+            reinforce_epochs: 6,
             seed: 0,
             progress: true,
         }
@@ -230,20 +249,6 @@ pub fn forced_loss(
     total.map_or_else(|| Tensor::new(0f32, &Device::Cpu), |t| t / steps)
 }
 
-pub(crate) fn progress_bar(visible: bool, len: u64, prefix: String) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-            .expect("a valid progress template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix);
-    bar
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DistillSummary {
     pub train_requests: usize,
@@ -254,13 +259,107 @@ pub struct DistillSummary {
     pub seconds: f64,
 }
 
-/// Splits indices into (train, valid) with a seeded shuffle.
-pub(crate) fn split(len: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let mut order: Vec<usize> = (0..len).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(seed));
-    let valid = ((len as f64 * fraction).round() as usize).clamp(usize::from(len > 1), len / 2);
-    let train = order.split_off(valid);
-    (train, order)
+impl DistillSummary {
+    fn new(split: &Split, outcome: &training::Outcome) -> DistillSummary {
+        DistillSummary {
+            train_requests: split.train.len(),
+            valid_requests: split.valid.len(),
+            epochs_run: outcome.epochs_run,
+            best_epoch: outcome.best_epoch,
+            valid_loss: outcome.best_valid_loss,
+            seconds: outcome.seconds,
+        }
+    }
+}
+
+/// The generator's weights as they train (in candle) and as last validated (plain Rust).
+pub(crate) struct Trainable {
+    pub ops: CandleOps,
+    pub optimizer: AdamW,
+    pub weights: Weights,
+    pub best: Weights,
+}
+
+impl Trainable {
+    pub fn new(schema: &FeatureSchema, config: &DistillConfig) -> anyhow::Result<Trainable> {
+        let dims = Dims {
+            hidden: config.hidden,
+            embed: config.embed,
+        };
+        let weights = Weights::init(schema, dims, config.seed);
+        let ops = CandleOps::new(&weights)?;
+        let optimizer = AdamW::new(
+            ops.all(),
+            ParamsAdamW {
+                lr: config.learning_rate,
+                weight_decay: 0.0,
+                ..ParamsAdamW::default()
+            },
+        )?;
+        Ok(Trainable {
+            ops,
+            optimizer,
+            best: weights.clone(),
+            weights,
+        })
+    }
+
+    /// Copies the trained parameters out of candle, for validation and keeping.
+    pub fn sync(&mut self) -> candle_core::Result<()> {
+        self.ops.store(&mut self.weights)
+    }
+}
+
+/// Teacher forcing along [`Forced`] targets, as the training loop sees it.
+struct ForcedTrainee<'a> {
+    net: Trainable,
+    inputs: &'a [Inputs],
+    targets: &'a [Forced],
+    valid: &'a [usize],
+    ce_weight: f64,
+}
+
+impl ForcedTrainee<'_> {
+    fn loss(&mut self, i: usize) -> candle_core::Result<Tensor> {
+        let net = &mut self.net;
+        forced_loss(
+            &mut net.ops,
+            &net.weights,
+            &self.inputs[i],
+            &self.targets[i],
+            self.ce_weight,
+        )
+    }
+}
+
+impl training::Trainee for ForcedTrainee<'_> {
+    fn step(&mut self, batch: &[usize]) -> anyhow::Result<f64> {
+        let mut total: Option<Tensor> = None;
+        for &i in batch {
+            let loss = self.loss(i)?;
+            total = Some(match total {
+                Some(sum) => (sum + loss)?,
+                None => loss,
+            });
+        }
+        let loss = (total.context("empty batch")? / batch.len() as f64)?;
+        self.net.optimizer.backward_step(&loss)?;
+        Ok(f64::from(loss.to_scalar::<f32>()?))
+    }
+
+    fn validate(&mut self) -> anyhow::Result<f64> {
+        self.net.sync()?;
+        let mut sum = 0.0;
+        for &i in self.valid {
+            sum += f64::from(self.loss(i)?.to_scalar::<f32>()?);
+        }
+        Ok(sum / self.valid.len().max(1) as f64)
+    }
+
+    fn keep_best(&mut self) -> anyhow::Result<()> {
+        self.net.best = self.net.weights.clone();
+        Ok(())
+    }
 }
 
 /// Trains a generator by teacher forcing; keeps the epoch with the best validation loss.
@@ -270,106 +369,41 @@ pub fn distill(
     map: &FeatureMap,
     config: &DistillConfig,
     label: &str,
-) -> anyhow::Result<(ServingGenerator, DistillSummary)> {
-    let started = std::time::Instant::now();
+) -> anyhow::Result<(TrainedGenerator, DistillSummary)> {
     anyhow::ensure!(
-        requests.len() == targets.len() && !requests.is_empty(),
-        "no targets"
+        requests.len() == targets.len() && requests.len() >= 2,
+        "{label}: need targets for at least 2 requests"
     );
-    let schema = schema_of(map);
-    let dims = Dims {
-        hidden: config.hidden,
-        embed: config.embed,
-    };
-    let mut weights = Weights::init(&schema, dims, config.seed);
-    let mut ops = CandleOps::new(&weights)?;
-    let mut optimizer = AdamW::new(
-        ops.all(),
-        ParamsAdamW {
-            lr: config.learning_rate,
-            weight_decay: 0.0,
-            ..ParamsAdamW::default()
-        },
-    )?;
     let inputs: Vec<Inputs> = requests
         .iter()
         .map(|r| Inputs::new(map, r))
         .collect::<candle_core::Result<_>>()?;
-    let (train, valid) = split(requests.len(), config.valid_fraction, config.seed);
-    let ce = config.ce_weight;
-    let valid_loss = |ops: &mut CandleOps, weights: &Weights| -> candle_core::Result<f64> {
-        let mut sum = 0.0;
-        for &i in &valid {
-            sum += f64::from(
-                forced_loss(ops, weights, &inputs[i], &targets[i], ce)?.to_scalar::<f32>()?,
-            );
-        }
-        Ok(sum / valid.len().max(1) as f64)
+    let split = training::split(requests.len(), config.valid_fraction, config.seed);
+    let mut trainee = ForcedTrainee {
+        net: Trainable::new(&schema_of(map), config)?,
+        inputs: &inputs,
+        targets,
+        valid: &split.valid,
+        ce_weight: config.ce_weight,
     };
-    let (mut best, mut best_epoch, mut best_loss) =
-        (weights.clone(), 0, valid_loss(&mut ops, &weights)?);
-    let mut epoch = 0;
-    while epoch < config.epochs && epoch - best_epoch < config.patience.max(1) {
-        epoch += 1;
-        let mut order = train.clone();
-        order.shuffle(&mut StdRng::seed_from_u64(
-            config.seed.wrapping_add(epoch as u64),
-        ));
-        let bar = progress_bar(
-            config.progress,
-            order.len().div_ceil(config.batch_size) as u64,
-            format!("{label} epoch {epoch}/{}", config.epochs),
-        );
-        let mut running = 0.0;
-        for (b, chunk) in order.chunks(config.batch_size).enumerate() {
-            let mut total: Option<Tensor> = None;
-            for &i in chunk {
-                let loss = forced_loss(&mut ops, &weights, &inputs[i], &targets[i], ce)?;
-                total = Some(match total {
-                    Some(sum) => (sum + loss)?,
-                    None => loss,
-                });
-            }
-            let loss = (total.expect("non-empty chunk") / chunk.len() as f64)?;
-            optimizer.backward_step(&loss)?;
-            running += f64::from(loss.to_scalar::<f32>()?);
-            bar.set_message(format!("loss {:.4}", running / (b + 1) as f64));
-            bar.inc(1);
-        }
-        ops.store(&mut weights)?;
-        let loss = valid_loss(&mut ops, &weights)?;
-        bar.finish_with_message(format!(
-            "loss {:.4}, validation {loss:.4}",
-            running / order.len().div_ceil(config.batch_size).max(1) as f64
-        ));
-        if loss < best_loss {
-            (best, best_epoch, best_loss) = (weights.clone(), epoch, loss);
-        }
-    }
-    let summary = DistillSummary {
-        train_requests: train.len(),
-        valid_requests: valid.len(),
-        epochs_run: epoch,
-        best_epoch,
-        valid_loss: best_loss,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    Ok((ServingGenerator::fold(best, map), summary))
+    let outcome = training::run(&config.schedule(), &split.train, &mut trainee, label, None)?;
+    let summary = DistillSummary::new(&split, &outcome);
+    Ok((TrainedGenerator::fold(trainee.net.best, map), summary))
 }
 
 /// A trained generator as served: weights that take raw features, and its schema.
 #[derive(Debug, Clone)]
-pub struct ServingGenerator {
+pub struct TrainedGenerator {
     pub weights: Weights,
     pub schema: FeatureSchema,
 }
 
-impl ServingGenerator {
+impl TrainedGenerator {
     /// Folds `x ↦ (x − mean)·scale` of the dense inputs into the first layers:
     /// `W' = diag(scale)·W` on the dense rows and `b' = b − (mean·scale)·W`.
-    pub fn fold(mut weights: Weights, map: &FeatureMap) -> ServingGenerator {
-        let fold = |w: &mut crate::model::generator::Param,
-                    b: &mut crate::model::generator::Param,
+    pub fn fold(mut weights: Weights, map: &FeatureMap) -> TrainedGenerator {
+        let fold = |w: &mut crate::network::Param,
+                    b: &mut crate::network::Param,
                     mean: &[f32],
                     scale: &[f32]| {
             let cols = w.cols;
@@ -395,49 +429,30 @@ impl ServingGenerator {
             &map.candidate_mean,
             &map.candidate_scale,
         );
-        ServingGenerator {
+        TrainedGenerator {
             weights,
             schema: schema_of(map),
         }
     }
 
+    /// The files of a model version (ONNX graphs + manifest) serving this generator.
+    pub fn version_files(
+        &self,
+        model_name: &str,
+        limits: Limits,
+        provenance: serde_json::Value,
+    ) -> Vec<(String, Vec<u8>)> {
+        version_files(&self.weights, &self.schema, model_name, limits, provenance)
+    }
+
     /// One greedy pass, exactly as served (the reference forward the exported graph matches).
     pub fn rerank(&self, request: &LoggedRequest, slots: usize) -> Result<Vec<usize>, String> {
-        let input = request_input(request, &self.schema, slots);
+        let input = request
+            .rerank_input(&self.schema, slots)
+            .map_err(|e| e.to_string())?;
         let mut steps = ReferenceSteps::new(&self.weights, &self.schema, &input);
         decode::greedy(&mut steps, input.candidates(), input.slots)
             .map(|picks| picks.iter().map(|p| p.index).collect())
             .map_err(|e| e.to_string())
-    }
-}
-
-/// A logged request as the server would see it: raw features, ids beyond a feature's
-/// vocabulary mapped to its unknown bucket.
-pub fn request_input(request: &LoggedRequest, schema: &FeatureSchema, slots: usize) -> RerankInput {
-    let clamp = |ids: &[i64], vocab: &[Categorical]| -> Vec<i64> {
-        ids.iter()
-            .zip(vocab)
-            .map(|(&id, c)| id.min(c.vocab_size as i64))
-            .collect()
-    };
-    RerankInput {
-        context_dense: request.context.dense.clone(),
-        context_ids: clamp(&request.context.categorical, &schema.context_categorical),
-        candidate_dense: request
-            .candidates
-            .iter()
-            .flat_map(|c| c.features.dense.clone())
-            .collect(),
-        candidate_ids: request
-            .candidates
-            .iter()
-            .flat_map(|c| clamp(&c.features.categorical, &schema.candidate_categorical))
-            .collect(),
-        item_ids: request
-            .candidates
-            .iter()
-            .map(|c| c.item_id.clone())
-            .collect(),
-        slots: slots.min(request.candidates.len()),
     }
 }

@@ -1,12 +1,12 @@
 //! [`Ops`] on candle tensors: the generator's one forward definition, differentiable. The
-//! same code emits the ONNX graph (`model::generator::onnx`), so what is trained is what is
+//! same code emits the ONNX graph (`network::onnx`), so what is trained is what is
 //! served.
 
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor, Var};
 
-use crate::model::generator::{Ops, Param, Weights};
+use crate::network::{Ops, Param, Weights};
 
 /// The generator's weights as trainable variables, by parameter name.
 pub struct CandleOps {

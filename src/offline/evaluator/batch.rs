@@ -4,6 +4,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::offline::logs::{LogShape, LoggedRequest};
+use crate::rerank::vocab_id;
 
 /// How raw features enter the network: dense ones standardised with the training data's
 /// mean and spread, categorical ids above the vocabulary sent to the unknown row.
@@ -121,7 +122,7 @@ fn map_ids(raw: &[i64], vocab: &[u64], out: &mut Vec<u32>) {
     out.extend(
         raw.iter()
             .zip(vocab)
-            .map(|(&id, &size)| (id as u64).min(size) as u32),
+            .map(|(&id, &size)| vocab_id(id, size) as u32),
     );
 }
 
@@ -140,7 +141,12 @@ pub struct Batch {
     /// Flat indices into the `[B·N]` item rows, slot by slot.
     pub list: Tensor,
     pub slot_mask: Tensor,
-    pub rewards: Tensor,
+    /// Logged clicks (training only; 0 elsewhere).
+    pub clicks: Tensor,
+    /// Logged values in units of the mean value per click, and where they count: clicked
+    /// slots of lists that carry values.
+    pub values: Tensor,
+    pub value_mask: Tensor,
     /// `[B, T, F]`: per candidate categorical feature, how many items above the slot share
     /// the slot item's id (redundancy, made explicit rather than left to be learned).
     pub same_above: Tensor,
@@ -158,11 +164,20 @@ pub fn same_above(request: &LoggedRequest, above: &[usize], item: usize, out: &m
     }
 }
 
-/// One list to score: its request, the candidate indices and (for training) slot rewards.
+/// One list to score: its request, the candidate indices and (for training) its labels.
+#[derive(Clone, Copy)]
 pub struct ListRef<'a> {
     pub request: &'a LoggedRequest,
     pub list: &'a [usize],
-    pub rewards: Option<&'a [f32]>,
+    pub labels: Option<Labels<'a>>,
+}
+
+/// Per slot of a logged list: click (0/1) and, if logged, the value in units of the mean
+/// value per click.
+#[derive(Clone, Copy)]
+pub struct Labels<'a> {
+    pub clicks: &'a [f32],
+    pub values: Option<&'a [f32]>,
 }
 
 impl Batch {
@@ -183,7 +198,9 @@ impl Batch {
         let mut candidate_mask = Vec::with_capacity(b * n);
         let mut list = Vec::with_capacity(b * t);
         let mut slot_mask = Vec::with_capacity(b * t);
-        let mut rewards = Vec::with_capacity(b * t);
+        let mut clicks = Vec::with_capacity(b * t);
+        let mut values = Vec::with_capacity(b * t);
+        let mut value_mask = Vec::with_capacity(b * t);
         let mut same = Vec::with_capacity(b * t * kf);
         for (r, item) in lists.iter().enumerate() {
             let request = item.request;
@@ -203,7 +220,15 @@ impl Batch {
                 let a = if present { item.list[s] } else { 0 };
                 list.push((r * n + a) as u32);
                 slot_mask.push(f32::from(u8::from(present)));
-                rewards.push(item.rewards.and_then(|w| w.get(s).copied()).unwrap_or(0.0));
+                let click = item.labels.and_then(|l| l.clicks.get(s).copied());
+                let value = item.labels.and_then(|l| l.values?.get(s).copied());
+                clicks.push(click.unwrap_or(0.0));
+                values.push(value.unwrap_or(0.0));
+                value_mask.push(if value.is_some() {
+                    click.unwrap_or(0.0)
+                } else {
+                    0.0
+                });
                 if present {
                     same_above(request, &item.list[..s], a, &mut same);
                 } else {
@@ -225,7 +250,9 @@ impl Batch {
             candidate_mask: Tensor::from_vec(candidate_mask, (b, n), dev)?,
             list: Tensor::from_vec(list, b * t, dev)?,
             slot_mask: Tensor::from_vec(slot_mask, (b, t), dev)?,
-            rewards: Tensor::from_vec(rewards, (b, t), dev)?,
+            clicks: Tensor::from_vec(clicks, (b, t), dev)?,
+            values: Tensor::from_vec(values, (b, t), dev)?,
+            value_mask: Tensor::from_vec(value_mask, (b, t), dev)?,
             same_above: Tensor::from_vec(same, (b, t, kf), dev)?,
         })
     }

@@ -1,5 +1,5 @@
 //! The Lookahead Evaluator `V_φ(c, C, s_t)`: a causal model over list prefixes, trained by
-//! cumulative regression on every prefix of the logged lists (DESIGN.md §2).
+//! cumulative regression on every prefix of the logged lists (docs/offline.md, "The algorithm").
 //!
 //! Saved as two files in a directory: `evaluator.json` (sizes, feature map, training
 //! summary) and `evaluator.safetensors` (weights).
@@ -9,8 +9,8 @@ mod model;
 mod scorer;
 mod train;
 
-pub use batch::{Batch, FeatureMap, ListRef};
-pub use model::{click_loss, slot_logits, Dims, Params};
+pub use batch::{Batch, FeatureMap, Labels, ListRef};
+pub use model::{click_loss, slot_outputs, value_loss, Dims, Params, SlotOutputs};
 pub use scorer::{Prefix, RequestScorer};
 pub use train::{train, TrainConfig, TrainSummary};
 
@@ -20,6 +20,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::offline::logs::LoggedRequest;
+use crate::offline::objective::Objective;
 
 pub const SPEC_FILE: &str = "evaluator.json";
 pub const WEIGHTS_FILE: &str = "evaluator.safetensors";
@@ -28,6 +29,10 @@ pub const WEIGHTS_FILE: &str = "evaluator.safetensors";
 pub struct Spec {
     pub dims: Dims,
     pub features: FeatureMap,
+    /// The reward `V` sums, per slot.
+    pub objective: Objective,
+    /// Mean logged value per click in the training data: the unit of the value head.
+    pub value_per_click: f64,
     pub training: Option<TrainSummary>,
 }
 
@@ -70,30 +75,48 @@ impl Evaluator {
 
     /// Predicted click probability of every slot of each list (`[lists][slot]`).
     pub fn slot_probabilities(&self, lists: &[ListRef<'_>]) -> anyhow::Result<Vec<Vec<f32>>> {
+        Ok(self
+            .slot_predictions(lists)?
+            .into_iter()
+            .map(|slots| slots.into_iter().map(|(p, _)| p).collect())
+            .collect())
+    }
+
+    /// Per slot of each list: the click probability and the reward of a click under the
+    /// objective (`[lists][slot]`), so the slot's expected reward is their product.
+    pub fn slot_predictions(&self, lists: &[ListRef<'_>]) -> anyhow::Result<Vec<Vec<(f32, f32)>>> {
         let mut out = Vec::with_capacity(lists.len());
         for chunk in lists.chunks(256) {
             let batch = Batch::new(&self.spec.features, chunk)?;
-            let logits = slot_logits(&self.params, &self.spec.dims, &batch)?;
-            let probs = candle_nn::ops::sigmoid(&logits)?.to_vec2::<f32>()?;
-            out.extend(
-                probs
-                    .into_iter()
-                    .zip(chunk)
-                    .map(|(p, l)| p[..l.list.len()].to_vec()),
-            );
+            let o = slot_outputs(&self.params, &self.spec.dims, &batch)?;
+            let probs = candle_nn::ops::sigmoid(&o.click_logits)?.to_vec2::<f32>()?;
+            let values = o.click_values.to_vec2::<f32>()?;
+            for ((p, v), l) in probs.into_iter().zip(values).zip(chunk) {
+                let slots = l.list.len();
+                let reward = |v: f32| self.reward_of_click(f64::from(v)) as f32;
+                out.push(
+                    p[..slots]
+                        .iter()
+                        .zip(&v[..slots])
+                        .map(|(&p, &v)| (p, reward(v)))
+                        .collect(),
+                );
+            }
         }
         Ok(out)
     }
 
-    /// `V(list)`: the expected cumulative reward of the whole list.
-    pub fn list_value(&self, request: &LoggedRequest, list: &[usize]) -> anyhow::Result<f64> {
-        let lists = [ListRef {
-            request,
-            list,
-            rewards: None,
-        }];
-        let probs = self.slot_probabilities(&lists)?;
-        Ok(probs[0].iter().map(|&p| f64::from(p)).sum())
+    /// The objective's reward of a click whose value head reads `value` (in units of the
+    /// mean value per click).
+    pub fn reward_of_click(&self, value: f64) -> f64 {
+        let spec = &self.spec;
+        spec.objective.reward_of_click(value * spec.value_per_click)
+    }
+
+    /// The reward of an average click: the unit in which soft-target temperatures and the
+    /// sparse reward are expressed, so they mean the same for clicks and for GMV.
+    pub fn reward_unit(&self) -> f64 {
+        self.reward_of_click(1.0)
     }
 
     /// The incremental scorer of one request, for search.

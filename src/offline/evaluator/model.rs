@@ -6,8 +6,11 @@
 //! strictly causal interaction sum `m_t = Σ_{k<t} σ(q_t·k_k/√A)·v_k` (a sum, not an average,
 //! so it can count repeated categories above), its position, `c`, `pool`, `c ⊙ x_t`, and
 //! for each categorical feature the number of items above with the same id.
-//! The slot's click logit comes from a one-hidden-layer MLP over those; `V(s_t)` is the sum
-//! of the slots' click probabilities (DESIGN.md §2, per-step BCE form).
+//! The slot's click logit comes from a one-hidden-layer MLP over those. A second head
+//! predicts the value of a click on the item, `softplus([x_t, c ⊙ x_t]·w_v + b_v)`, in units
+//! of the training data's mean value per click. A slot's expected reward is
+//! `p_t · (clicks + value·v_t)` under the objective, and `V(s_t)` sums it over the prefix
+//! (docs/offline.md, "The Lookahead Evaluator": the per-step form).
 
 use std::collections::HashMap;
 
@@ -83,6 +86,7 @@ impl Params {
             &mut rng,
         )?;
         matrix("out.w2".into(), h, 1, &mut rng)?;
+        matrix("value.w".into(), 2 * h, 1, &mut rng)?;
         let mut params = Params { vars };
         for (name, size, value) in [
             ("item.b1", h, 0.0),
@@ -90,6 +94,7 @@ impl Params {
             ("context.b1", h, 0.0),
             ("out.b1", h, 0.0),
             ("out.b2", 1, output_bias),
+            ("value.b", 1, 0.0),
         ] {
             let bias = Var::from_vec(vec![value; size], size, &Device::Cpu)?;
             params.vars.push((name.into(), bias));
@@ -168,8 +173,18 @@ fn with_embeddings(
     Tensor::cat(&parts, 1)
 }
 
-/// Click logits `[B, T]` of every slot of every list in the batch.
-pub fn slot_logits(params: &Params, dims: &Dims, batch: &Batch) -> candle_core::Result<Tensor> {
+/// What the evaluator predicts for every slot of every list in the batch, `[B, T]` each.
+pub struct SlotOutputs {
+    pub click_logits: Tensor,
+    /// Value of a click on the slot's item, in units of the mean value per click.
+    pub click_values: Tensor,
+}
+
+pub fn slot_outputs(
+    params: &Params,
+    dims: &Dims,
+    batch: &Batch,
+) -> candle_core::Result<SlotOutputs> {
     let (b, n, t) = (batch.requests, batch.candidates, batch.slots);
     let relu = |x: Tensor| x.relu();
     let items = with_embeddings(
@@ -233,16 +248,37 @@ pub fn slot_logits(params: &Params, dims: &Dims, batch: &Batch) -> candle_core::
     if batch.candidate_fields > 0 {
         parts.push(batch.same_above.clone());
     }
+    let value_in = Tensor::cat(&[&x, &(&c_t * &x)?], D::Minus1)?;
     let z = Tensor::cat(&parts, D::Minus1)?;
     let o = relu(linear(&z, params.get("out.w1")?, params.get("out.b1")?)?)?;
-    linear(&o, params.get("out.w2")?, params.get("out.b2")?)?.squeeze(2)
+    Ok(SlotOutputs {
+        click_logits: linear(&o, params.get("out.w2")?, params.get("out.b2")?)?.squeeze(2)?,
+        click_values: softplus(&linear(
+            &value_in,
+            params.get("value.w")?,
+            params.get("value.b")?,
+        )?)?
+        .squeeze(2)?,
+    })
+}
+
+/// `log(1 + e^x)`, stable for any x: `max(x, 0) + log(1 + e^{−|x|})`.
+fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
 /// Mean binary cross-entropy of the logged slots (`slot_mask` 1), from logits.
 pub fn click_loss(logits: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
-    // softplus(l) − y·l, with softplus(l) = max(l, 0) + log(1 + e^{−|l|}), stable for any l.
-    let softplus = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    let per_slot = (softplus - (logits * &batch.rewards)?)?;
+    // softplus(l) − y·l is the BCE of a logit.
+    let per_slot = (softplus(logits)? - (logits * &batch.clicks)?)?;
     let masked = (per_slot * &batch.slot_mask)?.sum_all()?;
-    masked / batch.slot_mask.sum_all()?.to_scalar::<f32>()? as f64
+    masked / batch.slot_mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
+}
+
+/// Mean squared error of the predicted click values on the clicked slots that logged a
+/// value (`value_mask` 1): its minimiser is the expected value given a click.
+pub fn value_loss(click_values: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
+    let error = (click_values - &batch.values)?.sqr()?;
+    let masked = (error * &batch.value_mask)?.sum_all()?;
+    masked / batch.value_mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
 }

@@ -1,7 +1,7 @@
 //! The evaluator's network evaluated incrementally in plain Rust, for search: everything
 //! that does not depend on the prefix is computed once per request, so the value of
 //! appending a candidate costs one pass over the prefix plus one small MLP.
-//! `tests::scorer_matches_the_training_forward` holds it equal to `model::slot_logits`.
+//! `tests/evaluator.rs` holds it equal to the training forward (`model::slot_outputs`).
 
 use super::{Evaluator, Params};
 use crate::offline::logs::LoggedRequest;
@@ -78,6 +78,8 @@ pub struct RequestScorer {
     out_w2: Vec<f32>,
     out_b2: f32,
     scale: f32,
+    /// Per candidate: the objective's reward of a click on it (value head included).
+    reward_of_click: Vec<f32>,
 }
 
 /// A prefix: the candidates placed so far, in order.
@@ -159,6 +161,16 @@ impl RequestScorer {
             cols: h,
             data: out_w1.data[from * h..(from + count) * h].to_vec(),
         };
+        let (value_w, value_b) = (m("value.w")?, m("value.b")?);
+        let reward_of_click = items
+            .iter()
+            .map(|x| {
+                let cx: Vec<f32> = context.iter().zip(x).map(|(c, x)| c * x).collect();
+                let z = dot(x, &value_w.data[..h]) + dot(&cx, &value_w.data[h..]) + value_b.data[0];
+                let value = f64::from(z.max(0.0)) + (-f64::from(z.abs())).exp().ln_1p();
+                evaluator.reward_of_click(value) as f32
+            })
+            .collect();
         let fields = map.candidate_vocab.len();
         let (interaction, same_above) = (rows(m_rows, a), rows(5 * h + a, fields));
         Ok(RequestScorer {
@@ -177,6 +189,7 @@ impl RequestScorer {
             out_w2: m("out.w2")?.data,
             out_b2: m("out.b2")?.data[0],
             scale: 1.0 / (a as f32).sqrt(),
+            reward_of_click,
         })
     }
 
@@ -229,8 +242,9 @@ impl ListModel for RequestScorer {
         Prefix::default()
     }
 
+    /// The slot's expected reward: P(click) times the reward of a click on `a`.
     fn gain(&self, state: &Prefix, a: usize) -> f64 {
-        f64::from(self.click_probability(&state.items, a))
+        f64::from(self.click_probability(&state.items, a) * self.reward_of_click[a])
     }
 
     fn push(&self, state: &mut Prefix, a: usize) {

@@ -3,20 +3,21 @@
 //! split, early stopping and per-epoch checkpoints that `--resume` continues from.
 
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::Context;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use indicatif::{ProgressBar, ProgressStyle};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{click_loss, slot_logits, Batch, Dims, Evaluator, FeatureMap, ListRef, Spec};
+use super::{
+    click_loss, slot_outputs, value_loss, Batch, Dims, Evaluator, FeatureMap, Labels, ListRef, Spec,
+};
 use crate::offline::logs::{LogShape, LoggedRequest};
+use crate::offline::objective::Objective;
+use crate::offline::training::{self, Checkpoints, Schedule, Split};
 
+/// Sizes and schedule of the evaluator; the pipeline's `[evaluator]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     pub hidden: usize,
     pub attention: usize,
@@ -28,8 +29,26 @@ pub struct TrainConfig {
     /// Stop after this many epochs without a better validation loss.
     pub patience: usize,
     pub valid_fraction: f64,
+    /// Set per run (the pipeline's objective and seed), not in the `[evaluator]` section.
+    /// No objective: value when the logs carry it, else clicks.
+    #[serde(skip)]
+    pub objective: Option<Objective>,
+    #[serde(skip)]
     pub seed: u64,
+    #[serde(skip)]
     pub progress: bool,
+}
+
+impl TrainConfig {
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            patience: self.patience,
+            seed: self.seed,
+            progress: self.progress,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -44,6 +63,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             patience: 3,
             valid_fraction: 0.1,
+            objective: None,
             seed: 0,
             progress: true,
         }
@@ -61,56 +81,158 @@ pub struct TrainSummary {
     /// Per-slot click BCE on the validation split: the model, and the best constant.
     pub valid_loss: f64,
     pub constant_valid_loss: f64,
+    /// The value head's MSE on the validation split (units of the mean value per click).
+    #[serde(default)]
+    pub valid_value_loss: Option<f64>,
     pub seconds: f64,
 }
 
-/// Resume point written after every epoch.
-#[derive(Debug, Serialize, Deserialize)]
-struct Checkpoint {
-    epoch: usize,
-    best_epoch: usize,
-    best_valid_loss: f64,
-    train_loss: f64,
-    spec: Spec,
-}
-
 const CHECKPOINT_DIR: &str = "checkpoint";
-const CHECKPOINT_FILE: &str = "state.json";
 
-fn lists<'a>(
-    rows: &'a [LoggedRequest],
-    rewards: &'a [Vec<f32>],
-    order: &[usize],
-) -> Vec<ListRef<'a>> {
-    order
-        .iter()
-        .map(|&i| ListRef {
-            request: &rows[i],
-            list: &rows[i].exposed,
-            rewards: Some(&rewards[i]),
-        })
-        .collect()
+/// A logged request's labels: clicks as 0/1, values in units of the mean value per click.
+struct Logged {
+    clicks: Vec<f32>,
+    values: Option<Vec<f32>>,
 }
 
-fn mean_loss(
+impl Logged {
+    fn of(row: &LoggedRequest, value_per_click: f64) -> Logged {
+        Logged {
+            clicks: row.clicks.iter().map(|&c| f32::from(u8::from(c))).collect(),
+            values: row.values.as_ref().map(|v| {
+                v.iter()
+                    .map(|&v| (f64::from(v) / value_per_click) as f32)
+                    .collect()
+            }),
+        }
+    }
+
+    fn list<'a>(&'a self, row: &'a LoggedRequest) -> ListRef<'a> {
+        ListRef {
+            request: row,
+            list: &row.exposed,
+            labels: Some(Labels {
+                clicks: &self.clicks,
+                values: self.values.as_deref(),
+            }),
+        }
+    }
+}
+
+/// The mean value of a clicked slot that logged one, over `rows`; 1 without values.
+fn value_per_click<'a>(rows: impl Iterator<Item = &'a LoggedRequest>) -> f64 {
+    let (mut sum, mut clicks) = (0.0, 0usize);
+    for row in rows {
+        if let Some(values) = &row.values {
+            for (&click, &value) in row.clicks.iter().zip(values) {
+                if click {
+                    sum += f64::from(value);
+                    clicks += 1;
+                }
+            }
+        }
+    }
+    if clicks > 0 && sum > 0.0 {
+        sum / clicks as f64
+    } else {
+        1.0
+    }
+}
+
+/// Held-out losses: per-slot click BCE, and (with a value objective) the value MSE.
+#[derive(Debug, Clone, Copy)]
+struct Losses {
+    click: f64,
+    value: Option<f64>,
+}
+
+impl Losses {
+    fn total(&self) -> f64 {
+        self.click + self.value.unwrap_or(0.0)
+    }
+}
+
+fn mean_losses(
     evaluator: &Evaluator,
     lists: &[ListRef<'_>],
     batch_size: usize,
-) -> anyhow::Result<f64> {
-    let (mut total, mut slots) = (0.0, 0.0);
+) -> anyhow::Result<Losses> {
+    let learns_value = evaluator.spec.objective.uses_value();
+    let (mut click, mut slots, mut value, mut valued) = (0.0, 0.0, 0.0, 0.0);
     for chunk in lists.chunks(batch_size) {
         let batch = Batch::new(&evaluator.spec.features, chunk)?;
-        let logits = slot_logits(&evaluator.params, &evaluator.spec.dims, &batch)?;
-        let n = batch.slot_mask.sum_all()?.to_scalar::<f32>()? as f64;
-        total += click_loss(&logits, &batch)?.to_scalar::<f32>()? as f64 * n;
+        let o = slot_outputs(&evaluator.params, &evaluator.spec.dims, &batch)?;
+        let n = f64::from(batch.slot_mask.sum_all()?.to_scalar::<f32>()?);
+        click += f64::from(click_loss(&o.click_logits, &batch)?.to_scalar::<f32>()?) * n;
         slots += n;
+        if learns_value {
+            let m = f64::from(batch.value_mask.sum_all()?.to_scalar::<f32>()?);
+            value += f64::from(value_loss(&o.click_values, &batch)?.to_scalar::<f32>()?) * m;
+            valued += m;
+        }
     }
-    Ok(total / slots.max(1.0))
+    Ok(Losses {
+        click: click / slots.max(1.0),
+        value: (learns_value && valued > 0.0).then(|| value / valued),
+    })
 }
 
 fn bce(p: f64, y: f64) -> f64 {
     let p = p.clamp(1e-7, 1.0 - 1e-7);
     -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+}
+
+/// The evaluator as the training loop sees it: batches of logged lists, the validation
+/// split's loss (click BCE, plus the value MSE when the objective has value), the best
+/// epoch saved to `out`.
+struct Trainee<'a> {
+    evaluator: Evaluator,
+    optimizer: AdamW,
+    rows: &'a [LoggedRequest],
+    labels: &'a [Logged],
+    valid: Vec<ListRef<'a>>,
+    out: &'a Path,
+    last: Option<Losses>,
+    best: Option<Losses>,
+}
+
+impl training::Trainee for Trainee<'_> {
+    fn step(&mut self, batch: &[usize]) -> anyhow::Result<f64> {
+        let lists: Vec<ListRef<'_>> = batch
+            .iter()
+            .map(|&i| self.labels[i].list(&self.rows[i]))
+            .collect();
+        let batch = Batch::new(&self.evaluator.spec.features, &lists)?;
+        let o = slot_outputs(&self.evaluator.params, &self.evaluator.spec.dims, &batch)?;
+        let mut loss = click_loss(&o.click_logits, &batch)?;
+        if self.evaluator.spec.objective.uses_value() {
+            loss = (loss + value_loss(&o.click_values, &batch)?)?;
+        }
+        self.optimizer.backward_step(&loss)?;
+        Ok(f64::from(loss.to_scalar::<f32>()?))
+    }
+
+    fn validate(&mut self) -> anyhow::Result<f64> {
+        let losses = mean_losses(&self.evaluator, &self.valid, 512)?;
+        self.last = Some(losses);
+        Ok(losses.total())
+    }
+
+    fn keep_best(&mut self) -> anyhow::Result<()> {
+        self.best = self.last;
+        self.evaluator.save(self.out)
+    }
+
+    fn save_checkpoint(&self, dir: &Path) -> anyhow::Result<()> {
+        Ok(self.evaluator.params.save(&dir.join(super::WEIGHTS_FILE))?)
+    }
+
+    fn load_checkpoint(&mut self, dir: &Path) -> anyhow::Result<()> {
+        Ok(self
+            .evaluator
+            .params
+            .load_into(&dir.join(super::WEIGHTS_FILE))?)
+    }
 }
 
 /// Trains on `rows` (split into train and validation) and writes the best model to `out`.
@@ -120,37 +242,41 @@ pub fn train(
     out: &Path,
     resume: bool,
 ) -> anyhow::Result<Evaluator> {
-    let started = Instant::now();
     let shape = LogShape::of(rows).context("no logged requests to train on")?;
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(config.seed));
-    let valid_len = ((rows.len() as f64 * config.valid_fraction).round() as usize)
-        .clamp(1, rows.len().saturating_sub(1).max(1));
-    let (valid_order, train_order) = order.split_at(valid_len);
-    anyhow::ensure!(!train_order.is_empty(), "need at least 2 logged requests");
-    let train_rows: Vec<&LoggedRequest> = train_order.iter().map(|&i| &rows[i]).collect();
-    let rewards: Vec<Vec<f32>> = rows.iter().map(|r| r.rewards(false)).collect();
-    let train_lists = lists(rows, &rewards, train_order);
-    let valid_lists = lists(rows, &rewards, valid_order);
+    anyhow::ensure!(rows.len() >= 2, "need at least 2 logged requests");
+    let objective = config
+        .objective
+        .unwrap_or_else(|| Objective::default_for(shape.has_values));
+    anyhow::ensure!(
+        !objective.uses_value() || shape.has_values,
+        "the objective {objective} needs the `values` column, and some rows lack it"
+    );
+    let Split { train, valid } = training::split(rows.len(), config.valid_fraction, config.seed);
+    let value_per_click = value_per_click(train.iter().map(|&i| &rows[i]));
+    let labels: Vec<Logged> = rows
+        .iter()
+        .map(|r| Logged::of(r, value_per_click))
+        .collect();
+    let valid_lists: Vec<ListRef<'_>> = valid.iter().map(|&i| labels[i].list(&rows[i])).collect();
 
-    let (clicks, slots) = train_lists.iter().fold((0.0, 0.0), |(c, s), l| {
-        let r = l.rewards.unwrap_or_default();
+    let (clicks, slots) = train.iter().fold((0.0, 0.0), |(c, s), &i| {
+        let r = &labels[i].clicks;
         (
             c + r.iter().map(|&x| f64::from(x)).sum::<f64>(),
             s + r.len() as f64,
         )
     });
-    let base_rate = (clicks / slots).clamp(1e-4, 1.0 - 1e-4);
+    let base_rate = (clicks / f64::max(slots, 1.0)).clamp(1e-4, 1.0 - 1e-4);
     let constant_valid_loss = {
-        let (sum, n) = valid_lists
+        let (sum, n) = valid
             .iter()
-            .flat_map(|l| l.rewards.unwrap_or_default())
+            .flat_map(|&i| &labels[i].clicks)
             .fold((0.0, 0.0), |(s, n), &y| {
                 (s + bce(base_rate, f64::from(y)), n + 1.0)
             });
         sum / f64::max(n, 1.0)
     };
-
+    let train_rows: Vec<&LoggedRequest> = train.iter().map(|&i| &rows[i]).collect();
     let spec = Spec {
         dims: Dims {
             context_dense: shape.context_dense,
@@ -161,37 +287,14 @@ pub fn train(
             max_slots: shape.max_exposed,
         },
         features: FeatureMap::fit(&train_rows, &shape),
+        objective,
+        value_per_click,
         training: None,
     };
     let output_bias = (base_rate / (1.0 - base_rate)).ln() as f32;
     let evaluator = Evaluator::new(spec, output_bias, config.seed)?;
-    let checkpoint_dir = out.join(CHECKPOINT_DIR);
-    let mut start_epoch = 0;
-    let (mut best_epoch, mut best_valid, mut train_loss) = (0, f64::INFINITY, f64::NAN);
-    if resume && checkpoint_dir.join(CHECKPOINT_FILE).exists() {
-        let path = checkpoint_dir.join(CHECKPOINT_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-        let state: Checkpoint =
-            serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        anyhow::ensure!(
-            state.spec.dims == evaluator.spec.dims
-                && state.spec.features == evaluator.spec.features,
-            "{}: the checkpoint was trained with other sizes or data; remove it to start over",
-            path.display()
-        );
-        evaluator
-            .params
-            .load_into(&checkpoint_dir.join(super::WEIGHTS_FILE))?;
-        (start_epoch, best_epoch, best_valid, train_loss) = (
-            state.epoch,
-            state.best_epoch,
-            state.best_valid_loss,
-            state.train_loss,
-        );
-        tracing::info!(epoch = start_epoch, "resuming from checkpoint");
-    }
-
-    let mut optimizer = AdamW::new(
+    let identity = serde_json::to_value((&evaluator.spec.dims, &evaluator.spec.features))?;
+    let optimizer = AdamW::new(
         evaluator.params.all(),
         ParamsAdamW {
             lr: config.learning_rate,
@@ -199,88 +302,40 @@ pub fn train(
             ..ParamsAdamW::default()
         },
     )?;
-    let batches = train_lists.len().div_ceil(config.batch_size);
-    let mut epoch = start_epoch;
-    while epoch < config.epochs && epoch.saturating_sub(best_epoch) < config.patience.max(1) {
-        epoch += 1;
-        let bar = progress_bar(config.progress, batches as u64, epoch, config.epochs);
-        let mut shuffled: Vec<usize> = (0..train_lists.len()).collect();
-        // Seeded per epoch, so a resumed run sees the same batches as an uninterrupted one.
-        shuffled.shuffle(&mut StdRng::seed_from_u64(
-            config.seed ^ (epoch as u64) << 32,
-        ));
-        let (mut sum, mut count) = (0.0, 0.0);
-        for chunk in shuffled.chunks(config.batch_size) {
-            let chunk: Vec<ListRef<'_>> = chunk
-                .iter()
-                .map(|&i| ListRef {
-                    request: train_lists[i].request,
-                    list: train_lists[i].list,
-                    rewards: train_lists[i].rewards,
-                })
-                .collect();
-            let batch = Batch::new(&evaluator.spec.features, &chunk)?;
-            let logits = slot_logits(&evaluator.params, &evaluator.spec.dims, &batch)?;
-            let loss = click_loss(&logits, &batch)?;
-            optimizer.backward_step(&loss)?;
-            sum += loss.to_scalar::<f32>()? as f64;
-            count += 1.0;
-            bar.set_message(format!("loss {:.4}", sum / count));
-            bar.inc(1);
-        }
-        train_loss = sum / count;
-        let valid_loss = mean_loss(&evaluator, &valid_lists, 512)?;
-        bar.finish_with_message(format!(
-            "loss {train_loss:.4}, validation {valid_loss:.4} (constant {constant_valid_loss:.4})"
-        ));
-        if valid_loss < best_valid {
-            (best_valid, best_epoch) = (valid_loss, epoch);
-            evaluator.save(out)?;
-        }
-        std::fs::create_dir_all(&checkpoint_dir)
-            .with_context(|| format!("{}", checkpoint_dir.display()))?;
-        evaluator
-            .params
-            .save(&checkpoint_dir.join(super::WEIGHTS_FILE))?;
-        let state = Checkpoint {
-            epoch,
-            best_epoch,
-            best_valid_loss: best_valid,
-            train_loss,
-            spec: evaluator.spec.clone(),
-        };
-        std::fs::write(
-            checkpoint_dir.join(CHECKPOINT_FILE),
-            serde_json::to_string_pretty(&state)?,
-        )?;
-        tracing::info!(epoch, train_loss, valid_loss, best_epoch, "epoch done");
-    }
+    let mut trainee = Trainee {
+        evaluator,
+        optimizer,
+        rows,
+        labels: &labels,
+        valid: valid_lists,
+        out,
+        last: None,
+        best: None,
+    };
+    let outcome = training::run(
+        &config.schedule(),
+        &train,
+        &mut trainee,
+        "evaluator",
+        Some(&Checkpoints {
+            dir: out.join(CHECKPOINT_DIR),
+            resume,
+            identity,
+        }),
+    )?;
     let mut best = Evaluator::load(out)?;
     best.spec.training = Some(TrainSummary {
         seed: config.seed,
-        train_requests: train_lists.len(),
-        valid_requests: valid_lists.len(),
-        epochs_run: epoch,
-        best_epoch,
-        train_loss,
-        valid_loss: best_valid,
+        train_requests: train.len(),
+        valid_requests: valid.len(),
+        epochs_run: outcome.epochs_run,
+        best_epoch: outcome.best_epoch,
+        train_loss: outcome.train_loss,
+        valid_loss: trainee.best.map_or(f64::NAN, |l| l.click),
+        valid_value_loss: trainee.best.and_then(|l| l.value),
         constant_valid_loss,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: outcome.seconds,
     });
     best.save(out)?;
     Ok(best)
-}
-
-fn progress_bar(visible: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
-            .expect("a valid progress template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
-    bar
 }

@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::contract::FeatureSchema;
+use crate::offline::objective::Objective;
+use crate::rerank::{InputBuilder, InvalidField, RerankInput};
+
 /// Dense and categorical features of a context or a candidate, as on the wire (`Features`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Features {
@@ -44,16 +48,32 @@ pub struct LoggedRequest {
 }
 
 impl LoggedRequest {
-    /// The reward of every exposed slot: the value if logged and asked for, else the click.
-    pub fn rewards(&self, use_values: bool) -> Vec<f32> {
-        match (&self.values, use_values) {
-            (Some(values), true) => values.clone(),
-            _ => self
-                .clicks
-                .iter()
-                .map(|&c| f32::from(u8::from(c)))
-                .collect(),
+    /// This request as the server sees it, through the server's own validation: the one
+    /// mapping from logs to model input (unknown ids to the unknown bucket included).
+    pub fn rerank_input(
+        &self,
+        schema: &FeatureSchema,
+        slots: usize,
+    ) -> Result<RerankInput, InvalidField> {
+        let n = self.candidates.len();
+        let mut input = InputBuilder::new(schema, n, n)?;
+        input.context(&self.context.dense, &self.context.categorical)?;
+        for (i, c) in self.candidates.iter().enumerate() {
+            input.candidate(
+                i,
+                c.item_id.clone(),
+                &c.features.dense,
+                &c.features.categorical,
+            )?;
         }
+        input.finish(u32::try_from(slots.clamp(1, n)).unwrap_or(u32::MAX))
+    }
+
+    /// What the logged list earned under `objective`: its slots' rewards summed.
+    pub fn logged_reward(&self, objective: &Objective) -> f64 {
+        (0..self.clicks.len())
+            .map(|t| objective.reward(self.clicks[t], self.values.as_ref().map(|v| v[t])))
+            .sum()
     }
 }
 
@@ -67,6 +87,8 @@ pub struct LogShape {
     pub candidate_vocab: Vec<u64>,
     pub max_candidates: usize,
     pub max_exposed: usize,
+    /// Every row carries the `values` column.
+    pub has_values: bool,
 }
 
 impl LogShape {
@@ -81,6 +103,7 @@ impl LogShape {
             candidate_vocab: vec![0; first_candidate.categorical.len()],
             max_candidates: 0,
             max_exposed: 0,
+            has_values: true,
         };
         for row in rows {
             grow_vocab(&mut shape.context_vocab, &row.context.categorical);
@@ -89,6 +112,7 @@ impl LogShape {
             }
             shape.max_candidates = shape.max_candidates.max(row.candidates.len());
             shape.max_exposed = shape.max_exposed.max(row.exposed.len());
+            shape.has_values &= row.values.is_some();
         }
         Some(shape)
     }

@@ -2,6 +2,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::*;
+use crate::offline::objective::Objective;
 use crate::offline::search;
 
 /// A small world where redundancy and complementarity both fire often.
@@ -21,28 +22,55 @@ fn small_config() -> SimConfig {
 }
 
 #[test]
-fn exact_utility_matches_monte_carlo() {
+fn exact_utility_matches_monte_carlo_for_clicks_and_value() {
     let world = World::generate(small_config(), 11);
     let request = world.sample_request("r".into(), &mut StdRng::seed_from_u64(1));
-    let truth = world.truth(&request).unwrap();
     let list = [0, 1, 2, 3, 4, 5];
-    let exact = search::value(&truth, &list);
-    let mut rng = StdRng::seed_from_u64(2);
-    let sessions = 200_000;
-    let clicks: Vec<f64> = (0..sessions)
-        .map(|_| {
-            truth
-                .sample_clicks(&list, &mut rng)
-                .iter()
-                .filter(|&&c| c)
-                .count() as f64
-        })
-        .collect();
-    let (mean, std) = crate::offline::metrics::mean_std(&clicks);
-    let stderr = std / (sessions as f64).sqrt();
+    for objective in [Objective::CLICKS, Objective::VALUE] {
+        let truth = world.truth(&request, objective).unwrap();
+        let exact = search::value(&truth, &list);
+        let mut rng = StdRng::seed_from_u64(2);
+        let sessions = 200_000;
+        let rewards: Vec<f64> = (0..sessions)
+            .map(|_| {
+                let clicks = truth.sample_clicks(&list, &mut rng);
+                list.iter()
+                    .zip(clicks)
+                    .filter(|(_, c)| *c)
+                    .map(|(&a, _)| truth.reward_of_click(a))
+                    .sum()
+            })
+            .collect();
+        let (mean, std) = crate::offline::metrics::mean_std(&rewards);
+        let stderr = std / (sessions as f64).sqrt();
+        assert!(
+            (mean - exact).abs() < 4.0 * stderr,
+            "{objective}: Monte Carlo {mean:.5} ± {stderr:.5}, exact {exact:.5}"
+        );
+    }
+}
+
+#[test]
+fn the_click_optimal_and_the_value_optimal_lists_differ() {
+    let config = SimConfig::default();
+    let world = World::generate(config.clone(), 0);
+    let (mut differ, mut loss) = (0, 0.0);
+    let requests = sample_split(&world, "test", 40);
+    for request in &requests {
+        let clicks = world.truth(request, Objective::CLICKS).unwrap();
+        let value = clicks.with_objective(Objective::VALUE);
+        let by_clicks = oracle(&clicks, &config).0;
+        let by_value = oracle(&value, &config).0;
+        differ += usize::from(by_clicks.list != by_value.list);
+        // Serving the click-optimal list gives up value: the objectives really disagree.
+        loss += 1.0 - search::value(&value, &by_clicks.list) / by_value.value;
+    }
+    assert!(differ >= 36, "only {differ} of 40 oracle lists differ");
+    let loss = loss / requests.len() as f64;
     assert!(
-        (mean - exact).abs() < 4.0 * stderr,
-        "Monte Carlo {mean:.5} ± {stderr:.5}, exact {exact:.5}"
+        loss > 0.05,
+        "click-optimal lists lose only {:.1}% of value",
+        100.0 * loss
     );
 }
 
@@ -68,7 +96,7 @@ fn exhaustive_oracle_is_at_least_every_list_and_every_search() {
     let mut rng = StdRng::seed_from_u64(3);
     for r in 0..20 {
         let request = world.sample_request(format!("r{r}"), &mut rng);
-        let truth = world.truth(&request).unwrap();
+        let truth = world.truth(&request, Objective::CLICKS).unwrap();
         let (best, method) = oracle(&truth, &config);
         assert_eq!(method, OracleMethod::Exhaustive);
         let lists = all_lists(config.candidates, config.slots);
@@ -108,8 +136,8 @@ fn context_effects_make_pointwise_sorting_clearly_suboptimal_by_default() {
     let requests = sample_split(&world, "test", 150);
     let (mut pointwise, mut best) = (0.0, 0.0);
     for request in &requests {
-        let truth = world.truth(request).unwrap();
-        let list = search::sort_by_score(&truth.attractiveness, config.slots);
+        let truth = world.truth(request, Objective::CLICKS).unwrap();
+        let list = search::sort_by_score(&truth.pointwise_scores(), config.slots);
         pointwise += search::value(&truth, &list);
         best += oracle(&truth, &config).0.value;
     }

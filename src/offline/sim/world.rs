@@ -1,5 +1,6 @@
-//! The ground truth: a catalog, how users value items, how they read a list, and the exact
-//! expected number of clicks `U(list)` of any list. See `docs/simulator.md`.
+//! The ground truth: a catalog of priced items, how users value them, how they read a
+//! list, and the exact expected reward `U(list)` of any list under an objective (expected
+//! clicks, expected value = clicks × price, or a weighted sum). Described in `docs/offline.md`, "The benchmark environment".
 
 use std::collections::HashMap;
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SimConfig;
 use crate::offline::logs::{Candidate, Features, LoggedRequest};
+use crate::offline::objective::Objective;
 use crate::offline::search::ListModel;
 
 /// Attractiveness is capped below 1 so that no list is certain to stop the user.
@@ -143,7 +145,8 @@ impl World {
             categorical: vec![self.segment(&user) as i64],
         };
         let exposed = self.logging_policy(&scored, rng);
-        let truth = self.truth_of(&user, scored.iter().map(|&(i, _)| i).collect());
+        let items = scored.iter().map(|&(i, _)| i).collect();
+        let truth = self.truth_of(&user, items, Objective::CLICKS);
         let clicks = truth.sample_clicks(&exposed, rng);
         let values = exposed
             .iter()
@@ -195,7 +198,7 @@ impl World {
         crate::offline::search::sort_by_score(&keys, c.slots)
     }
 
-    fn truth_of(&self, user: &[f64], items: Vec<usize>) -> Truth<'_> {
+    fn truth_of(&self, user: &[f64], items: Vec<usize>, objective: Objective) -> Truth<'_> {
         let attractiveness = items
             .iter()
             .map(|&i| sigmoid(self.affinity_logit(user, &self.items[i])))
@@ -204,11 +207,17 @@ impl World {
             world: self,
             items,
             attractiveness,
+            objective,
         }
     }
 
-    /// The ground truth for a logged request of this world (its items found by id).
-    pub fn truth(&self, request: &LoggedRequest) -> Result<Truth<'_>, String> {
+    /// The ground truth for a logged request of this world (its items found by id), whose
+    /// utility is the expected reward under `objective`.
+    pub fn truth(
+        &self,
+        request: &LoggedRequest,
+        objective: Objective,
+    ) -> Result<Truth<'_>, String> {
         if request.context.dense.len() != self.config.user_dim {
             return Err(format!(
                 "request {}: context has {} dense features, the world's users have {}",
@@ -224,7 +233,7 @@ impl World {
             .map(|c| self.index_of(&c.item_id))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|id| format!("request {}: unknown item {id:?}", request.request_id))?;
-        Ok(self.truth_of(&user, items))
+        Ok(self.truth_of(&user, items, objective))
     }
 
     fn index_of(&self, id: &str) -> Result<usize, String> {
@@ -250,6 +259,7 @@ pub struct Truth<'w> {
     items: Vec<usize>,
     /// Base attractiveness of each candidate, before context effects.
     pub attractiveness: Vec<f64>,
+    objective: Objective,
 }
 
 /// What the user model remembers of a prefix.
@@ -265,6 +275,29 @@ pub struct Reading {
 impl Truth<'_> {
     fn category(&self, a: usize) -> usize {
         self.world.items[self.items[a]].category as usize
+    }
+
+    /// The same request under another objective.
+    pub fn with_objective(&self, objective: Objective) -> Truth<'_> {
+        Truth {
+            world: self.world,
+            items: self.items.clone(),
+            attractiveness: self.attractiveness.clone(),
+            objective,
+        }
+    }
+
+    /// A click's reward on candidate `a`: its price is the value of a click.
+    pub(crate) fn reward_of_click(&self, a: usize) -> f64 {
+        let price = self.world.items[self.items[a]].price;
+        self.objective.reward_of_click(price)
+    }
+
+    /// Each candidate's expected reward alone at the top: the true pointwise score.
+    pub fn pointwise_scores(&self) -> Vec<f64> {
+        (0..self.items.len())
+            .map(|a| self.attractiveness[a] * self.reward_of_click(a))
+            .collect()
     }
 
     /// Click probability of candidate `a` in the next slot, if examined.
@@ -320,9 +353,9 @@ impl ListModel for Truth<'_> {
         }
     }
 
-    /// Expected clicks of the slot: P(examined) · P(click | examined).
+    /// Expected reward of the slot: P(examined) · P(click | examined) · reward of a click.
     fn gain(&self, state: &Reading, a: usize) -> f64 {
-        state.examine * self.click_probability(state, a)
+        state.examine * self.click_probability(state, a) * self.reward_of_click(a)
     }
 
     fn push(&self, state: &mut Reading, a: usize) {

@@ -3,7 +3,7 @@
 //! scores candidates itself: `logits = keys · query` (a pointer network), so the decoder
 //! graph never sees N.
 
-use super::manifest::FeatureSchema;
+use super::FeatureSchema;
 
 pub const CONTEXT_DENSE: &str = "context_dense";
 pub const CONTEXT_CATEGORICAL: &str = "context_categorical";

@@ -1,6 +1,7 @@
-//! The evaluation harness behind `degre eval`: every policy's true utility (with the
-//! simulator), % of oracle, NDCG@K/MAP@K against held-out clicks, and how good the
-//! evaluator is (per-slot AUC, calibration, rank correlation of `V` with the true `U`).
+//! The evaluation harness behind `degre eval`: every policy's true utility under the
+//! objective (with the simulator) and its true expected clicks and value, % of the
+//! objective's oracle, NDCG@K/MAP@K against held-out clicks, and how good the evaluator is
+//! (per-slot AUC, calibration, rank correlation of `V` with the true `U`).
 
 use rand::rngs::StdRng;
 use rand::seq::index;
@@ -11,12 +12,15 @@ use serde::Serialize;
 use crate::offline::evaluator::{Evaluator, ListRef, RequestScorer};
 use crate::offline::logs::LoggedRequest;
 use crate::offline::metrics::{self, Calibration};
+use crate::offline::objective::Objective;
 use crate::offline::policy::{Policy, RequestContext};
 use crate::offline::search;
 use crate::offline::sim::{self, Truth, World};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
+    /// What "utility" and `V` measure.
+    pub objective: Objective,
     pub requests: usize,
     /// Slots per list: the simulator's K, else each request's logged list length.
     pub slots: Option<usize>,
@@ -34,9 +38,14 @@ pub struct OracleSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyReport {
     pub name: String,
-    /// Mean true expected clicks per request, and its standard error (simulator only).
+    /// Mean true expected reward per request under the objective, and its standard error
+    /// (simulator only).
     pub true_utility: Option<f64>,
     pub true_utility_stderr: Option<f64>,
+    /// Mean true expected clicks and value (clicks × price) per request, whatever the
+    /// objective (simulator only).
+    pub true_clicks: Option<f64>,
+    pub true_value: Option<f64>,
     pub percent_of_oracle: Option<f64>,
     /// Mean evaluator value `V(list)` (with an evaluator).
     pub evaluator_value: Option<f64>,
@@ -69,6 +78,7 @@ pub struct RankCorrelation {
 }
 
 pub struct EvalInputs<'a> {
+    pub objective: Objective,
     pub logs: &'a [LoggedRequest],
     pub world: Option<&'a World>,
     pub evaluator: Option<&'a Evaluator>,
@@ -82,6 +92,8 @@ pub struct EvalInputs<'a> {
 /// What one request contributes to each policy's row.
 struct PerRequest {
     utilities: Vec<Option<f64>>,
+    clicks: Vec<Option<f64>>,
+    true_values: Vec<Option<f64>>,
     values: Vec<Option<f64>>,
     ndcg: Vec<Option<f64>>,
     map: Vec<Option<f64>>,
@@ -131,6 +143,8 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalReport> {
                 name: policy.name(),
                 true_utility,
                 true_utility_stderr,
+                true_clicks: column(|r| &r.clicks).0,
+                true_value: column(|r| &r.true_values).0,
                 percent_of_oracle: true_utility.zip(oracle_mean).map(|(u, o)| 100.0 * u / o),
                 evaluator_value: column(|r| &r.values).0,
                 ndcg_at_k: column(|r| &r.ndcg).0,
@@ -159,6 +173,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalReport> {
         None => None,
     };
     Ok(EvalReport {
+        objective: inputs.objective,
         requests: inputs.logs.len(),
         slots,
         oracle,
@@ -174,9 +189,11 @@ fn evaluate_request(
 ) -> anyhow::Result<PerRequest> {
     let truth = inputs
         .world
-        .map(|w| w.truth(request))
+        .map(|w| w.truth(request, inputs.objective))
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let by_clicks = truth.as_ref().map(|t| t.with_objective(Objective::CLICKS));
+    let by_value = truth.as_ref().map(|t| t.with_objective(Objective::VALUE));
     let scorer = inputs.evaluator.map(|e| e.scorer(request)).transpose()?;
     let k = inputs
         .world
@@ -195,6 +212,8 @@ fn evaluate_request(
     let relevance: Vec<f64> = clicked.iter().map(|&c| f64::from(u8::from(c))).collect();
     let mut out = PerRequest {
         utilities: Vec::new(),
+        clicks: Vec::new(),
+        true_values: Vec::new(),
         values: Vec::new(),
         ndcg: Vec::new(),
         map: Vec::new(),
@@ -208,8 +227,10 @@ fn evaluate_request(
             _ => policy.rank(&cx).map_err(anyhow::Error::msg)?,
         };
         out.micros.push(started.elapsed().as_secs_f64() * 1e6);
-        out.utilities
-            .push(truth.as_ref().map(|t: &Truth<'_>| search::value(t, &list)));
+        let true_value = |t: &Option<Truth<'_>>| t.as_ref().map(|t| search::value(t, &list));
+        out.utilities.push(true_value(&truth));
+        out.clicks.push(true_value(&by_clicks));
+        out.true_values.push(true_value(&by_value));
         out.values.push(
             scorer
                 .as_ref()
@@ -242,7 +263,7 @@ fn evaluator_report(
         .map(|r| ListRef {
             request: r,
             list: &r.exposed,
-            rewards: None,
+            labels: None,
         })
         .collect();
     let predicted: Vec<f64> = evaluator
@@ -293,7 +314,9 @@ fn rank_correlation(
         .par_iter()
         .enumerate()
         .map(|(i, request)| {
-            let truth = world.truth(request).map_err(anyhow::Error::msg)?;
+            let truth = world
+                .truth(request, inputs.objective)
+                .map_err(anyhow::Error::msg)?;
             let scorer = evaluator.scorer(request)?;
             let mut rng = StdRng::seed_from_u64(inputs.seed.wrapping_add(i as u64));
             let n = request.candidates.len();
@@ -327,14 +350,25 @@ pub fn table(report: &EvalReport) -> String {
     let fmt = |v: Option<f64>, digits: usize| {
         v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
     };
-    let mut out = format!("{} held-out requests", report.requests);
+    let mut out = format!(
+        "{} held-out requests; objective {}",
+        report.requests, report.objective
+    );
     if let Some(o) = &report.oracle {
         out += &format!("; oracle ({}) mean utility {:.4}", o.method, o.mean_utility);
     }
     out += "\n\n";
     out += &format!(
-        "{:<22} {:>14} {:>9} {:>9} {:>8} {:>8} {:>10}\n",
-        "policy", "true utility", "% oracle", "V(list)", "NDCG@K", "MAP@K", "µs/req"
+        "{:<26} {:>16} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>10}\n",
+        "policy",
+        "true utility",
+        "% oracle",
+        "clicks",
+        "value",
+        "V(list)",
+        "NDCG@K",
+        "MAP@K",
+        "µs/req"
     );
     for p in &report.policies {
         let utility = match (p.true_utility, p.true_utility_stderr) {
@@ -342,10 +376,12 @@ pub fn table(report: &EvalReport) -> String {
             _ => "-".into(),
         };
         out += &format!(
-            "{:<22} {:>14} {:>9} {:>9} {:>8} {:>8} {:>10.1}\n",
+            "{:<26} {:>16} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>10.1}\n",
             p.name,
             utility,
             fmt(p.percent_of_oracle, 1),
+            fmt(p.true_clicks, 3),
+            fmt(p.true_value, 2),
             fmt(p.evaluator_value, 4),
             fmt(p.ndcg_at_k, 4),
             fmt(p.map_at_k, 4),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use super::Generator;
+use crate::runtime::LoadedModel;
 
 /// Why no model can serve a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,14 +17,14 @@ pub enum StoreError {
 }
 
 struct Snapshot {
-    current: Arc<Generator>,
+    current: Arc<LoadedModel>,
     /// Versions served before `current`, newest first, kept for requests that pin them.
-    previous: Vec<Arc<Generator>>,
+    previous: Vec<Arc<LoadedModel>>,
 }
 
 impl Snapshot {
     /// Every loaded version, the serving one first.
-    fn all(&self) -> impl Iterator<Item = &Arc<Generator>> {
+    fn all(&self) -> impl Iterator<Item = &Arc<LoadedModel>> {
         std::iter::once(&self.current).chain(&self.previous)
     }
 }
@@ -43,12 +43,12 @@ impl ModelStore {
         }
     }
 
-    pub fn current(&self) -> Option<Arc<Generator>> {
+    pub fn current(&self) -> Option<Arc<LoadedModel>> {
         self.snapshot.load().as_ref().map(|s| s.current.clone())
     }
 
     /// The current model, or the pinned version if it is loaded.
-    pub fn get(&self, version: Option<u64>) -> Result<Arc<Generator>, StoreError> {
+    pub fn get(&self, version: Option<u64>) -> Result<Arc<LoadedModel>, StoreError> {
         let guard = self.snapshot.load();
         let snapshot = guard.as_ref().ok_or(StoreError::NoModel)?;
         let Some(requested) = version else {
@@ -62,7 +62,7 @@ impl ModelStore {
     }
 
     /// Makes a fully validated model the serving one.
-    pub fn swap_in(&self, model: Arc<Generator>) {
+    pub fn swap_in(&self, model: Arc<LoadedModel>) {
         let old = self.snapshot.load_full();
         let previous = old.map_or_else(Vec::new, |s| {
             s.all()

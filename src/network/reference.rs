@@ -4,8 +4,8 @@
 use tract_onnx::prelude::tract_ndarray::{concatenate, Array2, Axis};
 
 use super::{EncoderInputs, Ops, Param, Weights};
-use crate::decode::{pointer_logits, StepModel};
-use crate::model::manifest::FeatureSchema;
+use crate::contract::FeatureSchema;
+use crate::rerank::decode::{pointer_logits, StepModel};
 use crate::rerank::RerankInput;
 
 /// Evaluates [`Ops`] eagerly on `Array2<f32>`.

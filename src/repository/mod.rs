@@ -6,7 +6,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{Generator, LoadError, Manifest};
+pub mod publish;
+pub mod store;
+pub mod watcher;
+
+pub use store::ModelStore;
+
+use crate::contract::{LoadError, Manifest};
+use crate::runtime::LoadedModel;
 
 #[derive(Debug, Clone)]
 pub struct Repository {
@@ -98,7 +105,7 @@ impl Repository {
     }
 
     /// Verifies, loads and warms up one version.
-    pub fn load(&self, version: u64) -> Result<Generator, LoadError> {
+    pub fn load(&self, version: u64) -> Result<LoadedModel, LoadError> {
         let dir = self.version_dir(version);
         let manifest = Manifest::load_verified(&dir)?;
         if manifest.model_name != self.name {
@@ -107,6 +114,6 @@ impl Repository {
                 manifest.model_name, self.name
             )));
         }
-        Generator::load(&dir, version, manifest)
+        LoadedModel::load(&dir, version, manifest)
     }
 }

@@ -1,7 +1,7 @@
-//! The domain of one rerank request, validated against the serving model's schema. Every
-//! rule for bad input lives here; transport code only converts.
+//! One rerank request, validated against the serving model's schema. Every rule for bad
+//! input lives here; transport code only converts.
 
-use crate::model::manifest::{Categorical, FeatureSchema};
+use crate::contract::{Categorical, FeatureSchema};
 
 /// A request checked against the model's schema, with features laid out row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,6 +147,13 @@ impl<'a> InputBuilder<'a> {
     }
 }
 
+/// The embedding row of a non-negative categorical id. New items arrive every day: an id
+/// the model never saw uses the feature's unknown bucket, row `vocab_size`. The only place
+/// this rule is written; training, evaluation and serving all call it.
+pub fn vocab_id(id: i64, vocab_size: u64) -> i64 {
+    id.min(i64::try_from(vocab_size).unwrap_or(i64::MAX))
+}
+
 fn push_dense(
     out: &mut Vec<f32>,
     field: &str,
@@ -188,8 +195,7 @@ fn push_ids(
                 format!("id {id} is negative"),
             ));
         }
-        // New items arrive every day: an id the model never saw uses the unknown bucket.
-        out.push(id.min(feature.vocab_size as i64));
+        out.push(vocab_id(id, feature.vocab_size));
     }
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tract_onnx::prelude::*;
 
-use super::manifest::GraphSpec;
-use super::LoadError;
+use crate::contract::manifest::GraphSpec;
+use crate::contract::LoadError;
 
 pub type Plan = Arc<TypedRunnableModel>;
 

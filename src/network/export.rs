@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use super::contract as role;
-use super::generator::{onnx, Weights};
-use super::manifest::{
+use super::{onnx, Weights};
+use crate::contract::manifest::{
     sha256_hex, FeatureSchema, GraphSpec, Limits, Manifest, FORMAT_VERSION, MANIFEST_FILE,
 };
+use crate::contract::roles as role;
 
 pub const ENCODER_FILE: &str = "encoder.onnx";
 pub const DECODER_FILE: &str = "decoder.onnx";

@@ -12,6 +12,7 @@
 //!   query  = (next Wqd) / √H
 //!   logits = keys · query                                                   [N]
 
+pub mod export;
 pub mod onnx;
 mod ops;
 pub mod reference;
@@ -20,7 +21,7 @@ pub use ops::Ops;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use super::manifest::{Categorical, FeatureSchema};
+use crate::contract::{Categorical, FeatureSchema};
 
 /// A named weight matrix, row-major `[rows, cols]`.
 #[derive(Debug, Clone, PartialEq)]

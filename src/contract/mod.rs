@@ -1,22 +1,14 @@
-//! Models: the manifest contract, the generator network and its ONNX export, the tract
-//! runtime, the versioned repository with atomic publish, and the hot-swapping store.
+//! The model contract: what a version directory must hold (`manifest.json` with the
+//! feature schema, limits and checksums) and which tensors each graph takes and gives
+//! (`roles`). It imports nothing else of degre; everything that reads or writes a model
+//! version depends on it. Documented for producers in `models/README.md`.
 
-pub mod contract;
-pub mod export;
-pub mod generator;
 pub mod manifest;
-pub mod plans;
-pub mod publish;
-pub mod repository;
-pub mod runtime;
-pub mod store;
-pub mod watcher;
+pub mod roles;
 
-pub use manifest::Manifest;
-pub use runtime::Generator;
-pub use store::ModelStore;
+pub use manifest::{Categorical, FeatureSchema, Limits, Manifest};
 
-/// Why a model version was not loaded. `reason()` is the metric label.
+/// Why a model version was refused: it breaks the contract, or its graphs do not run. `reason()` is the metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("manifest: {0}")]

@@ -7,8 +7,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::repository::{Fingerprint, Repository};
-use super::{LoadError, ModelStore};
+use super::{Fingerprint, ModelStore, Repository};
+use crate::contract::LoadError;
+use crate::runtime::LoadedModel;
 use crate::telemetry;
 
 /// At ~5 ms each, bounds the extra load time of a version to well under a second.
@@ -29,6 +30,7 @@ impl Watcher {
         pin: Option<u64>,
         on_swap: impl Fn(u64) + Send + 'static,
     ) -> Watcher {
+        telemetry::model_load_reasons(&LoadError::REASONS);
         Watcher {
             repo,
             store,
@@ -115,7 +117,7 @@ impl Watcher {
 
     /// Specialises the new version's encoder to the candidate counts the serving version
     /// sees, so the swap does not send traffic back to the slower generic plan.
-    fn prepare_like_serving(&self, model: &crate::model::Generator) {
+    fn prepare_like_serving(&self, model: &LoadedModel) {
         let Some(serving) = self.store.current() else {
             return;
         };
@@ -127,7 +129,7 @@ impl Watcher {
     }
 
     /// Callers code against the serving schema: a version that changes it is rejected.
-    fn check_schema(&self, model: &crate::model::Generator) -> Result<(), LoadError> {
+    fn check_schema(&self, model: &LoadedModel) -> Result<(), LoadError> {
         match self.store.current() {
             Some(serving) if serving.manifest.schema != model.manifest.schema => Err(
                 LoadError::Schema(format!(

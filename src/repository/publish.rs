@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::repository::Repository;
+use super::Repository;
 
 /// Publishes `files` (name, bytes) as the next version of `<root>/<name>`; returns it.
 pub fn publish_files(root: &Path, name: &str, files: &[(String, Vec<u8>)]) -> io::Result<u64> {
@@ -18,6 +18,13 @@ pub fn publish_files(root: &Path, name: &str, files: &[(String, Vec<u8>)]) -> io
         let _ = fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Writes `files` into `dir` (created if missing), each synced to disk: a version
+/// directory outside any repository, e.g. an exporter's output, ready to `publish`.
+pub fn write_version_dir(dir: &Path, files: &[(String, Vec<u8>)]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    write_all(dir, files)
 }
 
 fn write_all(dir: &Path, files: &[(String, Vec<u8>)]) -> io::Result<()> {

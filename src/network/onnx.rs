@@ -12,8 +12,8 @@ use tract_onnx::pb::{
 };
 
 use super::{EncoderInputs, Ops, Param, Weights};
-use crate::model::contract as role;
-use crate::model::manifest::FeatureSchema;
+use crate::contract::roles as role;
+use crate::contract::FeatureSchema;
 
 const OPSET: i64 = 13;
 const IR_VERSION: i64 = 8;

@@ -6,15 +6,18 @@ use std::path::Path;
 
 use tract_onnx::prelude::*;
 
-use super::contract::{self as role, EncoderInput};
-use super::manifest::{GraphSpec, Manifest};
-use super::plans::{Bound, EncoderPlans, Plan, N};
-use super::LoadError;
-use crate::decode::{self, pointer_logits, DecodeError, Pick, StepModel};
-use crate::rerank::RerankInput;
+mod plans;
+
+use plans::{Bound, EncoderPlans, Plan, N};
+
+use crate::contract::manifest::{GraphSpec, Manifest};
+use crate::contract::roles::{self as role, EncoderInput};
+use crate::contract::LoadError;
+use crate::rerank::decode::{self, pointer_logits, DecodeError, Pick, StepModel};
+use crate::rerank::{vocab_id, RerankInput};
 
 /// A loaded, validated model version, ready to serve.
-pub struct Generator {
+pub struct LoadedModel {
     pub name: String,
     pub version: u64,
     pub manifest: Manifest,
@@ -28,9 +31,9 @@ pub struct Generator {
 #[error("model inference failed: {0}")]
 pub struct InferenceError(String);
 
-impl Generator {
+impl LoadedModel {
     /// Loads a version directory whose manifest has already been verified, and warms it up.
-    pub fn load(dir: &Path, version: u64, manifest: Manifest) -> Result<Generator, LoadError> {
+    pub fn load(dir: &Path, version: u64, manifest: Manifest) -> Result<LoadedModel, LoadError> {
         let schema = &manifest.schema;
         let h = manifest.hidden_size.to_dim();
         let (f32t, i64t) = (f32::datum_type(), i64::datum_type());
@@ -69,7 +72,7 @@ impl Generator {
             Bound::new(model, &manifest.decoder, &inputs, &outputs)?
         };
         let optimise = |e: TractError| LoadError::Graph(format!("cannot optimise: {e:#}"));
-        let generator = Generator {
+        let model = LoadedModel {
             name: manifest.model_name.clone(),
             version,
             decoder: decoder.plan(None).map_err(optimise)?,
@@ -77,8 +80,8 @@ impl Generator {
             manifest,
             encoder_inputs,
         };
-        generator.warm_up()?;
-        Ok(generator)
+        model.warm_up()?;
+        Ok(model)
     }
 
     /// Effective candidate limit: the model's, capped by the server's.
@@ -176,7 +179,7 @@ impl Generator {
                     schema
                         .candidate_categorical
                         .iter()
-                        .map(move |c| row.min(c.vocab_size as i64))
+                        .map(move |c| vocab_id(row, c.vocab_size))
                 })
                 .collect(),
             item_ids: (0..n).map(|i| i.to_string()).collect(),

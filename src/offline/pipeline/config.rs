@@ -1,0 +1,111 @@
+//! The pipeline's config file (TOML): every section and key optional, unknown keys refused.
+//! `[evaluator]` and `[distill]` are the trainers' own configs, so a new training option
+//! is a config key without a copy here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::offline::distill::DistillConfig;
+use crate::offline::evaluator::TrainConfig;
+use crate::offline::objective::Objective;
+use crate::offline::sim::SimConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// One run per seed; the report gives the mean and spread over them.
+    pub seeds: Vec<u64>,
+    /// What a slot earns (`clicks`, `value`, `A*clicks+B*value`); unset: value when every
+    /// logged row carries `values`, else clicks.
+    pub objective: Option<Objective>,
+    pub simulator: SimConfig,
+    pub evaluator: TrainConfig,
+    pub mining: MiningSettings,
+    pub distill: DistillConfig,
+    pub export: ExportSettings,
+    /// With `--logs`: the fraction of requests held out for evaluation.
+    pub test_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MiningSettings {
+    /// The teacher's beam width B.
+    pub beam_width: usize,
+    /// Beam widths of the utility-vs-width sweep (evaluation only).
+    pub sweep: Vec<usize>,
+    /// Mine (and distil from) at most this many training requests; 0: all.
+    pub max_requests: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportSettings {
+    pub model_name: String,
+    pub max_candidates: usize,
+}
+
+/// Where the data comes from.
+pub enum Source {
+    Simulator,
+    Logs(PathBuf),
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            seeds: vec![0],
+            objective: None,
+            simulator: SimConfig::default(),
+            evaluator: TrainConfig::default(),
+            mining: MiningSettings::default(),
+            distill: DistillConfig::default(),
+            export: ExportSettings::default(),
+            test_fraction: 0.1,
+        }
+    }
+}
+
+impl Default for MiningSettings {
+    fn default() -> Self {
+        MiningSettings {
+            beam_width: 16,
+            sweep: vec![1, 2, 4, 8, 16, 32],
+            max_requests: 0,
+        }
+    }
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        ExportSettings {
+            model_name: "degre".into(),
+            max_candidates: 256,
+        }
+    }
+}
+
+impl PipelineConfig {
+    pub fn load(path: &Path) -> anyhow::Result<PipelineConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let config: PipelineConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config
+            .simulator
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: [simulator] {e}", path.display()))?;
+        anyhow::ensure!(
+            !config.seeds.is_empty(),
+            "{}: `seeds` is empty",
+            path.display()
+        );
+        anyhow::ensure!(
+            config.mining.beam_width > 0,
+            "{}: `mining.beam_width` must be > 0",
+            path.display()
+        );
+        Ok(config)
+    }
+}

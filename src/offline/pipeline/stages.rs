@@ -1,0 +1,248 @@
+//! The stages of one seed's run, in order: data, evaluator, mining, generators, comparison.
+//! Each takes what the previous ones produced and writes its artefacts under the seed's
+//! directory.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::config::PipelineConfig;
+use crate::offline::compare::{evaluate, EvalInputs, EvalReport};
+use crate::offline::distill::{self, DistillConfig, Forced, TrainedGenerator};
+use crate::offline::evaluator::{self, Evaluator};
+use crate::offline::logs::{write_logs, LoggedRequest};
+use crate::offline::mine::{self, MineConfig, Mined, Shard};
+use crate::offline::policy::Policy;
+use crate::offline::sim::{sample_split, World};
+use crate::offline::training;
+
+/// Training and test requests, and the world they came from when simulated.
+pub struct Data {
+    pub world: Option<World>,
+    pub train: Vec<LoggedRequest>,
+    pub test: Vec<LoggedRequest>,
+}
+
+impl Data {
+    /// Slots per list: the world's, or the longest logged list.
+    pub fn slots(&self) -> usize {
+        match &self.world {
+            Some(world) => world.config.slots,
+            None => self
+                .train
+                .iter()
+                .map(|r| r.exposed.len())
+                .max()
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// Simulates a world and its logs, or splits the user's logs into train and test.
+pub fn data(
+    config: &PipelineConfig,
+    user_logs: Option<&[LoggedRequest]>,
+    seed: u64,
+    dir: &Path,
+) -> anyhow::Result<Data> {
+    let data = match user_logs {
+        None => {
+            let world = World::generate(config.simulator.clone(), seed);
+            let train = sample_split(&world, "train", config.simulator.train_requests);
+            let test = sample_split(&world, "test", config.simulator.test_requests);
+            Data {
+                world: Some(world),
+                train,
+                test,
+            }
+        }
+        Some(logs) => {
+            let split = training::split(logs.len(), config.test_fraction, seed);
+            let pick = |idx: &[usize]| idx.iter().map(|&i| logs[i].clone()).collect();
+            Data {
+                world: None,
+                train: pick(&split.train),
+                test: pick(&split.valid),
+            }
+        }
+    };
+    write_logs(&dir.join("train.parquet"), &data.train)?;
+    write_logs(&dir.join("test.parquet"), &data.test)?;
+    if let Some(world) = &data.world {
+        std::fs::write(dir.join("world.json"), serde_json::to_string(world)?)?;
+    }
+    Ok(data)
+}
+
+pub fn train_evaluator(
+    config: &PipelineConfig,
+    train: &[LoggedRequest],
+    seed: u64,
+    dir: &Path,
+    progress: bool,
+) -> anyhow::Result<Evaluator> {
+    let settings = evaluator::TrainConfig {
+        objective: config.objective,
+        seed,
+        progress,
+        ..config.evaluator.clone()
+    };
+    evaluator::train(train, &settings, &dir.join("evaluator"), false)
+}
+
+/// Beam-searches `requests` at width `width` into `dir/file`; returns the mined lists and
+/// the mining rate (requests per second).
+pub fn mine(
+    requests: &[&LoggedRequest],
+    evaluator: &Evaluator,
+    width: usize,
+    slots: usize,
+    path: &Path,
+    progress: bool,
+) -> anyhow::Result<(Vec<Mined>, f64)> {
+    let logs: Vec<LoggedRequest> = requests.iter().map(|r| (*r).clone()).collect();
+    let summary = mine::mine(
+        &logs,
+        evaluator,
+        &MineConfig {
+            width,
+            slots,
+            shard: Shard::ALL,
+            resume: false,
+            progress,
+        },
+        path,
+    )?;
+    Ok((
+        mine::read_mined(&[path.to_path_buf()])?,
+        summary.requests_per_second,
+    ))
+}
+
+/// DeGRe and the generators it is compared with, all trained on the same requests.
+pub struct Generators {
+    pub degre: TrainedGenerator,
+    pub hard_labels: TrainedGenerator,
+    pub b1: TrainedGenerator,
+    pub heuristic_labels: TrainedGenerator,
+    pub sparse_reward: TrainedGenerator,
+}
+
+/// Five single-threaded trainings, run side by side on rayon's pool.
+pub fn train_generators(
+    config: &DistillConfig,
+    requests: &[&LoggedRequest],
+    mined: &[Mined],
+    mined_b1: &[Mined],
+    evaluator: &Evaluator,
+    slots: usize,
+    progress: bool,
+) -> anyhow::Result<Generators> {
+    let map = &evaluator.spec.features;
+    let quiet = DistillConfig {
+        progress: false,
+        ..config.clone()
+    };
+    let train_on = |label: &str, targets: Vec<Forced>, ce_weight: f64| {
+        let config = DistillConfig {
+            ce_weight,
+            ..quiet.clone()
+        };
+        let (generator, summary) = distill::distill(requests, &targets, map, &config, label)?;
+        if progress {
+            eprintln!(
+                "{label}: best epoch {} of {}, validation loss {:.4}, {:.1} s",
+                summary.best_epoch, summary.epochs_run, summary.valid_loss, summary.seconds
+            );
+        }
+        anyhow::Ok(generator)
+    };
+    // τ is in units of an average click's reward, so it means the same for clicks and GMV.
+    let temperature = config.temperature * evaluator.reward_unit();
+    let soft = |m: &[Mined]| m.iter().map(|m| Forced::soft(m, temperature)).collect();
+    let hard = |m: &[Mined]| m.iter().map(|m| Forced::hard(&m.list)).collect();
+    let clicked = || {
+        requests
+            .iter()
+            .map(|r| Forced::hard(&clicked_first(r)))
+            .collect()
+    };
+    let ((degre, hard_labels), (b1, (heuristic_labels, sparse_reward))) = rayon::join(
+        || {
+            rayon::join(
+                || train_on("degre", soft(mined), config.ce_weight),
+                || train_on("degre-hard-labels", hard(mined), 0.0),
+            )
+        },
+        || {
+            rayon::join(
+                || train_on("degre-b1", soft(mined_b1), config.ce_weight),
+                || {
+                    rayon::join(
+                        || train_on("generator-heuristic-labels", clicked(), 0.0),
+                        || distill::reinforce(requests, evaluator, slots, &quiet).map(|(g, _)| g),
+                    )
+                },
+            )
+        },
+    );
+    Ok(Generators {
+        degre: degre?,
+        hard_labels: hard_labels?,
+        b1: b1?,
+        heuristic_labels: heuristic_labels?,
+        sparse_reward: sparse_reward?,
+    })
+}
+
+/// Seq2Slate-style labels: clicked items first, each group in its logged order.
+fn clicked_first(request: &LoggedRequest) -> Vec<usize> {
+    let mut list: Vec<(bool, usize)> = request
+        .exposed
+        .iter()
+        .zip(&request.clicks)
+        .map(|(&a, &c)| (c, a))
+        .collect();
+    list.sort_by_key(|&(clicked, _)| !clicked);
+    list.into_iter().map(|(_, a)| a).collect()
+}
+
+/// Every method on the held-out requests.
+pub fn compare(
+    config: &PipelineConfig,
+    data: &Data,
+    evaluator: &Evaluator,
+    generators: &Generators,
+    seed: u64,
+) -> anyhow::Result<EvalReport> {
+    let generator = |name: &str, g: &TrainedGenerator| Policy::Generator {
+        name: name.into(),
+        generator: Arc::new(g.clone()),
+    };
+    let mut policies = vec![Policy::Upstream, Policy::Random];
+    if data.world.is_some() {
+        policies.extend([Policy::TruePointwise, Policy::Oracle]);
+    }
+    let beam = config.mining.beam_width;
+    policies.extend([
+        Policy::EvaluatorPointwise,
+        Policy::EvaluatorGreedy,
+        Policy::EvaluatorBeam(beam),
+        generator("generator-heuristic-labels", &generators.heuristic_labels),
+        generator("generator-sparse-reward", &generators.sparse_reward),
+        generator("degre-hard-labels", &generators.hard_labels),
+        generator("degre-b1", &generators.b1),
+        generator("degre", &generators.degre),
+    ]);
+    let sweep = config.mining.sweep.iter().filter(|&&w| w != beam);
+    policies.extend(sweep.map(|&w| Policy::EvaluatorBeam(w)));
+    evaluate(&EvalInputs {
+        objective: evaluator.spec.objective,
+        logs: &data.test,
+        world: data.world.as_ref(),
+        evaluator: Some(evaluator),
+        policies: &policies,
+        seed,
+        correlation_requests: 200,
+        correlation_lists: 50,
+    })
+}

@@ -1,0 +1,10 @@
+//! The reranking domain, free of I/O and of any inference engine: a request validated
+//! against the serving model's schema ([`input`]) and the greedy decoding pass over any
+//! step model ([`decode`]). The server, the tract runtime and offline evaluation all build
+//! their inputs here, so a logged request and a served one map to the model identically.
+
+pub mod decode;
+pub mod input;
+
+pub use decode::{greedy, DecodeError, Pick, StepModel};
+pub use input::{vocab_id, InputBuilder, InvalidField, RerankInput};
