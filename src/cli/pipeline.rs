@@ -11,6 +11,7 @@ use crate::offline::distill::{self, DistillConfig, Forced};
 use crate::offline::evaluator::Evaluator;
 use crate::offline::logs::read_logs;
 use crate::offline::mine::{self, MineConfig, Shard};
+use crate::offline::objective::Objective;
 use crate::offline::pipeline::{self, PipelineConfig, Source};
 use crate::offline::report::Report;
 use crate::repository::publish::{publish_files, write_version_dir};
@@ -172,9 +173,21 @@ pub struct PipelineArgs {
     /// Run directory: data, evaluator, mined lists, report, exported model.
     #[arg(long)]
     pub out: PathBuf,
-    /// Publish the DeGRe generator into this model repository (next version).
+    /// Publish the DeGRe generator into this model repository (next version), if the
+    /// publish gate finds it ahead of the ranking stage's order.
     #[arg(long)]
     pub publish: Option<PathBuf>,
+    /// Publish even when the gate does not find DeGRe ahead of the ranking stage's order.
+    #[arg(long, requires = "publish")]
+    pub force_publish: bool,
+    /// What a slot earns: `clicks`, `value` or `A*clicks+B*value` (overrides the config's
+    /// `objective`). Default: value when every logged row carries `values`, else clicks.
+    #[arg(long)]
+    pub objective: Option<Objective>,
+    /// Train the ablation and baseline generators too (default: on with the simulator,
+    /// off on user logs).
+    #[arg(long, value_name = "BOOL")]
+    pub baselines: Option<bool>,
     #[arg(long)]
     pub quiet: bool,
 }
@@ -188,24 +201,57 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
     if let Some(seed) = args.seed {
         config.seeds = vec![seed];
     }
+    config.objective = args.objective.or(config.objective);
+    config.baselines = args.baselines.or(config.baselines);
     let source = match &args.logs {
         Some(path) => Source::Logs(path.clone()),
         None => Source::Simulator,
     };
     let output = pipeline::run(&config, &source, &args.out, !args.quiet)?;
-    let report = Report::new(output.runs, config.mining.beam_width);
+    let report = Report::new(output.runs.clone(), config.mining.beam_width);
     report.write(&args.out)?;
-    let provenance = serde_json::json!({
+    let gate = output.gate();
+    let mut provenance = serde_json::json!({
         "trainer": "degre pipeline",
-        "data": args.logs.as_ref().map_or_else(|| "simulator".to_string(), |p| p.display().to_string()),
+        "objective": gate.objective,
         "seed": config.seeds[0],
-        "config": config,
+        "gate": {
+            "degre_minus_upstream": gate.degre_vs_incumbent.0,
+            "half_width_95": gate.degre_vs_incumbent.1,
+            "requests": gate.requests,
+            "passed": gate.passed,
+        },
     });
-    let files = pipeline::export_files(&output.generator, &config, provenance);
+    match &args.logs {
+        // A user's run: the data it learnt from, and the settings that mattered.
+        Some(path) => {
+            provenance["data"] = path.display().to_string().into();
+            let mut settings = serde_json::to_value(&config)?;
+            if let Some(map) = settings.as_object_mut() {
+                map.remove("simulator");
+            }
+            provenance["config"] = settings;
+        }
+        None => {
+            provenance["data"] = "simulator".into();
+            provenance["config"] = serde_json::to_value(&config)?;
+        }
+    }
+    let files = output.export_files(&config, provenance);
     let model_dir = args.out.join("model");
     write_version_dir(&model_dir, &files).with_context(|| model_dir.display().to_string())?;
     print!("{}", report.markdown());
+    println!("{}", gate.verdict());
     if let Some(root) = &args.publish {
+        if !gate.passed && !args.force_publish {
+            anyhow::bail!(
+                "not published: the gate does not find DeGRe ahead of the ranking stage's order \
+                 (see {}/report.md, \"Publish gate\"); the model is in {}; pass \
+                 --force-publish to publish it anyway",
+                args.out.display(),
+                model_dir.display()
+            );
+        }
         let version = publish_files(root, &config.export.model_name, &files)
             .with_context(|| format!("publishing into {}", root.display()))?;
         println!(

@@ -8,6 +8,7 @@
 pub mod compare;
 pub mod distill;
 pub mod evaluator;
+pub mod gate;
 pub mod logs;
 pub mod metrics;
 pub mod mine;

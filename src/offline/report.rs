@@ -7,12 +7,16 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::offline::gate;
 use crate::offline::metrics::mean_std;
+use crate::offline::objective::Objective;
 use crate::offline::pipeline::SeedRun;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub seeds: Vec<u64>,
+    /// What utility, `V` and the gate measure.
+    pub objective: Objective,
     /// True utility is known (simulator) or only estimated by the evaluator (user logs).
     pub simulated: bool,
     pub oracle_method: Option<String>,
@@ -23,6 +27,9 @@ pub struct Report {
     /// worlds cancels out).
     pub versus_degre: Vec<PairedRow>,
     pub evaluator: Vec<EvaluatorRow>,
+    /// Per seed: the publish gate's verdict (and, with the simulator, the true difference
+    /// it estimates).
+    pub gate: Vec<GateRow>,
     pub stage_seconds: BTreeMap<String, f64>,
     pub mining_requests_per_second: f64,
     pub runs: Vec<SeedRun>,
@@ -34,7 +41,11 @@ pub struct MethodRow {
     pub name: String,
     pub true_utility: Option<(f64, f64)>,
     pub percent_of_oracle: Option<(f64, f64)>,
+    pub true_clicks: Option<(f64, f64)>,
+    pub true_value: Option<(f64, f64)>,
     pub evaluator_value: Option<(f64, f64)>,
+    /// The gate's judge's value of the method's lists (methods the gate scores).
+    pub judged_value: Option<(f64, f64)>,
     pub ndcg_at_k: Option<(f64, f64)>,
     pub map_at_k: Option<(f64, f64)>,
     pub micros_per_request: f64,
@@ -54,6 +65,24 @@ pub struct PairedRow {
 const DEGRE: &str = "degre";
 
 #[derive(Debug, Clone, Serialize)]
+pub struct GateRow {
+    pub seed: u64,
+    /// `degre − upstream` under the judge: mean and 95% half-width.
+    pub judged: (f64, f64),
+    pub passed: bool,
+    pub refusal: Option<String>,
+    /// The true `degre − upstream` (simulator only), and whether the judge has its sign.
+    pub true_difference: Option<f64>,
+    pub sign_agrees: Option<bool>,
+    /// How much more the mining evaluator thinks DeGRe's lists are worth than the judge
+    /// does: the optimism search bought on the evaluator it exploited.
+    pub miner_optimism: Option<f64>,
+    /// The judge on the logged lists: estimated and actual mean reward.
+    pub judged_logged: f64,
+    pub logged_reward: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct EvaluatorRow {
     pub seed: u64,
     pub auc: Option<f64>,
@@ -61,6 +90,31 @@ pub struct EvaluatorRow {
     pub held_out_loss: f64,
     pub constant_loss: f64,
     pub spearman_within_request: Option<f64>,
+}
+
+impl GateRow {
+    fn of(run: &SeedRun) -> GateRow {
+        let g = &run.gate;
+        let policy = |name: &str| run.eval.policies.iter().find(|p| p.name == name);
+        let true_of = |name: &str| policy(name)?.true_utility;
+        let true_difference = true_of(gate::CANDIDATE)
+            .zip(true_of(gate::INCUMBENT))
+            .map(|(d, u)| d - u);
+        let miner = policy(gate::CANDIDATE).and_then(|p| p.evaluator_value);
+        GateRow {
+            seed: run.seed,
+            judged: g.degre_vs_incumbent,
+            passed: g.passed,
+            refusal: g.refusal.clone(),
+            true_difference,
+            sign_agrees: true_difference.map(|t| (t > 0.0) == (g.degre_vs_incumbent.0 > 0.0)),
+            miner_optimism: miner
+                .zip(g.judged_value(gate::CANDIDATE))
+                .map(|(m, j)| m - j),
+            judged_logged: g.judged_logged,
+            logged_reward: g.logged_reward,
+        }
+    }
 }
 
 fn over_seeds(values: Vec<Option<f64>>) -> Option<(f64, f64)> {
@@ -80,11 +134,19 @@ impl Report {
                 let column = |f: fn(&crate::offline::compare::PolicyReport) -> Option<f64>| {
                     over_seeds(runs.iter().map(|r| f(&r.eval.policies[p])).collect())
                 };
+                let judged = over_seeds(
+                    runs.iter()
+                        .map(|r| r.gate.judged_value(&policy.name))
+                        .collect(),
+                );
                 MethodRow {
                     name: policy.name.clone(),
                     true_utility: column(|p| p.true_utility),
                     percent_of_oracle: column(|p| p.percent_of_oracle),
+                    true_clicks: column(|p| p.true_clicks),
+                    true_value: column(|p| p.true_value),
                     evaluator_value: column(|p| p.evaluator_value),
+                    judged_value: judged,
                     ndcg_at_k: column(|p| p.ndcg_at_k),
                     map_at_k: column(|p| p.map_at_k),
                     micros_per_request: runs
@@ -119,8 +181,11 @@ impl Report {
                 *stage_seconds.entry(stage.clone()).or_insert(0.0) += s / runs.len() as f64;
             }
         }
+        let gate = runs.iter().map(GateRow::of).collect();
         Report {
             seeds: runs.iter().map(|r| r.seed).collect(),
+            objective: first.eval.objective,
+            gate,
             simulated: first.eval.oracle.is_some(),
             oracle_method: first.eval.oracle.as_ref().map(|o| o.method.clone()),
             teacher_width,
@@ -138,37 +203,53 @@ impl Report {
     }
 
     pub fn markdown(&self) -> String {
-        let pm = |v: Option<(f64, f64)>, d: usize| {
-            v.map_or_else(|| "–".into(), |(m, s)| format!("{m:.d$} ± {s:.d$}"))
+        // One seed has no spread: print the figure alone rather than a "± 0".
+        let one = self.seeds.len() == 1;
+        let pm = |v: Option<(f64, f64)>, d: usize| match v {
+            None => "–".into(),
+            Some((m, _)) if one => format!("{m:.d$}"),
+            Some((m, s)) => format!("{m:.d$} ± {s:.d$}"),
         };
         let mut md = String::from("# DeGRe pipeline report\n\n");
         let _ = writeln!(
             md,
-            "Seeds: {:?}. {} Figures are the mean ± standard deviation over seeds; each seed \
-             is a fresh world (or split), evaluator, mining run and set of generators.\n",
+            "Objective: **{}**. Seeds: {:?}. {} {}\n",
+            self.objective,
             self.seeds,
             if self.simulated {
                 format!(
-                    "True utility = exact expected clicks per request under the simulator; the \
-                     oracle is {}.",
+                    "True utility = exact expected reward per request under the objective \
+                     (the columns `clicks` and `value` give expected clicks and expected value \
+                     for every objective); the oracle maximises the objective by {}.",
                     self.oracle_method.as_deref().unwrap_or("?")
                 )
             } else {
-                "No simulator: `V(list)` is the evaluator's estimate of expected clicks, and \
-                 NDCG/MAP use the held-out logged clicks."
+                "No simulator: `V(list)` is the mining evaluator's estimate of the objective, \
+                 `judged` the gate's judge's (an evaluator trained on other requests, which the \
+                 generators never fit), and NDCG/MAP use the held-out logged clicks."
                     .to_string()
+            },
+            if one {
+                "One seed: the figures carry no spread over seeds; the gate's interval is over \
+                 requests."
+            } else {
+                "Figures are the mean ± standard deviation over seeds; each seed is a fresh \
+                 world (or split), evaluator, mining run and set of generators."
             }
         );
-        md += "| method | true utility | % of oracle | V(list) | NDCG@K | MAP@K | µs/request |\n";
-        md += "|---|---|---|---|---|---|---|\n";
+        md += "| method | true utility | % of oracle | clicks | value | V(list) | judged | NDCG@K | MAP@K | µs/request |\n";
+        md += "|---|---|---|---|---|---|---|---|---|---|\n";
         for m in self.main_rows() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
                 m.name,
                 pm(m.true_utility, 4),
                 pm(m.percent_of_oracle, 1),
+                pm(m.true_clicks, 4),
+                pm(m.true_value, 3),
                 pm(m.evaluator_value, 4),
+                pm(m.judged_value, 4),
                 pm(m.ndcg_at_k, 4),
                 pm(m.map_at_k, 4),
                 m.micros_per_request
@@ -176,6 +257,7 @@ impl Report {
         }
         md += "\n`µs/request` is the wall time of producing one list on one core in this \
                process (generators: the reference forward pass, as exported).\n\n";
+        md += &self.gate_markdown();
         if !self.versus_degre.is_empty() {
             let _ = writeln!(
                 md,
@@ -232,6 +314,42 @@ impl Report {
         );
         md += "\n![true utility per method](utility.svg)\n\n![utility vs beam width](beam.svg)\n";
         md
+    }
+
+    fn gate_markdown(&self) -> String {
+        let mut md = String::from(
+            "## Publish gate\n\nDeGRe against the ranking stage's order (`upstream`) on the \
+             held-out requests, scored by the *judge*: an evaluator trained on training \
+             requests kept away from mining, so the generator never fit it. `--publish` \
+             refuses unless the 95% paired interval lies above zero. `optimism` is the mining \
+             evaluator's value of DeGRe's lists minus the judge's: what search bought by \
+             exploiting its evaluator's errors. `logged: judged / actual` checks the judge on \
+             lists like the ones it learnt from.\n\n\
+             | seed | degre − upstream (judged) | verdict | true difference | same sign | optimism | logged: judged / actual |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        let opt = |v: Option<f64>, d: usize| v.map_or("–".into(), |v| format!("{v:+.d$}"));
+        for g in &self.gate {
+            let _ = writeln!(
+                md,
+                "| {} | {:+.4} ± {:.4} | {} | {} | {} | {} | {:.4} / {:.4} |",
+                g.seed,
+                g.judged.0,
+                g.judged.1,
+                if g.passed { "ahead" } else { "not ahead" },
+                opt(g.true_difference, 4),
+                g.sign_agrees.map_or("–", |s| if s { "yes" } else { "no" }),
+                opt(g.miner_optimism, 4),
+                g.judged_logged,
+                g.logged_reward
+            );
+        }
+        for g in &self.gate {
+            if let Some(why) = &g.refusal {
+                let _ = writeln!(md, "\nSeed {}: not shown ahead: {why}.", g.seed);
+            }
+        }
+        md + "\n"
     }
 
     /// Methods of the main table: all but the beam-width sweep's extra widths.

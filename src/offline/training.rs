@@ -98,6 +98,18 @@ struct State {
 
 const STATE_FILE: &str = "state.json";
 
+/// Small data gets smaller batches rather than a handful of optimiser steps: an epoch has
+/// at least this many batches (when there are as many examples).
+const MIN_BATCHES_PER_EPOCH: usize = 16;
+
+/// The batch size used on `examples`: the schedule's, made smaller on small data.
+pub fn batch_size(schedule: &Schedule, examples: usize) -> usize {
+    schedule
+        .batch_size
+        .min(examples / MIN_BATCHES_PER_EPOCH)
+        .max(1)
+}
+
 /// Trains on `train` for up to `schedule.epochs` epochs and keeps the parameters with the
 /// lowest validation loss, the initial ones included.
 pub fn run(
@@ -137,7 +149,7 @@ pub fn run(
             trainee.keep_best()?;
         }
     }
-    let batch_size = schedule.batch_size.max(1);
+    let batch_size = batch_size(schedule, train.len());
     let batches = train.len().div_ceil(batch_size);
     let mut order = train.to_vec();
     while epoch < schedule.epochs && epoch - best_epoch < schedule.patience.max(1) {

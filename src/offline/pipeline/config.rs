@@ -25,8 +25,18 @@ pub struct PipelineConfig {
     pub mining: MiningSettings,
     pub distill: DistillConfig,
     pub export: ExportSettings,
-    /// With `--logs`: the fraction of requests held out for evaluation.
+    /// With `--logs`: the fraction of requests held out for evaluation and the gate.
     pub test_fraction: f64,
+    /// The fraction of training requests kept from the mining evaluator to train the
+    /// publish gate's judge (an evaluator the generator never fits).
+    pub judge_fraction: f64,
+    /// Judges, each trained on a bootstrap sample of those requests with its own seed: their
+    /// disagreement widens the gate's interval.
+    pub judges: usize,
+    /// Also train the ablations and baseline generators (hard labels, B = 1, heuristic
+    /// labels, sparse reward): the benchmark's comparison, ~4× the distillation time.
+    /// Unset: on with the simulator, off on user logs.
+    pub baselines: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +74,9 @@ impl Default for PipelineConfig {
             distill: DistillConfig::default(),
             export: ExportSettings::default(),
             test_fraction: 0.1,
+            judge_fraction: 0.25,
+            judges: 3,
+            baselines: None,
         }
     }
 }
@@ -88,6 +101,28 @@ impl Default for ExportSettings {
 }
 
 impl PipelineConfig {
+    /// Checks what serde cannot: ranges and non-empty lists.
+    pub fn check(&self) -> Result<(), String> {
+        if self.seeds.is_empty() {
+            return Err("`seeds` is empty".into());
+        }
+        if self.judges == 0 {
+            return Err("`judges` must be at least 1".into());
+        }
+        if self.mining.beam_width == 0 {
+            return Err("`mining.beam_width` must be > 0".into());
+        }
+        for (name, f) in [
+            ("test_fraction", self.test_fraction),
+            ("judge_fraction", self.judge_fraction),
+        ] {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(format!("`{name}` must be within (0, 1), not {f}"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<PipelineConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
         let config: PipelineConfig =
@@ -96,16 +131,9 @@ impl PipelineConfig {
             .simulator
             .validate()
             .map_err(|e| anyhow::anyhow!("{}: [simulator] {e}", path.display()))?;
-        anyhow::ensure!(
-            !config.seeds.is_empty(),
-            "{}: `seeds` is empty",
-            path.display()
-        );
-        anyhow::ensure!(
-            config.mining.beam_width > 0,
-            "{}: `mining.beam_width` must be > 0",
-            path.display()
-        );
+        config
+            .check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(config)
     }
 }

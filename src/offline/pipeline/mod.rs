@@ -18,6 +18,7 @@ use crate::contract::manifest::Limits;
 use crate::offline::compare::EvalReport;
 use crate::offline::distill::{DistillConfig, TrainedGenerator};
 use crate::offline::evaluator;
+use crate::offline::gate::GateReport;
 use crate::offline::logs::{read_logs, LoggedRequest};
 
 /// Everything one seed produced.
@@ -25,6 +26,7 @@ use crate::offline::logs::{read_logs, LoggedRequest};
 pub struct SeedRun {
     pub seed: u64,
     pub eval: EvalReport,
+    pub gate: GateReport,
     /// Wall time of each stage, seconds.
     pub stage_seconds: Vec<(String, f64)>,
     pub mining_requests_per_second: f64,
@@ -33,17 +35,39 @@ pub struct SeedRun {
 
 pub struct PipelineOutput {
     pub runs: Vec<SeedRun>,
-    /// The DeGRe generator of the first seed: the one exported and published.
+    /// The DeGRe generator of the first seed: the one exported and published, and judged
+    /// by the first run's gate.
     pub generator: TrainedGenerator,
+    /// The most candidates any request carried: the exported limit is at least this.
+    pub max_candidates_seen: usize,
 }
 
-struct Stopwatch(Vec<(String, f64)>, Instant);
+/// Wall time per stage; with progress on, a line per stage, so a redirected run is never
+/// silent for long.
+struct Stopwatch {
+    laps: Vec<(String, f64)>,
+    since: Instant,
+    seed: u64,
+    progress: bool,
+}
 
 impl Stopwatch {
+    fn new(seed: u64, progress: bool) -> Stopwatch {
+        Stopwatch {
+            laps: Vec::new(),
+            since: Instant::now(),
+            seed,
+            progress,
+        }
+    }
+
     fn lap(&mut self, stage: &str) {
-        self.0.push((stage.into(), self.1.elapsed().as_secs_f64()));
-        self.1 = Instant::now();
-        tracing::info!(stage, seconds = self.0.last().map(|l| l.1), "stage done");
+        let seconds = self.since.elapsed().as_secs_f64();
+        self.laps.push((stage.into(), seconds));
+        self.since = Instant::now();
+        if self.progress {
+            eprintln!("seed {}: stage {stage} done in {seconds:.1} s", self.seed);
+        }
     }
 }
 
@@ -59,6 +83,10 @@ pub fn run(
         Source::Logs(path) => Some(read_logs(path)?),
         Source::Simulator => None,
     };
+    let max_candidates_seen = match &user_logs {
+        Some(logs) => logs.iter().map(|r| r.candidates.len()).max().unwrap_or(0),
+        None => config.simulator.candidates,
+    };
     let mut runs = Vec::new();
     let mut first_generator = None;
     for &seed in &config.seeds {
@@ -71,6 +99,7 @@ pub fn run(
     Ok(PipelineOutput {
         runs,
         generator: first_generator.expect("at least one seed"),
+        max_candidates_seen,
     })
 }
 
@@ -81,7 +110,7 @@ fn run_seed(
     dir: &Path,
     progress: bool,
 ) -> anyhow::Result<(SeedRun, TrainedGenerator)> {
-    let mut clock = Stopwatch(Vec::new(), Instant::now());
+    let mut clock = Stopwatch::new(seed, progress);
     let data = stages::data(config, user_logs, seed, dir)?;
     clock.lap(if data.world.is_some() {
         "simulate"
@@ -89,8 +118,11 @@ fn run_seed(
         "split-logs"
     });
 
-    let evaluator = stages::train_evaluator(config, &data.train, seed, dir, progress)?;
+    let evaluator =
+        stages::train_evaluator(config, &data.train, seed, &dir.join("evaluator"), progress)?;
     clock.lap("train-evaluator");
+    let judges = stages::train_judges(config, &data.judge, seed, dir, progress)?;
+    clock.lap("train-judges");
 
     // Simulated lists have the world's length; logged ones keep each request's own.
     let mine_slots = data.world.as_ref().map_or(0, |w| w.config.slots);
@@ -110,8 +142,14 @@ fn run_seed(
     };
     let (mined, mining_rate) = mine(config.mining.beam_width, "mined.jsonl")?;
     clock.lap("mine");
-    let (mined_b1, _) = mine(1, "mined-b1.jsonl")?;
-    clock.lap("mine-b1");
+    let baselines = config.baselines.unwrap_or(data.world.is_some());
+    let mined_b1 = if baselines {
+        let (mined_b1, _) = mine(1, "mined-b1.jsonl")?;
+        clock.lap("mine-b1");
+        Some(mined_b1)
+    } else {
+        None
+    };
 
     let distill = DistillConfig {
         seed,
@@ -122,40 +160,61 @@ fn run_seed(
         &distill,
         &requests,
         &mined,
-        &mined_b1,
+        mined_b1.as_deref(),
         &evaluator,
         data.slots(),
         progress,
     )?;
-    clock.lap("distill-and-baselines");
+    clock.lap(if baselines {
+        "distill-and-baselines"
+    } else {
+        "distill"
+    });
 
     let eval = stages::compare(config, &data, &evaluator, &generators, seed)?;
     clock.lap("eval");
+    let gate = stages::gate(&judges, &data, &generators)?;
+    clock.lap("gate");
+    if progress {
+        eprintln!("seed {seed}: {}", gate.verdict());
+    }
     std::fs::write(
         dir.join("eval.json"),
         serde_json::to_string_pretty(&eval)? + "\n",
     )?;
+    std::fs::write(
+        dir.join("gate.json"),
+        serde_json::to_string_pretty(&gate)? + "\n",
+    )?;
     let run = SeedRun {
         seed,
         eval,
-        stage_seconds: clock.0,
+        gate,
+        stage_seconds: clock.laps,
         mining_requests_per_second: mining_rate,
         evaluator_training: evaluator.spec.training.clone(),
     };
     Ok((run, generators.degre))
 }
 
-/// The generator as a model version (ONNX graphs + manifest), ready to publish.
-pub fn export_files(
-    generator: &TrainedGenerator,
-    config: &PipelineConfig,
-    provenance: serde_json::Value,
-) -> Vec<(String, Vec<u8>)> {
-    generator.version_files(
-        &config.export.model_name,
-        Limits {
-            max_candidates: config.export.max_candidates,
-        },
-        provenance,
-    )
+impl PipelineOutput {
+    /// The first seed's DeGRe as a model version (ONNX graphs + manifest), ready to
+    /// publish. It accepts at least as many candidates as any logged request carried.
+    pub fn export_files(
+        &self,
+        config: &PipelineConfig,
+        provenance: serde_json::Value,
+    ) -> Vec<(String, Vec<u8>)> {
+        let max_candidates = config.export.max_candidates.max(self.max_candidates_seen);
+        self.generator.version_files(
+            &config.export.model_name,
+            Limits { max_candidates },
+            provenance,
+        )
+    }
+
+    /// The gate's verdict on the generator `export_files` exports.
+    pub fn gate(&self) -> &GateReport {
+        &self.runs[0].gate
+    }
 }

@@ -1,24 +1,30 @@
-//! The stages of one seed's run, in order: data, evaluator, mining, generators, comparison.
-//! Each takes what the previous ones produced and writes its artefacts under the seed's
-//! directory.
+//! The stages of one seed's run, in order: data, evaluators (the miner's and the gate's
+//! judge), mining, generators, comparison, gate. Each takes what the previous ones produced
+//! and writes its artefacts under the seed's directory.
 
 use std::path::Path;
 use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::config::PipelineConfig;
 use crate::offline::compare::{evaluate, EvalInputs, EvalReport};
 use crate::offline::distill::{self, DistillConfig, Forced, TrainedGenerator};
 use crate::offline::evaluator::{self, Evaluator};
+use crate::offline::gate::{self, GateReport};
 use crate::offline::logs::{write_logs, LoggedRequest};
 use crate::offline::mine::{self, MineConfig, Mined, Shard};
 use crate::offline::policy::Policy;
 use crate::offline::sim::{sample_split, World};
 use crate::offline::training;
 
-/// Training and test requests, and the world they came from when simulated.
+/// Training requests (for the mining evaluator and the generators), the judge's requests
+/// (disjoint from them), test requests, and the world they came from when simulated.
 pub struct Data {
     pub world: Option<World>,
     pub train: Vec<LoggedRequest>,
+    pub judge: Vec<LoggedRequest>,
     pub test: Vec<LoggedRequest>,
 }
 
@@ -44,28 +50,30 @@ pub fn data(
     seed: u64,
     dir: &Path,
 ) -> anyhow::Result<Data> {
-    let data = match user_logs {
+    let (world, train, test) = match user_logs {
         None => {
             let world = World::generate(config.simulator.clone(), seed);
             let train = sample_split(&world, "train", config.simulator.train_requests);
             let test = sample_split(&world, "test", config.simulator.test_requests);
-            Data {
-                world: Some(world),
-                train,
-                test,
-            }
+            (Some(world), train, test)
         }
         Some(logs) => {
             let split = training::split(logs.len(), config.test_fraction, seed);
             let pick = |idx: &[usize]| idx.iter().map(|&i| logs[i].clone()).collect();
-            Data {
-                world: None,
-                train: pick(&split.train),
-                test: pick(&split.valid),
-            }
+            (None, pick(&split.train), pick(&split.valid))
         }
     };
+    // Its own seed ("judge" in ASCII): not the same shuffle as the test split's.
+    let split = training::split(train.len(), config.judge_fraction, seed ^ 0x006a_7564_6765);
+    let pick = |idx: &[usize]| idx.iter().map(|&i| train[i].clone()).collect::<Vec<_>>();
+    let data = Data {
+        world,
+        judge: pick(&split.valid),
+        train: pick(&split.train),
+        test,
+    };
     write_logs(&dir.join("train.parquet"), &data.train)?;
+    write_logs(&dir.join("judge.parquet"), &data.judge)?;
     write_logs(&dir.join("test.parquet"), &data.test)?;
     if let Some(world) = &data.world {
         std::fs::write(dir.join("world.json"), serde_json::to_string(world)?)?;
@@ -73,11 +81,12 @@ pub fn data(
     Ok(data)
 }
 
+/// An evaluator of the configured size and objective, trained on `rows` into `out`.
 pub fn train_evaluator(
     config: &PipelineConfig,
-    train: &[LoggedRequest],
+    rows: &[LoggedRequest],
     seed: u64,
-    dir: &Path,
+    out: &Path,
     progress: bool,
 ) -> anyhow::Result<Evaluator> {
     let settings = evaluator::TrainConfig {
@@ -86,7 +95,29 @@ pub fn train_evaluator(
         progress,
         ..config.evaluator.clone()
     };
-    evaluator::train(train, &settings, &dir.join("evaluator"), false)
+    evaluator::train(rows, &settings, out, false)
+}
+
+/// The gate's judges: evaluators on bootstrap samples of the judge split, each with its
+/// own seed, under `dir/judge-<j>`.
+pub fn train_judges(
+    config: &PipelineConfig,
+    rows: &[LoggedRequest],
+    seed: u64,
+    dir: &Path,
+    progress: bool,
+) -> anyhow::Result<Vec<Evaluator>> {
+    (0..config.judges)
+        .map(|j| {
+            let seed = seed.wrapping_add(1_000_003 * (j as u64 + 1));
+            let mut rng = StdRng::seed_from_u64(seed);
+            let sample: Vec<LoggedRequest> = (0..rows.len())
+                .map(|_| rows[rng.random_range(0..rows.len())].clone())
+                .collect();
+            let out = dir.join(format!("judge-{j}"));
+            train_evaluator(config, &sample, seed, &out, progress)
+        })
+        .collect()
 }
 
 /// Beam-searches `requests` at width `width` into `dir/file`; returns the mined lists and
@@ -118,21 +149,44 @@ pub fn mine(
     ))
 }
 
-/// DeGRe and the generators it is compared with, all trained on the same requests.
+/// DeGRe and, when asked for, the generators it is compared with, all trained on the same
+/// requests.
 pub struct Generators {
     pub degre: TrainedGenerator,
+    pub baselines: Option<Baselines>,
+}
+
+pub struct Baselines {
     pub hard_labels: TrainedGenerator,
     pub b1: TrainedGenerator,
     pub heuristic_labels: TrainedGenerator,
     pub sparse_reward: TrainedGenerator,
 }
 
-/// Five single-threaded trainings, run side by side on rayon's pool.
+impl Generators {
+    /// Every generator with its method name, DeGRe last.
+    pub fn named(&self) -> Vec<(&'static str, &TrainedGenerator)> {
+        let mut all = Vec::new();
+        if let Some(b) = &self.baselines {
+            all.extend([
+                ("generator-heuristic-labels", &b.heuristic_labels),
+                ("generator-sparse-reward", &b.sparse_reward),
+                ("degre-hard-labels", &b.hard_labels),
+                ("degre-b1", &b.b1),
+            ]);
+        }
+        all.push((gate::CANDIDATE, &self.degre));
+        all
+    }
+}
+
+/// DeGRe alone, or with its four comparisons: single-threaded trainings side by side on
+/// rayon's pool.
 pub fn train_generators(
     config: &DistillConfig,
     requests: &[&LoggedRequest],
     mined: &[Mined],
-    mined_b1: &[Mined],
+    mined_b1: Option<&[Mined]>,
     evaluator: &Evaluator,
     slots: usize,
     progress: bool,
@@ -166,13 +220,15 @@ pub fn train_generators(
             .map(|r| Forced::hard(&clicked_first(r)))
             .collect()
     };
+    let degre = || train_on(gate::CANDIDATE, soft(mined), config.ce_weight);
+    let Some(mined_b1) = mined_b1 else {
+        return Ok(Generators {
+            degre: degre()?,
+            baselines: None,
+        });
+    };
     let ((degre, hard_labels), (b1, (heuristic_labels, sparse_reward))) = rayon::join(
-        || {
-            rayon::join(
-                || train_on("degre", soft(mined), config.ce_weight),
-                || train_on("degre-hard-labels", hard(mined), 0.0),
-            )
-        },
+        || rayon::join(degre, || train_on("degre-hard-labels", hard(mined), 0.0)),
         || {
             rayon::join(
                 || train_on("degre-b1", soft(mined_b1), config.ce_weight),
@@ -187,11 +243,36 @@ pub fn train_generators(
     );
     Ok(Generators {
         degre: degre?,
-        hard_labels: hard_labels?,
-        b1: b1?,
-        heuristic_labels: heuristic_labels?,
-        sparse_reward: sparse_reward?,
+        baselines: Some(Baselines {
+            hard_labels: hard_labels?,
+            b1: b1?,
+            heuristic_labels: heuristic_labels?,
+            sparse_reward: sparse_reward?,
+        }),
     })
+}
+
+fn generator_policies(generators: &Generators) -> impl Iterator<Item = Policy> + '_ {
+    generators
+        .named()
+        .into_iter()
+        .map(|(name, g)| Policy::Generator {
+            name: name.into(),
+            generator: Arc::new(g.clone()),
+        })
+}
+
+/// The publish gate: every generator, the logged lists and the ranking stage's order on
+/// the held-out requests, judged by the evaluator the generators never fit.
+pub fn gate(
+    judges: &[Evaluator],
+    data: &Data,
+    generators: &Generators,
+) -> anyhow::Result<GateReport> {
+    let mut policies = vec![Policy::Logged, Policy::Upstream];
+    policies.extend(generator_policies(generators));
+    let slots = data.world.as_ref().map(|w| w.config.slots);
+    gate::judge(judges, &data.test, &policies, slots)
 }
 
 /// Seq2Slate-style labels: clicked items first, each group in its logged order.
@@ -214,11 +295,7 @@ pub fn compare(
     generators: &Generators,
     seed: u64,
 ) -> anyhow::Result<EvalReport> {
-    let generator = |name: &str, g: &TrainedGenerator| Policy::Generator {
-        name: name.into(),
-        generator: Arc::new(g.clone()),
-    };
-    let mut policies = vec![Policy::Upstream, Policy::Random];
+    let mut policies = vec![Policy::Logged, Policy::Upstream, Policy::Random];
     if data.world.is_some() {
         policies.extend([Policy::TruePointwise, Policy::Oracle]);
     }
@@ -227,12 +304,8 @@ pub fn compare(
         Policy::EvaluatorPointwise,
         Policy::EvaluatorGreedy,
         Policy::EvaluatorBeam(beam),
-        generator("generator-heuristic-labels", &generators.heuristic_labels),
-        generator("generator-sparse-reward", &generators.sparse_reward),
-        generator("degre-hard-labels", &generators.hard_labels),
-        generator("degre-b1", &generators.b1),
-        generator("degre", &generators.degre),
     ]);
+    policies.extend(generator_policies(generators));
     let sweep = config.mining.sweep.iter().filter(|&&w| w != beam);
     policies.extend(sweep.map(|&w| Policy::EvaluatorBeam(w)));
     evaluate(&EvalInputs {
