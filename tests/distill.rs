@@ -54,7 +54,7 @@ fn the_distilled_generator_reproduces_its_teachers_lists() {
         embed: 4,
         epochs: 40,
         batch_size: 8,
-        learning_rate: 1e-2,
+        learning_rate: 5e-3,
         ce_weight: 0.5,
         patience: 40,
         valid_fraction: 0.1,

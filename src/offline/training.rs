@@ -100,7 +100,7 @@ const STATE_FILE: &str = "state.json";
 
 /// Small data gets smaller batches rather than a handful of optimiser steps: an epoch has
 /// at least this many batches (when there are as many examples).
-const MIN_BATCHES_PER_EPOCH: usize = 16;
+const MIN_BATCHES_PER_EPOCH: usize = 8;
 
 /// The batch size used on `examples`: the schedule's, made smaller on small data.
 pub fn batch_size(schedule: &Schedule, examples: usize) -> usize {
