@@ -3,7 +3,7 @@
 #![cfg(feature = "offline")]
 
 use degre::offline::compare::{evaluate, EvalInputs};
-use degre::offline::evaluator::{self, Evaluator, ListRef, TrainConfig};
+use degre::offline::evaluator::{self, Ensemble, Evaluator, ListRef, TrainConfig};
 use degre::offline::logs::LoggedRequest;
 use degre::offline::metrics::spearman;
 use degre::offline::objective::Objective;
@@ -39,9 +39,9 @@ fn evaluator_learns_and_ranks_lists_like_the_true_utility() {
     let summary = trained.spec.training.clone().unwrap();
     assert!(summary.valid_loss < summary.constant_valid_loss);
 
-    let loaded = Evaluator::load(dir.path()).unwrap();
+    let loaded = Ensemble::single(Evaluator::load(dir.path()).unwrap());
     let report = evaluate(&EvalInputs {
-        objective: loaded.spec.objective,
+        objective: loaded.first().spec.objective,
         logs: &test,
         world: Some(&world),
         evaluator: Some(&loaded),

@@ -3,10 +3,11 @@
 //! be resumed after an interruption and split into shards.
 #![cfg(feature = "offline")]
 
-use degre::offline::evaluator::{self, Evaluator, TrainConfig};
+use degre::offline::evaluator::{self, Ensemble, Evaluator, TrainConfig};
 use degre::offline::logs::LoggedRequest;
 use degre::offline::mine::{mine, mine_request, read_mined, MineConfig, Shard};
 use degre::offline::search;
+use degre::offline::search::ListModel;
 use degre::offline::sim::{sample_split, SimConfig, World};
 
 fn tiny() -> (Vec<LoggedRequest>, Evaluator, tempfile::TempDir) {
@@ -89,6 +90,7 @@ fn lookahead_values_give_distributions_over_the_remaining_candidates() {
 #[test]
 fn mining_resumes_after_an_interruption_and_splits_into_shards() {
     let (rows, evaluator, dir) = tiny();
+    let evaluator = Ensemble::single(evaluator);
     let config = |shard, resume| MineConfig {
         width: 4,
         slots: 0,
@@ -96,7 +98,8 @@ fn mining_resumes_after_an_interruption_and_splits_into_shards() {
         resume,
         progress: false,
     };
-    let full = dir.path().join("full.jsonl");
+    // Into a folder that does not exist yet, as a Job on a fresh volume does.
+    let full = dir.path().join("out").join("full.jsonl");
     let summary = mine(&rows, &evaluator, &config(Shard::ALL, false), &full).unwrap();
     assert_eq!(summary.mined, rows.len());
     let expected = std::fs::read_to_string(&full).unwrap();
@@ -126,4 +129,45 @@ fn mining_resumes_after_an_interruption_and_splits_into_shards() {
     merged.sort_by(|x, y| x.request_id.cmp(&y.request_id));
     assert_eq!(merged, a);
     assert!("3/3".parse::<Shard>().is_err() && "x".parse::<Shard>().is_err());
+}
+
+#[test]
+fn the_ensembles_pessimistic_value_is_below_its_mean_and_one_member_is_itself() {
+    let (rows, first, dir) = tiny();
+    let train = TrainConfig {
+        hidden: 16,
+        epochs: 2,
+        seed: 4,
+        progress: false,
+        ..TrainConfig::default()
+    };
+    let second = evaluator::train(&rows, &train, &dir.path().join("second"), false).unwrap();
+    let reload = || Evaluator::load(dir.path()).unwrap();
+    let pessimistic = Ensemble::new(vec![reload(), second], 1.0).unwrap();
+    let second = Evaluator::load(&dir.path().join("second")).unwrap();
+    let mean = Ensemble::new(vec![reload(), second], 0.0).unwrap();
+    let alone = Ensemble::single(reload());
+    let mut strictly_below = 0;
+    for row in rows.iter().take(10) {
+        let (p, m, a) = (
+            pessimistic.scorer(row).unwrap(),
+            mean.scorer(row).unwrap(),
+            alone.scorer(row).unwrap(),
+        );
+        let single = first.scorer(row).unwrap();
+        for list in [vec![0, 1, 2], vec![5, 3, 1], vec![2, 4, 0]] {
+            let (vp, vm) = (search::value(&p, &list), search::value(&m, &list));
+            assert!(vp <= vm + 1e-12, "pessimistic {vp} > mean {vm}");
+            strictly_below += usize::from(vp < vm - 1e-9);
+            assert_eq!(search::value(&a, &list), search::value(&single, &list));
+        }
+        // The mean is the members' mean, slot by slot.
+        let state = m.initial();
+        let gains = m.member_gains(&state, 0);
+        assert!((m.gain(&state, 0) - (gains[0] + gains[1]) / 2.0).abs() < 1e-12);
+    }
+    assert!(
+        strictly_below > 20,
+        "the members never disagree: {strictly_below}"
+    );
 }

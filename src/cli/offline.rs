@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::offline::compare::{self, EvalInputs};
-use crate::offline::evaluator::{self, Evaluator, TrainConfig};
+use crate::offline::evaluator::{self, Ensemble, Evaluator, TrainConfig};
 use crate::offline::logs::read_logs;
 use crate::offline::objective::Objective;
 use crate::offline::policy::{self, Policy};
@@ -160,7 +160,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let logs = read_logs(&args.logs)?;
     let world = args.world.as_deref().map(World::load).transpose()?;
-    let evaluator = args.evaluator.as_deref().map(Evaluator::load).transpose()?;
+    let evaluator = args
+        .evaluator
+        .as_deref()
+        .map(Evaluator::load)
+        .transpose()?
+        .map(Ensemble::single);
     let mut policies: Vec<Policy> =
         if args.policies.is_empty() && args.lists.is_empty() && args.models.is_empty() {
             default_policies(world.is_some(), evaluator.is_some())
@@ -178,14 +183,14 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let objective = match (args.objective, &evaluator) {
         (Some(objective), _) => objective,
-        (None, Some(e)) => e.spec.objective,
+        (None, Some(e)) => e.first().spec.objective,
         (None, None) => Objective::default_for(logs.iter().all(|r| r.values.is_some())),
     };
     if let Some(e) = &evaluator {
+        let trained = e.first().spec.objective;
         anyhow::ensure!(
-            e.spec.objective == objective,
-            "the evaluator was trained for {}, not {objective}",
-            e.spec.objective
+            trained == objective,
+            "the evaluator was trained for {trained}, not {objective}"
         );
     }
     let report = compare::evaluate(&EvalInputs {

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::contract::Limits;
 use crate::offline::distill::{self, DistillConfig, Forced};
-use crate::offline::evaluator::Evaluator;
+use crate::offline::evaluator::{Ensemble, Evaluator};
 use crate::offline::logs::read_logs;
 use crate::offline::mine::{self, MineConfig, Shard};
 use crate::offline::objective::Objective;
@@ -21,10 +21,14 @@ pub struct MineArgs {
     /// Logged requests (.parquet or .jsonl).
     #[arg(long)]
     pub logs: PathBuf,
-    /// A trained evaluator's directory.
-    #[arg(long)]
-    pub evaluator: PathBuf,
-    /// Output, JSON Lines: one mined request per line.
+    /// A trained evaluator's directory; repeat it to search an ensemble on
+    /// `mean − pessimism·sd` (members trained with different seeds).
+    #[arg(long, required = true, num_args = 1..)]
+    pub evaluator: Vec<PathBuf>,
+    /// How far below the ensemble's mean a slot's reward is taken, in standard deviations.
+    #[arg(long, default_value_t = 1.0)]
+    pub pessimism: f64,
+    /// Output, JSON Lines: one mined request per line (its folder is created).
     #[arg(long)]
     pub out: PathBuf,
     /// Beam width B.
@@ -46,10 +50,15 @@ pub struct MineArgs {
 pub fn mine(args: MineArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.beam_width > 0, "--beam-width must be > 0");
     let logs = read_logs(&args.logs)?;
-    let evaluator = Evaluator::load(&args.evaluator)?;
+    let members = args
+        .evaluator
+        .iter()
+        .map(|dir| Evaluator::load(dir))
+        .collect::<anyhow::Result<_>>()?;
+    let evaluators = Ensemble::new(members, args.pessimism)?;
     let summary = mine::mine(
         &logs,
-        &evaluator,
+        &evaluators,
         &MineConfig {
             width: args.beam_width,
             slots: args.slots,

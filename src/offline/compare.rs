@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::offline::evaluator::{Evaluator, ListRef, RequestScorer};
+use crate::offline::evaluator::{Ensemble, EnsembleScorer, ListRef};
 use crate::offline::logs::LoggedRequest;
 use crate::offline::metrics::{self, Calibration};
 use crate::offline::objective::Objective;
@@ -81,7 +81,8 @@ pub struct EvalInputs<'a> {
     pub objective: Objective,
     pub logs: &'a [LoggedRequest],
     pub world: Option<&'a World>,
-    pub evaluator: Option<&'a Evaluator>,
+    /// The evaluator(s) behind `V` and the evaluator policies (searched as the teacher is).
+    pub evaluator: Option<&'a Ensemble>,
     pub policies: &'a [Policy],
     pub seed: u64,
     /// Requests and random lists per request for the rank correlation.
@@ -234,7 +235,7 @@ fn evaluate_request(
         out.values.push(
             scorer
                 .as_ref()
-                .map(|s: &RequestScorer| search::value(s, &list)),
+                .map(|s: &EnsembleScorer| search::value(s, &list)),
         );
         let depth = request.exposed.len();
         out.ndcg.push(metrics::ndcg_at(&list, &relevance, depth));
@@ -253,10 +254,12 @@ fn clicked_candidates(request: &LoggedRequest) -> Vec<bool> {
     clicked
 }
 
+/// Per-slot diagnostics of the first member; the rank correlation of the searched value.
 fn evaluator_report(
     inputs: &EvalInputs<'_>,
-    evaluator: &Evaluator,
+    ensemble: &Ensemble,
 ) -> anyhow::Result<EvaluatorReport> {
+    let evaluator = ensemble.first();
     let lists: Vec<ListRef<'_>> = inputs
         .logs
         .iter()
@@ -293,7 +296,7 @@ fn evaluator_report(
     let constant_loss = labels.iter().map(|&y| bce(base, y)).sum::<f64>() / n;
     let rank_correlation = inputs
         .world
-        .map(|world| rank_correlation(inputs, world, evaluator))
+        .map(|world| rank_correlation(inputs, world, ensemble))
         .transpose()?;
     Ok(EvaluatorReport {
         auc: metrics::auc(&predicted, &labels),
@@ -307,7 +310,7 @@ fn evaluator_report(
 fn rank_correlation(
     inputs: &EvalInputs<'_>,
     world: &World,
-    evaluator: &Evaluator,
+    evaluator: &Ensemble,
 ) -> anyhow::Result<RankCorrelation> {
     let requests = &inputs.logs[..inputs.correlation_requests.min(inputs.logs.len())];
     let pairs: Vec<Vec<(f64, f64)>> = requests

@@ -19,7 +19,7 @@ use anyhow::Context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::offline::evaluator::Evaluator;
+use crate::offline::evaluator::Ensemble;
 use crate::offline::logs::LoggedRequest;
 use crate::offline::progress::Progress;
 use crate::offline::search::{self, ListModel, Scored};
@@ -173,7 +173,7 @@ fn done_ids(path: &Path) -> anyhow::Result<HashSet<String>> {
 /// Mines every request of `logs` this shard owns into `out` (JSON Lines).
 pub fn mine(
     logs: &[LoggedRequest],
-    evaluator: &Evaluator,
+    evaluators: &Ensemble,
     config: &MineConfig,
     out: &Path,
 ) -> anyhow::Result<MineSummary> {
@@ -187,6 +187,9 @@ pub fn mine(
         .iter()
         .filter(|r| config.shard.owns(&r.request_id) && !done.contains(&r.request_id))
         .collect();
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    }
     let file = OpenOptions::new()
         .create(true)
         .append(config.resume)
@@ -201,7 +204,7 @@ pub fn mine(
         let mined: Vec<Mined> = chunk
             .par_iter()
             .map(|request| {
-                let scorer = evaluator.scorer(request)?;
+                let scorer = evaluators.scorer(request)?;
                 let k = match config.slots {
                     0 => request.exposed.len(),
                     k => k,

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use serde::Deserialize;
 
 use crate::offline::distill::TrainedGenerator;
-use crate::offline::evaluator::RequestScorer;
+use crate::offline::evaluator::EnsembleScorer;
 use crate::offline::logs::LoggedRequest;
 use crate::offline::search::{self, ListModel};
 use crate::offline::sim::Truth;
@@ -81,7 +81,7 @@ pub struct RequestContext<'a> {
     /// Slots to fill.
     pub k: usize,
     pub truth: Option<&'a Truth<'a>>,
-    pub scorer: Option<&'a RequestScorer>,
+    pub scorer: Option<&'a EnsembleScorer>,
     /// Seeds the random policy; fixed per request so results repeat.
     pub seed: u64,
 }

@@ -5,11 +5,13 @@
 //! summary) and `evaluator.safetensors` (weights).
 
 mod batch;
+mod ensemble;
 mod model;
 mod scorer;
 mod train;
 
 pub use batch::{Batch, FeatureMap, Labels, ListRef};
+pub use ensemble::{Ensemble, EnsembleScorer};
 pub use model::{click_loss, slot_outputs, value_loss, Dims, Params, SlotOutputs};
 pub use scorer::{Prefix, RequestScorer};
 pub use train::{train, TrainConfig, TrainSummary};

@@ -48,6 +48,10 @@ pub struct MiningSettings {
     pub sweep: Vec<usize>,
     /// Mine (and distil from) at most this many training requests; 0: all.
     pub max_requests: usize,
+    /// Evaluators searched together (different seeds), on `mean − pessimism·sd` of each
+    /// slot's reward: 1 searches a single evaluator as it is.
+    pub evaluators: usize,
+    pub pessimism: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +91,8 @@ impl Default for MiningSettings {
             beam_width: 16,
             sweep: vec![1, 2, 4, 8, 16, 32],
             max_requests: 0,
+            evaluators: 3,
+            pessimism: 1.0,
         }
     }
 }
@@ -108,6 +114,12 @@ impl PipelineConfig {
         }
         if self.judges == 0 {
             return Err("`judges` must be at least 1".into());
+        }
+        if self.mining.evaluators == 0 {
+            return Err("`mining.evaluators` must be at least 1".into());
+        }
+        if !(self.mining.pessimism >= 0.0 && self.mining.pessimism.is_finite()) {
+            return Err("`mining.pessimism` must be finite and >= 0".into());
         }
         if self.mining.beam_width == 0 {
             return Err("`mining.beam_width` must be > 0".into());

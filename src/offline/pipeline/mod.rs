@@ -118,8 +118,7 @@ fn run_seed(
         "split-logs"
     });
 
-    let evaluator =
-        stages::train_evaluator(config, &data.train, seed, &dir.join("evaluator"), progress)?;
+    let ensemble = stages::train_ensemble(config, &data.train, seed, dir, progress)?;
     clock.lap("train-evaluator");
     let judges = stages::train_judges(config, &data.judge, seed, dir, progress)?;
     clock.lap("train-judges");
@@ -133,7 +132,7 @@ fn run_seed(
     let mine = |width: usize, file: &str| {
         stages::mine(
             &requests,
-            &evaluator,
+            &ensemble,
             width,
             mine_slots,
             &dir.join(file),
@@ -143,13 +142,17 @@ fn run_seed(
     let (mined, mining_rate) = mine(config.mining.beam_width, "mined.jsonl")?;
     clock.lap("mine");
     let baselines = config.baselines.unwrap_or(data.world.is_some());
-    let mined_b1 = if baselines {
-        let (mined_b1, _) = mine(1, "mined-b1.jsonl")?;
+    let (mut mined_b1, mut mined_oracle) = (None, None);
+    if baselines {
+        mined_b1 = Some(mine(1, "mined-b1.jsonl")?.0);
         clock.lap("mine-b1");
-        Some(mined_b1)
-    } else {
-        None
-    };
+        if let Some(world) = &data.world {
+            let objective = ensemble.first().spec.objective;
+            let width = config.mining.beam_width;
+            mined_oracle = Some(stages::mine_truth(world, objective, &requests, width)?);
+            clock.lap("mine-oracle-teacher");
+        }
+    }
 
     let distill = DistillConfig {
         seed,
@@ -159,9 +162,12 @@ fn run_seed(
     let generators = stages::train_generators(
         &distill,
         &requests,
-        &mined,
-        mined_b1.as_deref(),
-        &evaluator,
+        &stages::Teachers {
+            mined: &mined,
+            b1: mined_b1.as_deref(),
+            oracle: mined_oracle.as_deref(),
+        },
+        ensemble.first(),
         data.slots(),
         progress,
     )?;
@@ -171,7 +177,7 @@ fn run_seed(
         "distill"
     });
 
-    let eval = stages::compare(config, &data, &evaluator, &generators, seed)?;
+    let eval = stages::compare(config, &data, &ensemble, &generators, seed)?;
     clock.lap("eval");
     let gate = stages::gate(&judges, &data, &generators)?;
     clock.lap("gate");
@@ -192,7 +198,7 @@ fn run_seed(
         gate,
         stage_seconds: clock.laps,
         mining_requests_per_second: mining_rate,
-        evaluator_training: evaluator.spec.training.clone(),
+        evaluator_training: ensemble.first().spec.training.clone(),
     };
     Ok((run, generators.degre))
 }

@@ -7,14 +7,16 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 
 use super::config::PipelineConfig;
 use crate::offline::compare::{evaluate, EvalInputs, EvalReport};
 use crate::offline::distill::{self, DistillConfig, Forced, TrainedGenerator};
-use crate::offline::evaluator::{self, Evaluator};
+use crate::offline::evaluator::{self, Ensemble, Evaluator};
 use crate::offline::gate::{self, GateReport};
 use crate::offline::logs::{write_logs, LoggedRequest};
 use crate::offline::mine::{self, MineConfig, Mined, Shard};
+use crate::offline::objective::Objective;
 use crate::offline::policy::Policy;
 use crate::offline::sim::{sample_split, World};
 use crate::offline::training;
@@ -98,6 +100,30 @@ pub fn train_evaluator(
     evaluator::train(rows, &settings, out, false)
 }
 
+/// The mining ensemble: `mining.evaluators` evaluators on the training requests, each
+/// with its own seed (member 0 has the run's seed), under `dir/evaluator[-m]`.
+pub fn train_ensemble(
+    config: &PipelineConfig,
+    rows: &[LoggedRequest],
+    seed: u64,
+    dir: &Path,
+    progress: bool,
+) -> anyhow::Result<Ensemble> {
+    let members = (0..config.mining.evaluators)
+        .map(|m| {
+            let (seed, out) = match m {
+                0 => (seed, dir.join("evaluator")),
+                m => (
+                    seed.wrapping_add(7_919 * m as u64),
+                    dir.join(format!("evaluator-{m}")),
+                ),
+            };
+            train_evaluator(config, rows, seed, &out, progress)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ensemble::new(members, config.mining.pessimism)
+}
+
 /// The gate's judges: evaluators on bootstrap samples of the judge split, each with its
 /// own seed, under `dir/judge-<j>`.
 pub fn train_judges(
@@ -124,7 +150,7 @@ pub fn train_judges(
 /// the mining rate (requests per second).
 pub fn mine(
     requests: &[&LoggedRequest],
-    evaluator: &Evaluator,
+    evaluator: &Ensemble,
     width: usize,
     slots: usize,
     path: &Path,
@@ -154,6 +180,9 @@ pub fn mine(
 pub struct Generators {
     pub degre: TrainedGenerator,
     pub baselines: Option<Baselines>,
+    /// DeGRe distilled from lists mined under the simulator's true utility instead of the
+    /// evaluator: the generator's ceiling, apart from the evaluator's error.
+    pub oracle_teacher: Option<TrainedGenerator>,
 }
 
 pub struct Baselines {
@@ -175,22 +204,54 @@ impl Generators {
                 ("degre-b1", &b.b1),
             ]);
         }
+        if let Some(g) = &self.oracle_teacher {
+            all.push(("degre-oracle-teacher", g));
+        }
         all.push((gate::CANDIDATE, &self.degre));
         all
     }
 }
 
-/// DeGRe alone, or with its four comparisons: single-threaded trainings side by side on
+/// Lists mined under the simulator's true utility (the oracle teacher), with the same beam.
+pub fn mine_truth(
+    world: &World,
+    objective: Objective,
+    requests: &[&LoggedRequest],
+    width: usize,
+) -> anyhow::Result<Vec<Mined>> {
+    requests
+        .par_iter()
+        .map(|r| {
+            let truth = world.truth(r, objective).map_err(anyhow::Error::msg)?;
+            Ok(mine::mine_request(
+                &truth,
+                &r.request_id,
+                world.config.slots,
+                width,
+            ))
+        })
+        .collect()
+}
+
+/// What the generators learn from: the teacher's mined lists, and for the comparisons
+/// (when asked for) the B = 1 lists and the oracle teacher's.
+pub struct Teachers<'a> {
+    pub mined: &'a [Mined],
+    pub b1: Option<&'a [Mined]>,
+    pub oracle: Option<&'a [Mined]>,
+}
+
+/// DeGRe alone, or with its comparisons: single-threaded trainings side by side on
 /// rayon's pool.
 pub fn train_generators(
     config: &DistillConfig,
     requests: &[&LoggedRequest],
-    mined: &[Mined],
-    mined_b1: Option<&[Mined]>,
+    teachers: &Teachers<'_>,
     evaluator: &Evaluator,
     slots: usize,
     progress: bool,
 ) -> anyhow::Result<Generators> {
+    let mined = teachers.mined;
     let map = &evaluator.spec.features;
     let quiet = DistillConfig {
         progress: false,
@@ -221,28 +282,48 @@ pub fn train_generators(
             .collect()
     };
     let degre = || train_on(gate::CANDIDATE, soft(mined), config.ce_weight);
-    let Some(mined_b1) = mined_b1 else {
+    let oracle_teacher = || {
+        teachers
+            .oracle
+            .map(|m| train_on("degre-oracle-teacher", soft(m), config.ce_weight))
+            .transpose()
+    };
+    let Some(mined_b1) = teachers.b1 else {
+        let (degre, oracle_teacher) = rayon::join(degre, oracle_teacher);
         return Ok(Generators {
-            degre: degre()?,
+            degre: degre?,
             baselines: None,
+            oracle_teacher: oracle_teacher?,
         });
     };
-    let ((degre, hard_labels), (b1, (heuristic_labels, sparse_reward))) = rayon::join(
-        || rayon::join(degre, || train_on("degre-hard-labels", hard(mined), 0.0)),
-        || {
-            rayon::join(
-                || train_on("degre-b1", soft(mined_b1), config.ce_weight),
-                || {
+    let ((degre, (hard_labels, oracle_teacher)), (b1, (heuristic_labels, sparse_reward))) =
+        rayon::join(
+            || {
+                rayon::join(degre, || {
                     rayon::join(
-                        || train_on("generator-heuristic-labels", clicked(), 0.0),
-                        || distill::reinforce(requests, evaluator, slots, &quiet).map(|(g, _)| g),
+                        || train_on("degre-hard-labels", hard(mined), 0.0),
+                        oracle_teacher,
                     )
-                },
-            )
-        },
-    );
+                })
+            },
+            || {
+                rayon::join(
+                    || train_on("degre-b1", soft(mined_b1), config.ce_weight),
+                    || {
+                        rayon::join(
+                            || train_on("generator-heuristic-labels", clicked(), 0.0),
+                            || {
+                                distill::reinforce(requests, evaluator, slots, &quiet)
+                                    .map(|(g, _)| g)
+                            },
+                        )
+                    },
+                )
+            },
+        );
     Ok(Generators {
         degre: degre?,
+        oracle_teacher: oracle_teacher?,
         baselines: Some(Baselines {
             hard_labels: hard_labels?,
             b1: b1?,
@@ -291,7 +372,7 @@ fn clicked_first(request: &LoggedRequest) -> Vec<usize> {
 pub fn compare(
     config: &PipelineConfig,
     data: &Data,
-    evaluator: &Evaluator,
+    evaluator: &Ensemble,
     generators: &Generators,
     seed: u64,
 ) -> anyhow::Result<EvalReport> {
@@ -309,7 +390,7 @@ pub fn compare(
     let sweep = config.mining.sweep.iter().filter(|&&w| w != beam);
     policies.extend(sweep.map(|&w| Policy::EvaluatorBeam(w)));
     evaluate(&EvalInputs {
-        objective: evaluator.spec.objective,
+        objective: evaluator.first().spec.objective,
         logs: &data.test,
         world: data.world.as_ref(),
         evaluator: Some(evaluator),
