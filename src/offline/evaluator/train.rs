@@ -190,10 +190,8 @@ struct Trainee<'a> {
     optimizer: AdamW,
     rows: &'a [LoggedRequest],
     labels: &'a [Logged],
-    valid: Vec<ListRef<'a>>,
+    valid: &'a [ListRef<'a>],
     out: &'a Path,
-    last: Option<Losses>,
-    best: Option<Losses>,
 }
 
 impl training::Trainee for Trainee<'_> {
@@ -213,13 +211,10 @@ impl training::Trainee for Trainee<'_> {
     }
 
     fn validate(&mut self) -> anyhow::Result<f64> {
-        let losses = mean_losses(&self.evaluator, &self.valid, 512)?;
-        self.last = Some(losses);
-        Ok(losses.total())
+        Ok(mean_losses(&self.evaluator, self.valid, 512)?.total())
     }
 
     fn keep_best(&mut self) -> anyhow::Result<()> {
-        self.best = self.last;
         self.evaluator.save(self.out)
     }
 
@@ -307,10 +302,8 @@ pub fn train(
         optimizer,
         rows,
         labels: &labels,
-        valid: valid_lists,
+        valid: &valid_lists,
         out,
-        last: None,
-        best: None,
     };
     let outcome = training::run(
         &config.schedule(),
@@ -324,6 +317,8 @@ pub fn train(
         }),
     )?;
     let mut best = Evaluator::load(out)?;
+    // Of the saved best, also after a resumed run that never improved.
+    let losses = mean_losses(&best, &valid_lists, 512)?;
     best.spec.training = Some(TrainSummary {
         seed: config.seed,
         train_requests: train.len(),
@@ -331,8 +326,8 @@ pub fn train(
         epochs_run: outcome.epochs_run,
         best_epoch: outcome.best_epoch,
         train_loss: outcome.train_loss,
-        valid_loss: trainee.best.map_or(f64::NAN, |l| l.click),
-        valid_value_loss: trainee.best.and_then(|l| l.value),
+        valid_loss: losses.click,
+        valid_value_loss: losses.value,
         constant_valid_loss,
         seconds: outcome.seconds,
     });
