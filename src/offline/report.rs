@@ -269,9 +269,14 @@ impl Report {
             );
             for row in &self.versus_degre {
                 let (mean, sd) = row.difference;
+                let spread = if one {
+                    String::new()
+                } else {
+                    format!(" ± {sd:.4}")
+                };
                 let _ = writeln!(
                     md,
-                    "| {} | {mean:+.4} ± {sd:.4} | {}/{} |",
+                    "| {} | {mean:+.4}{spread} | {}/{} |",
                     row.name,
                     row.degre_wins,
                     self.seeds.len()
