@@ -122,6 +122,10 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
             })
             .collect(),
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    let text = serde_json::to_string_pretty(&out)? + "\n";
+    // A reader that stops early (`| head`) is not an error worth a panic.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
