@@ -9,22 +9,14 @@ use degre::offline::metrics::spearman;
 use degre::offline::objective::Objective;
 use degre::offline::policy::Policy;
 use degre::offline::search::{self, ListModel};
-use degre::offline::sim::{sample_split, SimConfig, World};
+use degre::offline::sim::sample_split;
 
-fn small_world() -> World {
-    let config = SimConfig {
-        items: 500,
-        candidates: 10,
-        slots: 5,
-        retrieval_pool: 100,
-        ..SimConfig::default()
-    };
-    World::generate(config, 3)
-}
+mod common;
+use common::sim::small_world;
 
 #[test]
 fn evaluator_learns_and_ranks_lists_like_the_true_utility() {
-    let world = small_world();
+    let world = small_world(3);
     let train = sample_split(&world, "train", 4000);
     let test = sample_split(&world, "test", 400);
     let dir = tempfile::tempdir().unwrap();
@@ -75,7 +67,7 @@ fn evaluator_learns_and_ranks_lists_like_the_true_utility() {
 
 #[test]
 fn the_value_objective_learns_what_a_click_is_worth() {
-    let world = small_world();
+    let world = small_world(3);
     let train = sample_split(&world, "train", 3000);
     let test = sample_split(&world, "test", 200);
     let dir = tempfile::tempdir().unwrap();
@@ -92,14 +84,7 @@ fn the_value_objective_learns_what_a_click_is_worth() {
     // The value head's reward of a click tracks the item's true price (a click's value in
     // this world), slot by slot on held-out lists.
     let ids = world.id_map();
-    let lists: Vec<ListRef<'_>> = test
-        .iter()
-        .map(|r| ListRef {
-            request: r,
-            list: &r.exposed,
-            labels: None,
-        })
-        .collect();
+    let lists: Vec<ListRef<'_>> = test.iter().map(ListRef::logged).collect();
     let (mut predicted, mut price) = (Vec::new(), Vec::new());
     for (row, slots) in test.iter().zip(trained.slot_predictions(&lists).unwrap()) {
         for (&a, (_, reward)) in row.exposed.iter().zip(slots) {
@@ -122,7 +107,7 @@ fn the_value_objective_learns_what_a_click_is_worth() {
 
 #[test]
 fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
-    let world = small_world();
+    let world = small_world(3);
     let mut rows: Vec<LoggedRequest> = sample_split(&world, "train", 40);
     // Variable N: drop candidates from some requests (keeping the shown ones valid).
     for (i, row) in rows.iter_mut().enumerate().filter(|(i, _)| i % 3 == 0) {
@@ -143,14 +128,7 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
         ..TrainConfig::default()
     };
     let evaluator = evaluator::train(&rows, &config, dir.path(), false).unwrap();
-    let lists: Vec<ListRef<'_>> = rows
-        .iter()
-        .map(|r| ListRef {
-            request: r,
-            list: &r.exposed,
-            labels: None,
-        })
-        .collect();
+    let lists: Vec<ListRef<'_>> = rows.iter().map(ListRef::logged).collect();
     // The simulator's logs carry values, so the default objective is value: the slot's
     // expected reward is P(click) times the value head's reward, in both forward passes.
     assert!(evaluator.spec.objective.uses_value());

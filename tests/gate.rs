@@ -11,18 +11,10 @@ use degre::offline::logs::LoggedRequest;
 use degre::offline::objective::Objective;
 use degre::offline::policy::{Policy, RequestContext};
 use degre::offline::search;
-use degre::offline::sim::{oracle, sample_split, SimConfig, World};
+use degre::offline::sim::{oracle, sample_split};
 
-fn world() -> World {
-    let config = SimConfig {
-        items: 500,
-        candidates: 10,
-        slots: 5,
-        retrieval_pool: 100,
-        ..SimConfig::default()
-    };
-    World::generate(config, 21)
-}
+mod common;
+use common::sim::small_world;
 
 /// The gate with `degre` replaced by fixed lists, one per test request.
 fn gate_with(
@@ -54,7 +46,7 @@ fn upstream(request: &LoggedRequest) -> Vec<usize> {
 
 #[test]
 fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
-    let world = world();
+    let world = small_world(21);
     let judged_on = sample_split(&world, "judge", 3000);
     let test = sample_split(&world, "test", 300);
     let dir = tempfile::tempdir().unwrap();

@@ -217,10 +217,13 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
         None => Source::Simulator,
     };
     let output = pipeline::run(&config, &source, &args.out, !args.quiet)?;
-    let report = Report::new(output.runs.clone(), config.mining.beam_width);
-    report.write(&args.out)?;
-    let gate = output.gate();
-    let mut provenance = serde_json::json!({
+    let gate = output.gate().clone();
+    // A run on user logs records its data and not the simulator it never used.
+    let mut settings = serde_json::to_value(&config)?;
+    if let (Some(_), Some(map)) = (&args.logs, settings.as_object_mut()) {
+        map.remove("simulator");
+    }
+    let provenance = serde_json::json!({
         "trainer": "degre pipeline",
         "objective": gate.objective,
         "seed": config.seeds[0],
@@ -230,33 +233,21 @@ pub fn pipeline(args: PipelineArgs) -> anyhow::Result<()> {
             "requests": gate.requests,
             "passed": gate.passed,
         },
+        "data": args.logs.as_ref().map_or_else(|| "simulator".to_string(), |p| p.display().to_string()),
+        "config": settings,
     });
-    match &args.logs {
-        // A user's run: the data it learnt from, and the settings that mattered.
-        Some(path) => {
-            provenance["data"] = path.display().to_string().into();
-            let mut settings = serde_json::to_value(&config)?;
-            if let Some(map) = settings.as_object_mut() {
-                map.remove("simulator");
-            }
-            provenance["config"] = settings;
-        }
-        None => {
-            provenance["data"] = "simulator".into();
-            provenance["config"] = serde_json::to_value(&config)?;
-        }
-    }
     let files = output.export_files(&config, provenance);
+    let report = Report::new(output.runs, config.mining.beam_width);
+    report.write(&args.out)?;
     let model_dir = args.out.join("model");
     write_version_dir(&model_dir, &files).with_context(|| model_dir.display().to_string())?;
     print!("{}", report.markdown());
     println!("{}", gate.verdict());
     if let Some(root) = &args.publish {
-        if !gate.passed && !args.force_publish {
+        if let (Some(why), false) = (&gate.refusal, args.force_publish) {
             anyhow::bail!(
-                "not published: the gate does not find DeGRe ahead of the ranking stage's order \
-                 (see {}/report.md, \"Publish gate\"); the model is in {}; pass \
-                 --force-publish to publish it anyway",
+                "not published: {why} (see {}/report.md, \"Publish gate\"); the model is in \
+                 {}; pass --force-publish to publish it anyway",
                 args.out.display(),
                 model_dir.display()
             );

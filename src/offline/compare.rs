@@ -260,15 +260,7 @@ fn evaluator_report(
     ensemble: &Ensemble,
 ) -> anyhow::Result<EvaluatorReport> {
     let evaluator = ensemble.first();
-    let lists: Vec<ListRef<'_>> = inputs
-        .logs
-        .iter()
-        .map(|r| ListRef {
-            request: r,
-            list: &r.exposed,
-            labels: None,
-        })
-        .collect();
+    let lists: Vec<ListRef<'_>> = inputs.logs.iter().map(ListRef::logged).collect();
     let predicted: Vec<f64> = evaluator
         .slot_probabilities(&lists)?
         .into_iter()

@@ -19,9 +19,11 @@ use crate::offline::objective::Objective;
 use crate::offline::policy::{Policy, RequestContext};
 use crate::offline::search;
 
-/// The method every other is compared with, and the incumbent the gate requires it to beat.
+/// The method every other is compared with, the incumbent the gate requires it to beat,
+/// and the logged policy whose actual reward checks the judges.
 pub const CANDIDATE: &str = "degre";
 pub const INCUMBENT: &str = "upstream";
+pub const LOGGED: &str = "logged";
 
 /// Two-sided 95% normal quantile.
 const Z95: f64 = 1.959_964;
@@ -59,7 +61,8 @@ pub struct JudgedMethod {
     pub degre_minus: Option<(f64, f64)>,
 }
 
-/// Scores `policies` (which must include `degre` and `upstream`) on `test` with `judges`.
+/// Scores `policies` (which must include `degre`, `upstream` and `logged`) on `test` with
+/// `judges`.
 /// `slots`: list length, or each request's logged length when `None`.
 pub fn judge(
     judges: &[Evaluator],
@@ -75,7 +78,11 @@ pub fn judge(
             .position(|n| n == name)
             .ok_or_else(|| anyhow::anyhow!("the gate needs the {name:?} method"))
     };
-    let (candidate, incumbent) = (position(CANDIDATE)?, position(INCUMBENT)?);
+    let (candidate, incumbent, logged) = (
+        position(CANDIDATE)?,
+        position(INCUMBENT)?,
+        position(LOGGED)?,
+    );
     anyhow::ensure!(
         test.len() >= 2,
         "the gate needs at least 2 held-out requests"
@@ -85,7 +92,7 @@ pub fn judge(
         judges.iter().all(|j| j.spec.objective == objective),
         "the judges were trained for different objectives"
     );
-    // values[i][j][p]: request i, judge j, method p; the logged list is the last method.
+    // values[i][j][p]: request i, judge j, method p.
     let values: Vec<Vec<Vec<f64>>> = test
         .par_iter()
         .enumerate()
@@ -97,11 +104,10 @@ pub fn judge(
                 scorer: None,
                 seed: i as u64,
             };
-            let mut lists = policies
+            let lists = policies
                 .iter()
                 .map(|p| p.rank(&cx).map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            lists.push(request.exposed.clone());
             judges
                 .iter()
                 .map(|judge| {
@@ -111,7 +117,6 @@ pub fn judge(
                 .collect()
         })
         .collect::<anyhow::Result<_>>()?;
-    let logged = policies.len();
     let mean_over_judges =
         |v: &[Vec<f64>], p: usize| v.iter().map(|judge| judge[p]).sum::<f64>() / v.len() as f64;
     let paired = |p: usize| -> (f64, f64) {

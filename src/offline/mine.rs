@@ -171,8 +171,8 @@ fn done_ids(path: &Path) -> anyhow::Result<HashSet<String>> {
 }
 
 /// Mines every request of `logs` this shard owns into `out` (JSON Lines).
-pub fn mine(
-    logs: &[LoggedRequest],
+pub fn mine<'a>(
+    logs: impl IntoIterator<Item = &'a LoggedRequest>,
     evaluators: &Ensemble,
     config: &MineConfig,
     out: &Path,
@@ -184,7 +184,7 @@ pub fn mine(
         HashSet::new()
     };
     let todo: Vec<&LoggedRequest> = logs
-        .iter()
+        .into_iter()
         .filter(|r| config.shard.owns(&r.request_id) && !done.contains(&r.request_id))
         .collect();
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {

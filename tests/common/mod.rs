@@ -1,6 +1,9 @@
 //! Test helpers: publish generated models, start a real server on loopback, build requests.
 #![allow(dead_code)]
 
+#[cfg(feature = "offline")]
+pub mod sim;
+
 use std::path::Path;
 use std::time::Duration;
 

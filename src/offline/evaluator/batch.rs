@@ -172,6 +172,17 @@ pub struct ListRef<'a> {
     pub labels: Option<Labels<'a>>,
 }
 
+impl<'a> ListRef<'a> {
+    /// The list the request logged, without labels (for scoring).
+    pub fn logged(request: &'a LoggedRequest) -> ListRef<'a> {
+        ListRef {
+            request,
+            list: &request.exposed,
+            labels: None,
+        }
+    }
+}
+
 /// Per slot of a logged list: click (0/1) and, if logged, the value in units of the mean
 /// value per click.
 #[derive(Clone, Copy)]

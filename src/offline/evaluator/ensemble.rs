@@ -80,15 +80,18 @@ impl ListModel for EnsembleScorer {
         Prefix::default()
     }
 
-    /// The members' mean gain minus `pessimism` times their (population) spread.
+    /// The members' mean gain minus `pessimism` times their (population) spread. Called
+    /// for every candidate of every prefix while mining: one pass, no allocation.
     fn gain(&self, state: &Prefix, a: usize) -> f64 {
-        if self.members.len() == 1 {
-            return self.members[0].gain(state, a);
+        let (mut sum, mut sum_sq) = (0.0, 0.0);
+        for member in &self.members {
+            let g = member.gain(state, a);
+            sum += g;
+            sum_sq += g * g;
         }
-        let gains = self.member_gains(state, a);
-        let n = gains.len() as f64;
-        let mean = gains.iter().sum::<f64>() / n;
-        let variance = gains.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n;
+        let n = self.members.len() as f64;
+        let mean = sum / n;
+        let variance = (sum_sq / n - mean * mean).max(0.0);
         mean - self.pessimism * variance.sqrt()
     }
 

@@ -156,9 +156,8 @@ pub fn mine(
     path: &Path,
     progress: bool,
 ) -> anyhow::Result<(Vec<Mined>, f64)> {
-    let logs: Vec<LoggedRequest> = requests.iter().map(|r| (*r).clone()).collect();
     let summary = mine::mine(
-        &logs,
+        requests.iter().copied(),
         evaluator,
         &MineConfig {
             width,
