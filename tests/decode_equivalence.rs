@@ -8,7 +8,7 @@ use degre::network::{Dims, Weights};
 use degre::repository::Repository;
 use degre::rerank::decode::{greedy, StepModel};
 use degre::rerank::{InputBuilder, RerankInput};
-use degre::runtime::LoadedModel;
+use degre::runtime::{Engine, LoadedModel};
 use proptest::prelude::*;
 
 fn schema(ctx_dense: usize, ctx_cats: usize, cand_dense: usize, cand_cats: usize) -> FeatureSchema {
@@ -131,6 +131,7 @@ proptest! {
         let input = input(&schema, n, k, seed);
         let (_dir, served) = load(&schema, &weights);
 
+        prop_assert_eq!(served.engine(), Engine::Native);
         let fast = served.rerank(&input).unwrap();
         let reference = greedy(&mut ReferenceSteps::new(&weights, &schema, &input), n, input.slots).unwrap();
         let naive = naive_decode(&weights, &schema, &input);
@@ -159,18 +160,20 @@ fn exported_graphs_match_the_reference_forward_within_1e5() {
         11,
     );
     let (_dir, served) = load(&schema, &weights);
-    for (n, specialised) in [(1, false), (7, false), (64, false), (7, true), (64, true)] {
+    assert_eq!(served.engine(), Engine::Native);
+    let engines = [Engine::TractGeneric, Engine::Tract, Engine::Native];
+    for (n, engine) in [1, 7, 64].into_iter().flat_map(|n| engines.map(|e| (n, e))) {
         let input = input(&schema, n, n as u32, n as u64);
         let prefix: Vec<usize> = (0..n).rev().collect();
-        let tract = served.logits_along(&input, &prefix, specialised).unwrap();
+        let served_logits = served.logits_along(&input, &prefix, engine).unwrap();
         let mut reference = ReferenceSteps::new(&weights, &schema, &input);
         let mut prev = None;
-        for (step, expected) in tract.iter().enumerate() {
+        for (step, expected) in served_logits.iter().enumerate() {
             let want = reference.next_logits(prev).unwrap();
             for (a, b) in expected.iter().zip(want) {
                 assert!(
                     (a - b).abs() <= 1e-5 * b.abs().max(1.0),
-                    "n {n} step {step}: tract {a} vs reference {b}"
+                    "n {n} step {step}: {engine:?} {a} vs reference {b}"
                 );
             }
             prev = Some(prefix[step]);

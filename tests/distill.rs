@@ -113,7 +113,7 @@ fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
                 .logits_along(
                     &row.rerank_input(&served.schema, n).unwrap(),
                     &prefix,
-                    false,
+                    degre::runtime::Engine::TractGeneric,
                 )
                 .unwrap();
             // The training forward: candle ops, standardised inputs, unfolded weights.

@@ -12,6 +12,7 @@ use degre::network::{Dims, Weights};
 use degre::repository::publish::publish_files;
 use degre::repository::Repository;
 use degre::rerank::InputBuilder;
+use degre::runtime::Engine;
 
 #[test]
 fn onnxruntime_decodes_like_tract() {
@@ -52,7 +53,8 @@ fn onnxruntime_decodes_like_tract() {
     }
     let input = b.finish(0).unwrap();
     let prefix = [4, 0, 8, 2, 6];
-    let tract = generator.logits_along(&input, &prefix, false).unwrap();
+    let along = |engine| generator.logits_along(&input, &prefix, engine).unwrap();
+    let (tract, native) = (along(Engine::TractGeneric), along(Engine::Native));
 
     let job = serde_json::json!({
         "dir": dir.path().join("m/1"),
@@ -87,14 +89,16 @@ fn onnxruntime_decodes_like_tract() {
     }
     assert!(out.status.success(), "{stderr}");
     let ort: Vec<Vec<f32>> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(ort.len(), tract.len());
-    for (step, (a, b)) in ort.iter().zip(&tract).enumerate() {
-        assert_eq!(a.len(), n);
-        for (x, y) in a.iter().zip(b) {
-            assert!(
-                (x - y).abs() <= 1e-5 * y.abs().max(1.0),
-                "step {step}: onnxruntime {x} vs tract {y}"
-            );
+    for (engine, ours) in [("tract", &tract), ("native", &native)] {
+        assert_eq!(ort.len(), ours.len());
+        for (step, (a, b)) in ort.iter().zip(ours).enumerate() {
+            assert_eq!(a.len(), n);
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                    "step {step}: onnxruntime {x} vs {engine} {y}"
+                );
+            }
         }
     }
 }

@@ -21,18 +21,21 @@ pub enum LoadError {
     Graph(String),
     #[error("schema: {0}")]
     Schema(String),
+    #[error("weights: {0}")]
+    Weights(String),
     #[error("warm-up: {0}")]
     Warmup(String),
 }
 
 impl LoadError {
     /// Every `reason()`, so each failure counter can start at 0.
-    pub const REASONS: [&'static str; 6] = [
+    pub const REASONS: [&'static str; 7] = [
         "manifest",
         "incomplete",
         "checksum",
         "graph",
         "schema",
+        "weights",
         "warmup",
     ];
 
@@ -43,6 +46,7 @@ impl LoadError {
             LoadError::Checksum(_) => "checksum",
             LoadError::Graph(_) => "graph",
             LoadError::Schema(_) => "schema",
+            LoadError::Weights(_) => "weights",
             LoadError::Warmup(_) => "warmup",
         }
     }
@@ -60,6 +64,7 @@ mod tests {
             LoadError::Checksum(String::new()),
             LoadError::Graph(String::new()),
             LoadError::Schema(String::new()),
+            LoadError::Weights(String::new()),
             LoadError::Warmup(String::new()),
         ];
         let reasons: Vec<_> = all.iter().map(LoadError::reason).collect();

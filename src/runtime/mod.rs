@@ -1,30 +1,44 @@
-//! The tract runtime: loads a version's encoder and decoder graphs once (the encoder's
-//! plans per candidate count live in `plans`), and runs the greedy decode of one request.
-//! tract stays behind this module.
+//! Runs a version's graphs. Two engines execute the same ONNX files: `tract` runs any graph
+//! the contract allows; `native` runs the operators degre's exporter emits, without per-run
+//! bookkeeping, and serves a version only once it agreed with tract at load. tract stays
+//! behind this module.
 
 use std::path::Path;
 
-use tract_onnx::prelude::*;
+use tract_onnx::pb::{tensor_proto::DataType, ModelProto};
+use tract_onnx::prelude::Framework;
 
+mod native;
 mod plans;
+mod tract;
+mod warmup;
 
-use plans::{Bound, EncoderPlans, Plan, N};
+use native::NativeModel;
+use tract::TractModel;
 
 use crate::contract::manifest::{GraphSpec, Manifest};
-use crate::contract::roles::{self as role, EncoderInput};
 use crate::contract::LoadError;
-use crate::rerank::decode::{self, pointer_logits, DecodeError, Pick, StepModel};
-use crate::rerank::{vocab_id, RerankInput};
+use crate::rerank::decode::{DecodeError, Pick};
+use crate::rerank::RerankInput;
+
+/// Which engine computes a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Compiled programs over reused buffers (the default when a version qualifies).
+    Native,
+    /// tract, with the encoder specialised to the request's N.
+    Tract,
+    /// tract, with the encoder generic in N (what serves an N before its plan is compiled).
+    TractGeneric,
+}
 
 /// A loaded, validated model version, ready to serve.
 pub struct LoadedModel {
     pub name: String,
     pub version: u64,
     pub manifest: Manifest,
-    encoder: EncoderPlans,
-    decoder: Plan,
-    /// Encoder inputs in feed order.
-    encoder_inputs: Vec<EncoderInput>,
+    tract: TractModel,
+    native: Option<NativeModel>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,56 +46,37 @@ pub struct LoadedModel {
 pub struct InferenceError(String);
 
 impl LoadedModel {
-    /// Loads a version directory whose manifest has already been verified, and warms it up.
+    /// Loads a version directory whose manifest has already been verified, checks its
+    /// weights, and warms it up; the native engine serves it if it reproduces tract.
     pub fn load(dir: &Path, version: u64, manifest: Manifest) -> Result<LoadedModel, LoadError> {
-        let schema = &manifest.schema;
-        let h = manifest.hidden_size.to_dim();
-        let (f32t, i64t) = (f32::datum_type(), i64::datum_type());
-        let encoder_inputs = role::encoder_inputs(schema);
-        let encoder = {
-            let model = read_graph(dir, &manifest.encoder)?;
-            let n = model.symbols.sym(N).to_dim();
-            let one = 1.to_dim();
-            let inputs: Vec<_> = encoder_inputs
-                .iter()
-                .map(|i| {
-                    let dt = if i.categorical { i64t } else { f32t };
-                    let rows = if i.per_candidate {
-                        n.clone()
-                    } else {
-                        one.clone()
-                    };
-                    (i.role, dt, tvec![rows, i.width.to_dim()])
-                })
-                .collect();
-            let outputs = [
-                (role::KEYS, tvec![n.clone(), h.clone()]),
-                (role::VALUES, tvec![n, h.clone()]),
-                (role::STATE, tvec![one, h.clone()]),
-            ];
-            Bound::new(model, &manifest.encoder, &inputs, &outputs)?
+        let encoder = read_proto(dir, &manifest.encoder)?;
+        let decoder = read_proto(dir, &manifest.decoder)?;
+        let tract = TractModel::load(dir, &manifest, &encoder, &decoder)?;
+        let native = match NativeModel::compile(&encoder, &decoder, &manifest) {
+            Ok(native) => Some(native),
+            Err(why) => {
+                tracing::info!(version, %why, "served by tract: the native engine cannot run it");
+                None
+            }
         };
-        let decoder = {
-            let model = read_graph(dir, &manifest.decoder)?;
-            let row = tvec![1.to_dim(), h];
-            let inputs = [
-                (role::STATE, f32t, row.clone()),
-                (role::PREV_VALUE, f32t, row.clone()),
-            ];
-            let outputs = [(role::QUERY, row.clone()), (role::NEXT_STATE, row)];
-            Bound::new(model, &manifest.decoder, &inputs, &outputs)?
-        };
-        let optimise = |e: TractError| LoadError::Graph(format!("cannot optimise: {e:#}"));
-        let model = LoadedModel {
+        let mut model = LoadedModel {
             name: manifest.model_name.clone(),
             version,
-            decoder: decoder.plan(None).map_err(optimise)?,
-            encoder: EncoderPlans::new(encoder).map_err(optimise)?,
             manifest,
-            encoder_inputs,
+            tract,
+            native,
         };
-        model.warm_up()?;
+        warmup::check(&mut model)?;
         Ok(model)
+    }
+
+    /// The engine serving this version.
+    pub fn engine(&self) -> Engine {
+        if self.native.is_some() {
+            Engine::Native
+        } else {
+            Engine::Tract
+        }
     }
 
     /// Effective candidate limit: the model's, capped by the server's.
@@ -91,28 +86,51 @@ impl LoadedModel {
 
     /// Encodes the candidates once, then decodes `input.slots` slots greedily.
     pub fn rerank(&self, input: &RerankInput) -> Result<Vec<Pick>, DecodeError<InferenceError>> {
-        let encoder = self.encoder.get(input.candidates());
-        let mut steps = self.encode(&encoder, input).map_err(DecodeError::Model)?;
-        decode::greedy(&mut steps, input.candidates(), input.slots)
+        self.rerank_with(self.engine(), input)
     }
 
-    /// Compiles the encoder specialised to `n` candidates now rather than on first use.
+    /// [`Self::rerank`] on a chosen engine (benches, parity tests).
+    pub fn rerank_with(
+        &self,
+        engine: Engine,
+        input: &RerankInput,
+    ) -> Result<Vec<Pick>, DecodeError<InferenceError>> {
+        match engine {
+            Engine::Native => {
+                let native = self.native().map_err(DecodeError::Model)?;
+                native.rerank(input).map_err(|e| match e {
+                    DecodeError::Model(e) => DecodeError::Model(infer(e)),
+                    DecodeError::LogitCount { expected, got } => {
+                        DecodeError::LogitCount { expected, got }
+                    }
+                    DecodeError::NonFinite { slot, index } => {
+                        DecodeError::NonFinite { slot, index }
+                    }
+                })
+            }
+            Engine::Tract | Engine::TractGeneric => self.tract.rerank(input),
+        }
+    }
+
+    /// Compiles tract's encoder specialised to `n` candidates now rather than on first use
+    /// (a version served natively needs no per-N plan).
     pub fn prepare(&self, n: usize) {
-        self.encoder.specialise_now(n);
+        if self.native.is_none() {
+            self.tract.prepare(n);
+        }
     }
 
-    /// The candidate counts this version has specialised plans for (traffic's hot sizes).
+    /// The candidate counts this version has specialised tract plans for.
     pub fn prepared_sizes(&self) -> Vec<usize> {
-        self.encoder.specialised_sizes()
+        self.tract.prepared_sizes()
     }
 
-    /// Logits at every step when decoding is forced along `prefix` (teacher forcing), with
-    /// the encoder generic in N or, if `specialised`, compiled for this N.
+    /// Logits at every step when decoding is forced along `prefix` (teacher forcing).
     pub fn logits_along(
         &self,
         input: &RerankInput,
         prefix: &[usize],
-        specialised: bool,
+        engine: Engine,
     ) -> Result<Vec<Vec<f32>>, InferenceError> {
         let n = input.candidates();
         if let Some(bad) = prefix.iter().find(|&&i| i >= n) {
@@ -120,138 +138,44 @@ impl LoadedModel {
                 "prefix index {bad} is not below {n} candidates"
             )));
         }
-        let encoder = if specialised {
-            self.encoder.specialise_now(n)
-        } else {
-            self.encoder.generic()
-        };
-        let mut steps = self.encode(&encoder, input)?;
-        let mut prev = None;
-        let mut out = Vec::with_capacity(prefix.len());
-        for &next in prefix {
-            out.push(steps.next_logits(prev)?.to_vec());
-            prev = Some(next);
+        match engine {
+            Engine::Native => self.native()?.logits_along(input, prefix).map_err(infer),
+            Engine::Tract => self.tract.logits_along(input, prefix, true),
+            Engine::TractGeneric => self.tract.logits_along(input, prefix, false),
         }
-        Ok(out)
     }
 
-    fn encode(&self, encoder: &Plan, input: &RerankInput) -> Result<TractSteps, InferenceError> {
-        let n = input.candidates();
-        let feed = self
-            .encoder_inputs
-            .iter()
-            .map(|i| {
-                let shape = [if i.per_candidate { n } else { 1 }, i.width];
-                match (i.per_candidate, i.categorical) {
-                    (false, false) => tensor(&shape, &input.context_dense),
-                    (false, true) => tensor(&shape, &input.context_ids),
-                    (true, false) => tensor(&shape, &input.candidate_dense),
-                    (true, true) => tensor(&shape, &input.candidate_ids),
-                }
-            })
-            .collect::<Result<TVec<_>, _>>()?;
-        let [keys, values, state] = outputs(encoder.run(feed).map_err(infer)?)?;
-        Ok(TractSteps {
-            decoder: self.decoder.spawn().map_err(infer)?,
-            hidden: self.manifest.hidden_size,
-            state,
-            values,
-            keys,
-            logits: Vec::with_capacity(n),
+    fn native(&self) -> Result<&NativeModel, InferenceError> {
+        self.native.as_ref().ok_or_else(|| {
+            InferenceError("this version has no native program: it is served by tract".into())
         })
     }
-
-    /// Decodes a synthetic request so a broken graph fails here, not on a user's request.
-    fn warm_up(&self) -> Result<(), LoadError> {
-        let schema = &self.manifest.schema;
-        let n = self.manifest.limits.max_candidates.min(16);
-        let wave = |len: usize| {
-            (0..len)
-                .map(|i| ((i * 7919 % 17) as f32 / 8.0) - 1.0)
-                .collect()
-        };
-        let input = RerankInput {
-            context_dense: wave(schema.context_dense.len()),
-            context_ids: vec![0; schema.context_categorical.len()],
-            candidate_dense: wave(n * schema.candidate_dense.len()),
-            candidate_ids: (0..n as i64)
-                .flat_map(|row| {
-                    schema
-                        .candidate_categorical
-                        .iter()
-                        .map(move |c| vocab_id(row, c.vocab_size))
-                })
-                .collect(),
-            item_ids: (0..n).map(|i| i.to_string()).collect(),
-            slots: n,
-        };
-        let picks = self
-            .rerank(&input)
-            .map_err(|e| LoadError::Warmup(e.to_string()))?;
-        if let Some(p) = picks.iter().find(|p| !p.score.is_finite()) {
-            return Err(LoadError::Warmup(format!(
-                "non-finite score for candidate {}",
-                p.index
-            )));
-        }
-        Ok(())
-    }
-}
-
-struct TractSteps {
-    decoder: TypedSimpleState,
-    hidden: usize,
-    state: TValue,
-    values: TValue,
-    keys: TValue,
-    logits: Vec<f32>,
-}
-
-impl StepModel for TractSteps {
-    type Error = InferenceError;
-
-    fn next_logits(&mut self, prev: Option<usize>) -> Result<&[f32], InferenceError> {
-        let h = self.hidden;
-        let prev_value = match prev {
-            Some(i) => tensor(&[1, h], &f32s(&self.values)?[i * h..(i + 1) * h])?,
-            None => Tensor::zero::<f32>(&[1, h]).map_err(infer)?.into_tvalue(),
-        };
-        let feed = tvec![self.state.clone(), prev_value];
-        let [query, next_state] = outputs(self.decoder.run(feed).map_err(infer)?)?;
-        self.state = next_state;
-        pointer_logits(f32s(&self.keys)?, f32s(&query)?, &mut self.logits);
-        Ok(&self.logits)
-    }
-}
-
-/// A plan's outputs, in the order its roles were bound.
-fn outputs<const K: usize>(values: TVec<TValue>) -> Result<[TValue; K], InferenceError> {
-    let got = values.len();
-    values
-        .into_vec()
-        .try_into()
-        .map_err(|_| InferenceError(format!("expected {K} outputs, got {got}")))
-}
-
-fn f32s(t: &TValue) -> Result<&[f32], InferenceError> {
-    t.try_as_plain_ram()
-        .and_then(|v| v.as_slice::<f32>())
-        .map_err(infer)
-}
-
-fn tensor<T: Datum + Copy>(shape: &[usize], data: &[T]) -> Result<TValue, InferenceError> {
-    Ok(Tensor::from_shape(shape, data)
-        .map_err(infer)?
-        .into_tvalue())
 }
 
 fn infer(e: impl std::fmt::Display) -> InferenceError {
     InferenceError(format!("{e:#}"))
 }
 
-fn read_graph(dir: &Path, spec: &GraphSpec) -> Result<InferenceModel, LoadError> {
+/// Reads a graph and refuses weights that hold NaN or infinity: such a version would
+/// answer some requests with wrong lists or errors however it is warmed up.
+fn read_proto(dir: &Path, spec: &GraphSpec) -> Result<ModelProto, LoadError> {
     let path = dir.join(&spec.file);
-    tract_onnx::onnx()
-        .model_for_path(&path)
-        .map_err(|e| LoadError::Graph(format!("{}: {e:#}", path.display())))
+    let proto = tract_onnx::onnx()
+        .proto_model_for_path(&path)
+        .map_err(|e| LoadError::Graph(format!("{}: {e:#}", path.display())))?;
+    let initializers = proto.graph.iter().flat_map(|g| &g.initializer);
+    for init in initializers.filter(|i| i.data_type == DataType::Float as i32) {
+        let raw = init
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let mut values = raw.chain(init.float_data.iter().copied());
+        if let Some(at) = values.position(|v| !v.is_finite()) {
+            return Err(LoadError::Weights(format!(
+                "{}: initializer {:?} holds a non-finite value at element {at}",
+                spec.file, init.name
+            )));
+        }
+    }
+    Ok(proto)
 }
