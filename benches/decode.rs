@@ -1,51 +1,89 @@
-//! One request's compute on the bundled model: encode N candidates once, then K greedy
-//! decoder steps. Run: `cargo bench --bench decode`.
+//! One request's compute on the bundled model, on each engine: encode N candidates once,
+//! then K greedy decoder steps; and request validation. Run: `cargo bench --bench decode`.
+//! A decoder step is `(time(K=N) − time(K=1)) / (N − 1)` at the same N.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use degre::api::{self, v1};
+use degre::contract::FeatureSchema;
 use degre::repository::Repository;
-use degre::rerank::{InputBuilder, RerankInput};
+use degre::runtime::{Engine, LoadedModel};
 
-fn input(generator: &degre::runtime::LoadedModel, n: usize, k: u32) -> RerankInput {
-    let schema = &generator.manifest.schema;
+/// A deterministic request of `n` candidates that fits `schema`.
+fn request(schema: &FeatureSchema, n: usize, k: u32) -> v1::RerankRequest {
     let value = |i: usize, j: usize| ((i * 31 + j * 17) % 23) as f32 / 11.0 - 1.0;
-    let mut b = InputBuilder::new(schema, n, n).expect("n within limits");
-    let ctx: Vec<f32> = (0..schema.context_dense.len())
-        .map(|j| value(99, j))
-        .collect();
-    b.context(&ctx, &vec![1; schema.context_categorical.len()])
-        .expect("valid context");
-    for i in 0..n {
-        let dense: Vec<f32> = (0..schema.candidate_dense.len())
-            .map(|j| value(i, j))
-            .collect();
-        let ids: Vec<i64> = (0..schema.candidate_categorical.len())
-            .map(|j| (i * 7 + j) as i64)
-            .collect();
-        b.candidate(i, format!("item-{i}"), &dense, &ids)
-            .expect("valid candidate");
+    let features = |i: usize, dense: usize, categorical: usize| v1::Features {
+        dense: (0..dense).map(|j| value(i, j)).collect(),
+        categorical: (0..categorical).map(|j| (i * 7 + j) as i64).collect(),
+    };
+    v1::RerankRequest {
+        request_id: "bench".into(),
+        context: Some(features(
+            99,
+            schema.context_dense.len(),
+            schema.context_categorical.len(),
+        )),
+        candidates: (0..n)
+            .map(|i| v1::Candidate {
+                item_id: format!("item-{i}"),
+                features: Some(features(
+                    i,
+                    schema.candidate_dense.len(),
+                    schema.candidate_categorical.len(),
+                )),
+            })
+            .collect(),
+        top_k: k,
+        model_version: None,
     }
-    b.finish(k).expect("unique item ids")
 }
 
-fn decode(c: &mut Criterion) {
+fn bundled() -> LoadedModel {
     let models = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
     let repo = Repository::open(models.as_ref(), None).expect("bundled model repository");
     let version = repo.versions().expect("versions")[0];
-    let generator = repo.load(version).expect("bundled model loads");
-    let mut group = c.benchmark_group("rerank");
-    for k in [10u32, 20] {
+    repo.load(version).expect("bundled model loads")
+}
+
+fn decode(c: &mut Criterion) {
+    let model = bundled();
+    let schema = model.manifest.schema.clone();
+    for (group, engine) in [("native", Engine::Native), ("tract", Engine::Tract)] {
+        let mut group = c.benchmark_group(group);
+        // Engine::Tract compiles its plan for N on first use (warm-up), then runs it: the
+        // steady state of a server that has seen this N.
         for n in [10usize, 50, 100, 200] {
-            let input = input(&generator, n, k);
-            // Steady state: the server compiles plans for each N it sees in the background.
-            generator.prepare(n);
-            group.throughput(Throughput::Elements(1));
-            group.bench_with_input(BenchmarkId::new(format!("k{k}"), n), &input, |b, input| {
-                b.iter(|| generator.rerank(input).expect("decode"))
-            });
+            let mut ks = vec![1, 10, 20, n];
+            ks.retain(|&k| k <= n);
+            ks.dedup();
+            for k in ks {
+                let input = api::rerank_input(request(&schema, n, k as u32), &schema, n)
+                    .expect("valid request");
+                let id = BenchmarkId::new(format!("n{n}"), format!("k{k}"));
+                group.bench_with_input(id, &input, |b, input| {
+                    b.iter(|| model.rerank_with(engine, input).expect("decode"))
+                });
+            }
         }
+        group.finish();
+    }
+}
+
+fn validate(c: &mut Criterion) {
+    let model = bundled();
+    let schema = &model.manifest.schema;
+    let mut group = c.benchmark_group("validate");
+    for n in [10usize, 100, 200] {
+        let request = request(schema, n, 20);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &request, |b, request| {
+            b.iter_batched(
+                || request.clone(),
+                |request| api::rerank_input(request, schema, n).expect("valid"),
+                BatchSize::SmallInput,
+            )
+        });
     }
     group.finish();
 }
 
-criterion_group!(benches, decode);
+criterion_group!(benches, decode, validate);
 criterion_main!(benches);

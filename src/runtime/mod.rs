@@ -14,7 +14,7 @@ mod tract;
 mod warmup;
 
 use native::NativeModel;
-use tract::TractModel;
+use tract::{Plans, TractModel};
 
 use crate::contract::manifest::{GraphSpec, Manifest};
 use crate::contract::LoadError;
@@ -26,7 +26,8 @@ use crate::rerank::RerankInput;
 pub enum Engine {
     /// Compiled programs over reused buffers (the default when a version qualifies).
     Native,
-    /// tract, with the encoder specialised to the request's N.
+    /// tract, with the encoder specialised to the request's N (compiled on first use here;
+    /// in the background when tract serves a version).
     Tract,
     /// tract, with the encoder generic in N (what serves an N before its plan is compiled).
     TractGeneric,
@@ -86,7 +87,10 @@ impl LoadedModel {
 
     /// Encodes the candidates once, then decodes `input.slots` slots greedily.
     pub fn rerank(&self, input: &RerankInput) -> Result<Vec<Pick>, DecodeError<InferenceError>> {
-        self.rerank_with(self.engine(), input)
+        match &self.native {
+            Some(_) => self.rerank_with(Engine::Native, input),
+            None => self.tract.rerank(input, Plans::AsServed),
+        }
     }
 
     /// [`Self::rerank`] on a chosen engine (benches, parity tests).
@@ -108,7 +112,8 @@ impl LoadedModel {
                     }
                 })
             }
-            Engine::Tract | Engine::TractGeneric => self.tract.rerank(input),
+            Engine::Tract => self.tract.rerank(input, Plans::Specialised),
+            Engine::TractGeneric => self.tract.rerank(input, Plans::Generic),
         }
     }
 
@@ -140,8 +145,8 @@ impl LoadedModel {
         }
         match engine {
             Engine::Native => self.native()?.logits_along(input, prefix).map_err(infer),
-            Engine::Tract => self.tract.logits_along(input, prefix, true),
-            Engine::TractGeneric => self.tract.logits_along(input, prefix, false),
+            Engine::Tract => self.tract.logits_along(input, prefix, Plans::Specialised),
+            Engine::TractGeneric => self.tract.logits_along(input, prefix, Plans::Generic),
         }
     }
 

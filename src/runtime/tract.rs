@@ -15,6 +15,17 @@ use crate::contract::LoadError;
 use crate::rerank::decode::{self, pointer_logits, DecodeError, Pick, StepModel};
 use crate::rerank::RerankInput;
 
+/// Which encoder plan runs a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plans {
+    /// Specialised to N if compiled; else generic, and N queued for compilation.
+    AsServed,
+    /// Specialised to N, compiled now if it is not yet.
+    Specialised,
+    /// Generic in N.
+    Generic,
+}
+
 pub struct TractModel {
     encoder: EncoderPlans,
     decoder: Plan,
@@ -78,8 +89,12 @@ impl TractModel {
     }
 
     /// Encodes the candidates once, then decodes `input.slots` slots greedily.
-    pub fn rerank(&self, input: &RerankInput) -> Result<Vec<Pick>, DecodeError<InferenceError>> {
-        let encoder = self.encoder.get(input.candidates());
+    pub fn rerank(
+        &self,
+        input: &RerankInput,
+        plans: Plans,
+    ) -> Result<Vec<Pick>, DecodeError<InferenceError>> {
+        let encoder = self.encoder_plan(input.candidates(), plans);
         let mut steps = self.encode(&encoder, input).map_err(DecodeError::Model)?;
         decode::greedy(&mut steps, input.candidates(), input.slots)
     }
@@ -94,20 +109,14 @@ impl TractModel {
         self.encoder.specialised_sizes()
     }
 
-    /// Logits at every step when decoding is forced along `prefix` (teacher forcing), with
-    /// the encoder generic in N or, if `specialised`, compiled for this N.
+    /// Logits at every step when decoding is forced along `prefix` (teacher forcing).
     pub fn logits_along(
         &self,
         input: &RerankInput,
         prefix: &[usize],
-        specialised: bool,
+        plans: Plans,
     ) -> Result<Vec<Vec<f32>>, InferenceError> {
-        let n = input.candidates();
-        let encoder = if specialised {
-            self.encoder.specialise_now(n)
-        } else {
-            self.encoder.generic()
-        };
+        let encoder = self.encoder_plan(input.candidates(), plans);
         let mut steps = self.encode(&encoder, input)?;
         let mut prev = None;
         let mut out = Vec::with_capacity(prefix.len());
@@ -116,6 +125,14 @@ impl TractModel {
             prev = Some(next);
         }
         Ok(out)
+    }
+
+    fn encoder_plan(&self, n: usize, plans: Plans) -> Plan {
+        match plans {
+            Plans::AsServed => self.encoder.get(n),
+            Plans::Specialised => self.encoder.specialise_now(n),
+            Plans::Generic => self.encoder.generic(),
+        }
     }
 
     fn encode(&self, encoder: &Plan, input: &RerankInput) -> Result<TractSteps, InferenceError> {

@@ -22,42 +22,85 @@ pub fn matmul(a: &[f32], b: &[f32], out: &mut [f32], k: usize, c: usize) {
         out.fill(0.0);
         return;
     }
-    for (a_row, out_row) in a.chunks_exact(k).zip(out.chunks_exact_mut(c)) {
-        let mut col = 0;
-        while col + 4 * LANES <= c {
-            columns::<4>(a_row, b, out_row, col, c);
-            col += 4 * LANES;
-        }
-        while col + LANES <= c {
-            columns::<1>(a_row, b, out_row, col, c);
-            col += LANES;
-        }
-        for j in col..c {
+    // Rows in pairs: each load of `b` feeds two FMAs, and 2·B independent accumulators hide
+    // the FMA latency (one chain per register would run at a quarter of the FMA throughput).
+    let mut a_pairs = a.chunks_exact(2 * k);
+    let mut out_pairs = out.chunks_exact_mut(2 * c);
+    for (a2, out2) in (&mut a_pairs).zip(&mut out_pairs) {
+        let (a_rows, (out0, out1)) = ([&a2[..k], &a2[k..]], out2.split_at_mut(c));
+        let mut out_rows = [out0, out1];
+        row_block::<2>(a_rows, b, &mut out_rows, c);
+    }
+    let (a_row, out_row) = (a_pairs.remainder(), out_pairs.into_remainder());
+    if a_row.len() == k && out_row.len() == c {
+        row_block::<1>([a_row], b, &mut [out_row], c);
+    }
+}
+
+/// `R` rows of the product, all columns.
+#[inline(always)]
+fn row_block<const R: usize>(a: [&[f32]; R], b: &[f32], out: &mut [&mut [f32]; R], c: usize) {
+    let mut col = 0;
+    while col + 4 * LANES <= c {
+        columns::<R, 4>(a, b, out, col, c);
+        col += 4 * LANES;
+    }
+    while col + LANES <= c {
+        columns::<R, 1>(a, b, out, col, c);
+        col += LANES;
+    }
+    for j in col..c {
+        for (a_row, out_row) in a.iter().zip(out.iter_mut()) {
             out_row[j] = a_row
                 .iter()
-                .enumerate()
-                .fold(0.0, |acc, (i, &x)| fmadd(x, b[i * c + j], acc));
+                .zip(b[j..].iter().step_by(c))
+                .fold(0.0, |acc, (&x, &y)| fmadd(x, y, acc));
         }
     }
 }
 
-/// `B·LANES` output columns of one row, starting at `col`: one broadcast of `a_row[i]`
-/// feeds `B` vector FMAs per step of the inner dimension.
+/// `B·LANES` output columns of `R` rows, starting at `col`: each vector of `b` loaded
+/// feeds `R` FMAs, into `R·B` accumulators held in registers.
 #[inline(always)]
-fn columns<const B: usize>(a_row: &[f32], b: &[f32], out_row: &mut [f32], col: usize, c: usize) {
-    let mut acc = [[0.0f32; LANES]; B];
-    for (i, &x) in a_row.iter().enumerate() {
-        let b_row = &b[i * c + col..i * c + col + B * LANES];
-        for (block, acc) in acc.iter_mut().enumerate() {
-            for (lane, acc) in acc.iter_mut().enumerate() {
-                *acc = fmadd(x, b_row[block * LANES + lane], *acc);
+fn columns<const R: usize, const B: usize>(
+    a: [&[f32]; R],
+    b: &[f32],
+    out: &mut [&mut [f32]; R],
+    col: usize,
+    c: usize,
+) {
+    let mut acc = [[[0.0f32; LANES]; B]; R];
+    for (i, b_row) in b.chunks_exact(c).enumerate() {
+        let b_row = &b_row[col..col + B * LANES];
+        for (acc, a_row) in acc.iter_mut().zip(a) {
+            let x = a_row[i];
+            for (block, acc) in acc.iter_mut().enumerate() {
+                for (lane, acc) in acc.iter_mut().enumerate() {
+                    *acc = fmadd(x, b_row[block * LANES + lane], *acc);
+                }
             }
         }
     }
-    for (block, acc) in acc.iter().enumerate() {
-        let start = col + block * LANES;
-        out_row[start..start + LANES].copy_from_slice(acc);
+    for (acc, out_row) in acc.iter().zip(out.iter_mut()) {
+        for (block, acc) in acc.iter().enumerate() {
+            let start = col + block * LANES;
+            out_row[start..start + LANES].copy_from_slice(acc);
+        }
     }
+}
+
+/// A sum in `LANES` independent partial sums, so it vectorises (a sequential f32 sum
+/// cannot be reordered by the compiler).
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `out[c×r] = xᵀ` for `x[r×c]`.
@@ -76,7 +119,7 @@ pub fn softmax_rows(x: &[f32], out: &mut [f32], c: usize) {
         for (o, &v) in out.iter_mut().zip(row) {
             *o = exp(v - max);
         }
-        let inv = 1.0 / out.iter().sum::<f32>();
+        let inv = 1.0 / sum(out);
         out.iter_mut().for_each(|o| *o *= inv);
     }
 }
@@ -99,7 +142,7 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.3, 88.3);
-    let k = (x * std::f32::consts::LOG2_E).round();
+    let k = (x * std::f32::consts::LOG2_E).round_ties_even();
     let r = fmadd(k, -LN2_LO, fmadd(k, -LN2_HI, x));
     let mut p = 1.987_569_1e-4f32;
     for coefficient in [

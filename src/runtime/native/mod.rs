@@ -158,29 +158,9 @@ impl Feeds<'_> {
                 ..
             } => {
                 let (a, b) = (self.f32s(ws, a), self.f32s(ws, b));
-                let f = match op {
-                    Binary::Add => |x: f32, y: f32| x + y,
-                    Binary::Mul => |x: f32, y: f32| x * y,
-                };
-                match broadcast {
-                    Broadcast::Same => {
-                        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-                            *o = f(x, y);
-                        }
-                    }
-                    Broadcast::Row => {
-                        for (o_row, a_row) in out.chunks_exact_mut(b.len()).zip(a.chunks_exact(b.len())) {
-                            for ((o, &x), &y) in o_row.iter_mut().zip(a_row).zip(b) {
-                                *o = f(x, y);
-                            }
-                        }
-                    }
-                    Broadcast::Scalar => {
-                        let y = b[0];
-                        for (o, &x) in out.iter_mut().zip(a) {
-                            *o = f(x, y);
-                        }
-                    }
+                match op {
+                    Binary::Add => elementwise(a, b, broadcast, out, |x, y| x + y),
+                    Binary::Mul => elementwise(a, b, broadcast, out, |x, y| x * y),
                 }
             }
             Instr::Map { op, x, .. } => {
@@ -224,6 +204,39 @@ impl Feeds<'_> {
             Instr::AddIds { .. } => {}
         }
         Ok(())
+    }
+}
+
+/// `out = f(a, b)` element-wise, `b` broadcast over `a`; monomorphised per `f` so each loop
+/// vectorises.
+#[inline(always)]
+fn elementwise(
+    a: &[f32],
+    b: &[f32],
+    broadcast: Broadcast,
+    out: &mut [f32],
+    f: impl Fn(f32, f32) -> f32,
+) {
+    match broadcast {
+        Broadcast::Same => {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        }
+        Broadcast::Row => {
+            let rows = out.chunks_exact_mut(b.len()).zip(a.chunks_exact(b.len()));
+            for (o_row, a_row) in rows {
+                for ((o, &x), &y) in o_row.iter_mut().zip(a_row).zip(b) {
+                    *o = f(x, y);
+                }
+            }
+        }
+        Broadcast::Scalar => {
+            let y = b[0];
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = f(x, y);
+            }
+        }
     }
 }
 
