@@ -44,7 +44,7 @@ pub struct ServeArgs {
     /// Requests admitted at once; beyond it the server answers RESOURCE_EXHAUSTED [default: 256]
     #[arg(long, env = "DEGRE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
-    /// Threads that run model compute at once [default: number of CPUs]
+    /// Requests that run model compute at once [default: number of CPUs]
     #[arg(long, env = "DEGRE_COMPUTE_THREADS")]
     pub compute_threads: Option<usize>,
     /// Deadline of a request whose client sets none, and the cap of any client deadline [default: 1000]

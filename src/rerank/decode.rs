@@ -27,30 +27,12 @@ pub enum DecodeError<E> {
     NonFinite { slot: usize, index: usize },
 }
 
+use super::math;
+
 /// Pointer scores of all candidates: `out[i] = keys[i] · query`, `keys` row-major `[N, H]`.
 pub fn pointer_logits(keys: &[f32], query: &[f32], out: &mut Vec<f32>) {
     out.clear();
-    out.extend(keys.chunks_exact(query.len()).map(|key| dot(key, query)));
-}
-
-/// A dot product in 8 independent lanes, so the compiler can vectorise it (a plain
-/// sequential sum cannot be reordered and runs at one add per FP latency).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..LANES {
-            acc[lane] += x[lane] * y[lane];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    out.extend(keys.chunks_exact(query.len()).map(|key| math::dot(key, query)));
 }
 
 /// Fills `min(k, n)` slots greedily. Ties go to the lower candidate index, so the same
@@ -61,7 +43,8 @@ pub fn greedy<M: StepModel>(
     k: usize,
 ) -> Result<Vec<Pick>, DecodeError<M::Error>> {
     let slots = k.min(n);
-    let mut chosen = vec![false; n];
+    // 1.0 for a candidate still free, 0.0 once chosen: a mask the exp-sum multiplies by.
+    let mut free = vec![1.0f32; n];
     let mut picks = Vec::with_capacity(slots);
     let mut prev = None;
     for slot in 0..slots {
@@ -74,8 +57,8 @@ pub fn greedy<M: StepModel>(
         }
         let mut best = usize::MAX;
         let mut max = f32::NEG_INFINITY;
-        for (index, (&logit, &taken)) in logits.iter().zip(&chosen).enumerate() {
-            if taken {
+        for (index, (&logit, &free)) in logits.iter().zip(&free).enumerate() {
+            if free == 0.0 {
                 continue;
             }
             if !logit.is_finite() {
@@ -86,19 +69,11 @@ pub fn greedy<M: StepModel>(
                 max = logit;
             }
         }
-        // Terms below e^-80 cannot move an f32 sum that holds e^0 = 1; skipping them also
-        // avoids subnormal results, which are two orders of magnitude slower to compute.
-        let sum: f32 = logits
-            .iter()
-            .zip(&chosen)
-            .filter(|&(&logit, &taken)| !taken && logit - max > -80.0)
-            .map(|(&logit, _)| (logit - max).exp())
-            .sum();
         picks.push(Pick {
             index: best,
-            score: -sum.ln(),
+            score: -math::free_exp_sum(logits, &free, max).ln(),
         });
-        chosen[best] = true;
+        free[best] = 0.0;
         prev = Some(best);
     }
     Ok(picks)

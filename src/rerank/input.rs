@@ -82,13 +82,13 @@ impl<'a> InputBuilder<'a> {
         let schema = self.schema;
         push_dense(
             &mut self.input.context_dense,
-            "context.dense",
+            || "context.dense".into(),
             dense,
             schema.context_dense.len(),
         )?;
         push_ids(
             &mut self.input.context_ids,
-            "context.categorical",
+            || "context.categorical".into(),
             categorical,
             &schema.context_categorical,
         )
@@ -102,19 +102,20 @@ impl<'a> InputBuilder<'a> {
         categorical: &[i64],
     ) -> Result<(), InvalidField> {
         let schema = self.schema;
-        let at = |field: &str| format!("candidates[{index}].{field}");
+        // Field names are formatted only for an error: this runs for every candidate.
+        let at = |field: &'static str| move || format!("candidates[{index}].{field}");
         if item_id.is_empty() {
-            return Err(InvalidField::new(at("item_id"), "must not be empty"));
+            return Err(InvalidField::new(at("item_id")(), "must not be empty"));
         }
         push_dense(
             &mut self.input.candidate_dense,
-            &at("features.dense"),
+            at("features.dense"),
             dense,
             schema.candidate_dense.len(),
         )?;
         push_ids(
             &mut self.input.candidate_ids,
-            &at("features.categorical"),
+            at("features.categorical"),
             categorical,
             &schema.candidate_categorical,
         )?;
@@ -134,7 +135,7 @@ impl<'a> InputBuilder<'a> {
         {
             return Err(InvalidField::new(
                 format!("candidates[{index}].item_id"),
-                format!("duplicate item id {id:?}"),
+                format!("duplicate item id {:?}", clip(id)),
             ));
         }
         let n = ids.len();
@@ -154,21 +155,31 @@ pub fn vocab_id(id: i64, vocab_size: u64) -> i64 {
     id.min(i64::try_from(vocab_size).unwrap_or(i64::MAX))
 }
 
+/// At most 64 characters of a client's string, so an error message (sent back in a
+/// `grpc-message` header and logged) stays small whatever the client sent.
+fn clip(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_string(),
+    }
+}
+
 fn push_dense(
     out: &mut Vec<f32>,
-    field: &str,
+    field: impl Fn() -> String,
     values: &[f32],
     expected: usize,
 ) -> Result<(), InvalidField> {
     if values.len() != expected {
         return Err(InvalidField::new(
-            field,
+            field(),
             format!("expected {expected} values, got {}", values.len()),
         ));
     }
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(InvalidField::new(
-            format!("{field}[{i}]"),
+            format!("{}[{i}]", field()),
             format!("{} is not a finite number", values[i]),
         ));
     }
@@ -178,24 +189,52 @@ fn push_dense(
 
 fn push_ids(
     out: &mut Vec<i64>,
-    field: &str,
+    field: impl Fn() -> String,
     ids: &[i64],
     features: &[Categorical],
 ) -> Result<(), InvalidField> {
     if ids.len() != features.len() {
         return Err(InvalidField::new(
-            field,
+            field(),
             format!("expected {} ids, got {}", features.len(), ids.len()),
         ));
     }
     for (i, (&id, feature)) in ids.iter().zip(features).enumerate() {
         if id < 0 {
             return Err(InvalidField::new(
-                format!("{field}[{i}]"),
+                format!("{}[{i}]", field()),
                 format!("id {id} is negative"),
             ));
         }
         out.push(vocab_id(id, feature.vocab_size));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_id_is_named_in_at_most_64_characters() {
+        let schema = FeatureSchema {
+            context_dense: vec![],
+            context_categorical: vec![],
+            candidate_dense: vec![],
+            candidate_categorical: vec![Categorical {
+                name: "brand".into(),
+                vocab_size: 4,
+            }],
+        };
+        let huge = "é".repeat(100_000);
+        let mut b = InputBuilder::new(&schema, 2, 2).unwrap();
+        b.context(&[], &[]).unwrap();
+        for i in 0..2 {
+            b.candidate(i, huge.clone(), &[], &[9]).unwrap();
+        }
+        let err = b.finish(0).unwrap_err();
+        assert_eq!(err.field, "candidates[1].item_id");
+        assert!(err.problem.len() < 200, "{}", err.problem.len());
+        assert!(err.problem.ends_with("…\""), "{}", err.problem);
+    }
 }

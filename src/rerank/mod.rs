@@ -5,6 +5,7 @@
 
 pub mod decode;
 pub mod input;
+pub mod math;
 
 pub use decode::{greedy, DecodeError, Pick, StepModel};
 pub use input::{vocab_id, InputBuilder, InvalidField, RerankInput};

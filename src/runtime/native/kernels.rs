@@ -1,19 +1,7 @@
 //! The arithmetic of the native engine: row-major f32 kernels written so the compiler keeps
 //! the accumulators in vector registers (fixed-size lane arrays) and vectorises every loop.
 
-/// Lanes of one accumulator: a 256-bit register of f32.
-const LANES: usize = 8;
-
-/// `a · b + c`, fused where the target has FMA (x86-64-v3, aarch64); elsewhere `mul_add`
-/// would be a libm call, far slower than the two roundings it saves.
-#[inline(always)]
-fn fmadd(a: f32, b: f32, c: f32) -> f32 {
-    if cfg!(any(target_feature = "fma", target_arch = "aarch64")) {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
+use crate::rerank::math::{exp, fmadd, sum, LANES};
 
 /// `out[r×c] = a[r×k] · b[k×c]`.
 pub fn matmul(a: &[f32], b: &[f32], out: &mut [f32], k: usize, c: usize) {
@@ -89,20 +77,6 @@ fn columns<const R: usize, const B: usize>(
     }
 }
 
-/// A sum in `LANES` independent partial sums, so it vectorises (a sequential f32 sum
-/// cannot be reordered by the compiler).
-pub fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// `out[c×r] = xᵀ` for `x[r×c]`.
 pub fn transpose(x: &[f32], out: &mut [f32], r: usize, c: usize) {
     for (i, row) in x.chunks_exact(c).enumerate() {
@@ -135,31 +109,6 @@ pub fn mean_rows(x: &[f32], out: &mut [f32], c: usize) {
     out.iter_mut().for_each(|o| *o *= inv);
 }
 
-/// `e^x` to ~1 ulp, branch-free so a loop over it vectorises (libm's `expf` does not): the
-/// Cephes range reduction `x = k·ln2 + r` and a degree-6 polynomial for `e^r`.
-#[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.3, 88.3);
-    let k = (x * std::f32::consts::LOG2_E).round_ties_even();
-    let r = fmadd(k, -LN2_LO, fmadd(k, -LN2_HI, x));
-    let mut p = 1.987_569_1e-4f32;
-    for coefficient in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5.000_000_1e-1,
-    ] {
-        p = fmadd(p, r, coefficient);
-    }
-    let e_r = fmadd(p, r * r, r) + 1.0;
-    // 2^k by building the exponent bits: k is in [-126, 127] after the clamp.
-    let two_k = f32::from_bits(((k as i32 + 127).clamp(0, 255) as u32) << 23);
-    e_r * two_k
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,22 +135,6 @@ mod tests {
             for (got, want) in out.iter().zip(naive_matmul(&a, &b, k, c)) {
                 assert!((got - want).abs() < 1e-5, "{r}x{k}x{c}: {got} vs {want}");
             }
-        }
-    }
-
-    #[test]
-    fn exp_is_within_two_ulp_of_libm() {
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (got, want) = (exp(x), x.exp());
-            assert!(
-                ((got - want) / want).abs() < 2.5e-7,
-                "exp({x}) = {got}, libm {want}"
-            );
-            x += 0.0137;
-        }
-        for tiny in [-1000.0, f32::NEG_INFINITY] {
-            assert!((0.0..1e-37).contains(&exp(tiny)));
         }
     }
 

@@ -13,7 +13,7 @@ mod program;
 pub use model::NativeModel;
 pub use program::{Dim, InputSpec, Program, Shape, Ty, Unsupported};
 
-use kernels::exp;
+use crate::rerank::math::tanh;
 use program::{Binary, Broadcast, Instr, Src, Unary};
 
 /// Buffers of every computed tensor of one program, kept between runs: they grow to the
@@ -253,11 +253,4 @@ fn out_slot(instr: &Instr) -> usize {
         | Instr::Copy { out, .. }
         | Instr::AddIds { out, .. } => out,
     }
-}
-
-/// `tanh(x) = 1 − 2 / (e^{2|x|} + 1)`, signed: within 2e-7 of libm's, and vectorisable.
-#[inline(always)]
-fn tanh(x: f32) -> f32 {
-    let t = 1.0 - 2.0 / (exp(2.0 * x.abs()) + 1.0);
-    t.copysign(x)
 }

@@ -5,10 +5,11 @@ use std::sync::Mutex;
 
 use tract_onnx::pb::ModelProto;
 
-use super::{Dim, InputSpec, Program, RunError, Shape, Ty, Unsupported, Workspace};
+use super::{kernels, Dim, InputSpec, Program, RunError, Shape, Ty, Unsupported, Workspace};
 use crate::contract::manifest::{GraphSpec, Manifest};
 use crate::contract::roles::{self as role, EncoderInput};
-use crate::rerank::decode::{self, pointer_logits, DecodeError, Pick, StepModel};
+use crate::rerank::decode::{self, DecodeError, Pick, StepModel};
+use crate::rerank::math::fmadd;
 use crate::rerank::RerankInput;
 
 /// Scratch spaces kept for reuse; more requests at once than this allocate and drop theirs.
@@ -28,6 +29,9 @@ struct Scratch {
     decoder: Workspace,
     state: Vec<f32>,
     zeros: Vec<f32>,
+    /// The encoder's keys transposed, `[H, N]`: pointer scores become H vector
+    /// multiply-adds over N instead of N horizontal dot products.
+    keys_t: Vec<f32>,
     logits: Vec<f32>,
 }
 
@@ -134,6 +138,9 @@ impl NativeModel {
         scratch.state.extend_from_slice(state);
         scratch.zeros.clear();
         scratch.zeros.resize(self.hidden, 0.0);
+        let keys = self.encoder.output(&scratch.encoder, 0);
+        scratch.keys_t.resize(keys.len(), 0.0);
+        kernels::transpose(keys, &mut scratch.keys_t, n, self.hidden);
         Ok(())
     }
 
@@ -169,8 +176,14 @@ impl StepModel for NativeSteps<'_> {
         m.decoder
             .run(&mut s.decoder, 1, &[&s.state, prev_value], &[])?;
         s.state.copy_from_slice(m.decoder.output(&s.decoder, 1));
-        let keys = m.encoder.output(&s.encoder, 0);
-        pointer_logits(keys, m.decoder.output(&s.decoder, 0), &mut s.logits);
+        let query = m.decoder.output(&s.decoder, 0);
+        s.logits.clear();
+        s.logits.resize(s.keys_t.len() / h.max(1), 0.0);
+        for (&q, keys) in query.iter().zip(s.keys_t.chunks_exact(s.logits.len().max(1))) {
+            for (logit, &key) in s.logits.iter_mut().zip(keys) {
+                *logit = fmadd(q, key, *logit);
+            }
+        }
         Ok(&s.logits)
     }
 }

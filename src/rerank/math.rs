@@ -1,0 +1,137 @@
+//! Vectorisable f32 arithmetic shared by the decoding pass and the native engine: fixed
+//! lane arrays the compiler keeps in vector registers, and an `exp` without branches (libm's
+//! `expf` is a call per element and stops a loop from vectorising).
+
+/// Lanes of one accumulator: a 256-bit register of f32.
+pub const LANES: usize = 8;
+
+/// `a · b + c`, fused where the target has FMA (x86-64-v3, aarch64); elsewhere `mul_add`
+/// would be a libm call, far slower than the two roundings it saves.
+#[inline(always)]
+pub fn fmadd(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(any(target_feature = "fma", target_arch = "aarch64")) {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// A sum in `LANES` independent partial sums, so it vectorises (a sequential f32 sum
+/// cannot be reordered by the compiler).
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// A dot product in 8 independent lanes, so the compiler can vectorise it (a plain
+/// sequential sum cannot be reordered and runs at one add per FP latency).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            acc[lane] += x[lane] * y[lane];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ free[i] · e^(logits[i] − max)`, `free` 1.0 or 0.0: the softmax denominator over the
+/// candidates still free (a chosen candidate's logit, even NaN, adds nothing).
+pub fn free_exp_sum(logits: &[f32], free: &[f32], max: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (l_chunks, f_chunks) = (logits.chunks_exact(LANES), free.chunks_exact(LANES));
+    let term = |l: f32, f: f32| if f != 0.0 { exp(l - max) } else { 0.0 };
+    let tail: f32 = l_chunks
+        .remainder()
+        .iter()
+        .zip(f_chunks.remainder())
+        .map(|(&l, &f)| term(l, f))
+        .sum();
+    for (l, f) in l_chunks.zip(f_chunks) {
+        for lane in 0..LANES {
+            acc[lane] += term(l[lane], f[lane]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `e^x` to ~1 ulp, branch-free so a loop over it vectorises (libm's `expf` does not): the
+/// Cephes range reduction `x = k·ln2 + r` and a degree-6 polynomial for `e^r`.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.3);
+    let k = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = fmadd(k, -LN2_LO, fmadd(k, -LN2_HI, x));
+    let mut p = 1.987_569_1e-4f32;
+    for coefficient in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ] {
+        p = fmadd(p, r, coefficient);
+    }
+    let e_r = fmadd(p, r * r, r) + 1.0;
+    // 2^k by building the exponent bits: k is in [-126, 127] after the clamp.
+    let two_k = f32::from_bits(((k as i32 + 127).clamp(0, 255) as u32) << 23);
+    e_r * two_k
+}
+
+/// `tanh(x) = 1 − 2 / (e^{2|x|} + 1)`, signed: within 2e-7 of libm's, and vectorisable.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    let t = 1.0 - 2.0 / (exp(2.0 * x.abs()) + 1.0);
+    t.copysign(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                ((got - want) / want).abs() < 2.5e-7,
+                "exp({x}) = {got}, libm {want}"
+            );
+            x += 0.0137;
+        }
+        for tiny in [-1000.0, f32::NEG_INFINITY] {
+            assert!((0.0..1e-37).contains(&exp(tiny)));
+        }
+    }
+
+    #[test]
+    fn free_exp_sum_skips_chosen_candidates() {
+        let logits = [0.0, f32::NAN, 1.0, 2.0, 0.5, 0.0, 0.0, 0.0, 3.0, -1.0];
+        let free = [1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0];
+        let want: f32 = logits
+            .iter()
+            .zip(&free)
+            .filter(|(_, &f)| f == 1.0)
+            .map(|(&l, _)| (l - 2.0f32).exp())
+            .sum();
+        assert!((free_exp_sum(&logits, &free, 2.0) - want).abs() < 1e-6);
+    }
+}
