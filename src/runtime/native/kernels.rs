@@ -89,13 +89,26 @@ pub fn transpose(x: &[f32], out: &mut [f32], r: usize, c: usize) {
 /// Row-wise softmax of `x[r×c]` into `out`.
 pub fn softmax_rows(x: &[f32], out: &mut [f32], c: usize) {
     for (row, out) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = max(row);
         for (o, &v) in out.iter_mut().zip(row) {
             *o = exp(v - max);
         }
         let inv = 1.0 / sum(out);
         out.iter_mut().for_each(|o| *o *= inv);
     }
+}
+
+/// The largest value, in `LANES` partial maxima so it vectorises.
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    acc.into_iter().fold(tail, f32::max)
 }
 
 /// `out[1×c]` = the mean of the rows of `x[r×c]`.
