@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{model_files, publish, request, TestServer, MODEL};
+use common::{model_files, model_files_edited, publish, request, TestServer, MODEL};
 use degre::network::export::default_schema;
 use degre::repository::publish::publish_files;
 
@@ -165,10 +165,33 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
         ],
     );
 
+    // Limits that would refuse today's callers: fewer candidates than the serving 256.
+    write_version(
+        dir.path(),
+        8,
+        &model_files_edited(&default_schema(), 8, 50, |_| {}),
+    );
+    // Poisoned weights: NaN in one brand row, then in the brand feature's unknown bucket.
+    let poison = |row: usize| {
+        move |w: &mut degre::network::Weights| {
+            let embedding = w.cand_embedding.as_mut().unwrap();
+            let at = (embedding.offsets[1] as usize + row) * embedding.table.cols;
+            embedding.table.data[at] = f32::NAN;
+        }
+    };
+    write_version(dir.path(), 9, &model_files_edited(&default_schema(), 9, 256, poison(33)));
+    let unknown = default_schema().candidate_categorical[1].vocab_size as usize;
+    write_version(
+        dir.path(),
+        10,
+        &model_files_edited(&default_schema(), 10, 256, poison(unknown)),
+    );
+
     let expected = [
         ("checksum", 1),
         ("incomplete", 2),
-        ("schema", 1),
+        ("schema", 2),
+        ("weights", 2),
         ("graph", 1),
         ("manifest", 1),
     ];
@@ -202,9 +225,9 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
     assert_eq!(response.model_version, 1, "the good version keeps serving");
 
     // A good version published later is taken; the broken ones are not retried.
-    let v8 = publish_files(dir.path(), MODEL, &good).unwrap();
-    assert_eq!(v8, 8);
-    wait_for_version(&server, 8).await;
+    let v11 = publish_files(dir.path(), MODEL, &good).unwrap();
+    assert_eq!(v11, 11);
+    wait_for_version(&server, 11).await;
     server.stop().await;
 }
 

@@ -143,6 +143,14 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         assert_eq!(status.code(), Code::InvalidArgument, "{expected}");
         assert_eq!(status.message(), expected);
     }
+    // A finite value the model overflows on is the client's error, not INTERNAL.
+    let mut huge = request(10, 5, 4);
+    for candidate in &mut huge.candidates {
+        candidate.features.as_mut().unwrap().dense.fill(3e38);
+    }
+    let status = client.rerank(huge).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("features: "), "{status:?}");
     // The server keeps serving after bad input.
     assert_serves(&mut client, request(10, 5, 4), 5).await;
     server.stop().await;

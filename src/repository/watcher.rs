@@ -128,16 +128,28 @@ impl Watcher {
         }
     }
 
-    /// Callers code against the serving schema: a version that changes it is rejected.
+    /// Callers code against the serving schema and limits: a version that changes the
+    /// schema, or accepts fewer candidates than the serving one, is rejected.
     fn check_schema(&self, model: &LoadedModel) -> Result<(), LoadError> {
-        match self.store.current() {
-            Some(serving) if serving.manifest.schema != model.manifest.schema => Err(
-                LoadError::Schema(format!(
-                    "feature schema differs from serving version {}; restart the server to change it",
-                    serving.version
-                )),
-            ),
-            _ => Ok(()),
+        let Some(serving) = self.store.current() else {
+            return Ok(());
+        };
+        let restart = |what: String| {
+            Err(LoadError::Schema(format!(
+                "{what} serving version {}; restart the server to change it",
+                serving.version
+            )))
+        };
+        let (old, new) = (&serving.manifest, &model.manifest);
+        if old.schema != new.schema {
+            return restart("feature schema differs from".into());
         }
+        if new.limits.max_candidates < old.limits.max_candidates {
+            return restart(format!(
+                "limits.max_candidates {} is below the {} of",
+                new.limits.max_candidates, old.limits.max_candidates
+            ));
+        }
+        Ok(())
     }
 }

@@ -10,6 +10,10 @@ use crate::rerank::RerankInput;
 /// Candidate rows the warm-up spends covering embedding rows; larger vocabularies are
 /// covered by the initializer scan only.
 const COVERED_ROWS: usize = 4096;
+/// Largest warm-up request, and most slots decoded per request: enough to exercise every
+/// operator and many decoder states, cheap enough to load a version in milliseconds.
+const MAX_ROWS: usize = 256;
+const MAX_SLOTS: usize = 32;
 
 /// Native and tract logits may differ by this, relative to `1 + |logit|` (summation order
 /// and `exp`/`tanh` approximations; a wrong operator is off by far more).
@@ -58,12 +62,12 @@ fn agreement(model: &LoadedModel, requests: &[RerankInput]) -> Result<(), String
     Ok(())
 }
 
-/// Requests of 1, a few, and the limit's candidates, whose candidate rows walk through
+/// Requests of 1, a few, and the limit's candidates (at most `MAX_ROWS`), whose rows walk through
 /// every id of every categorical feature (the unknown bucket included), and whose context
 /// ids change from request to request.
 fn requests(manifest: &Manifest) -> Vec<RerankInput> {
     let schema = &manifest.schema;
-    let limit = manifest.limits.max_candidates.max(1);
+    let limit = manifest.limits.max_candidates.clamp(1, MAX_ROWS);
     let ids = |vocab: u64| vocab as usize + 1;
     let rows_to_cover = schema
         .candidate_categorical
@@ -107,7 +111,7 @@ fn requests(manifest: &Manifest) -> Vec<RerankInput> {
                     })
                     .collect(),
                 item_ids: (0..n).map(|i| i.to_string()).collect(),
-                slots: n,
+                slots: n.min(MAX_SLOTS),
             }
         })
         .collect()

@@ -17,16 +17,29 @@ pub enum ServeError {
     Overloaded(usize),
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// The model's scores overflowed. Every version was decoded to finite scores over all
+    /// its embedding rows before it could serve, so the request's dense values caused it.
+    #[error("features: the model's score of candidate {index} at slot {slot} is not finite: a dense feature value is far outside the range the model was trained on")]
+    Overflow { slot: usize, index: usize },
     #[error(transparent)]
-    Decode(#[from] DecodeError<InferenceError>),
+    Decode(DecodeError<InferenceError>),
     #[error("compute task failed: {0}")]
     Task(String),
+}
+
+impl From<DecodeError<InferenceError>> for ServeError {
+    fn from(err: DecodeError<InferenceError>) -> ServeError {
+        match err {
+            DecodeError::NonFinite { slot, index } => ServeError::Overflow { slot, index },
+            other => ServeError::Decode(other),
+        }
+    }
 }
 
 impl From<ServeError> for Status {
     fn from(err: ServeError) -> Status {
         let code = match &err {
-            ServeError::InvalidArgument(_) => Code::InvalidArgument,
+            ServeError::InvalidArgument(_) | ServeError::Overflow { .. } => Code::InvalidArgument,
             ServeError::Store(StoreError::NoModel) => Code::Unavailable,
             ServeError::Store(StoreError::VersionNotLoaded { .. }) => Code::NotFound,
             ServeError::Overloaded(_) => Code::ResourceExhausted,

@@ -28,7 +28,17 @@ pub fn model_files_limited(
     seed: u64,
     max_candidates: usize,
 ) -> Vec<(String, Vec<u8>)> {
-    let weights = Weights::init(
+    model_files_edited(schema, seed, max_candidates, |_| {})
+}
+
+/// An untrained generator whose weights `edit` changes before export (e.g. to poison them).
+pub fn model_files_edited(
+    schema: &FeatureSchema,
+    seed: u64,
+    max_candidates: usize,
+    edit: impl FnOnce(&mut Weights),
+) -> Vec<(String, Vec<u8>)> {
+    let mut weights = Weights::init(
         schema,
         Dims {
             hidden: 16,
@@ -36,6 +46,7 @@ pub fn model_files_limited(
         },
         seed,
     );
+    edit(&mut weights);
     let limits = Limits { max_candidates };
     version_files(
         &weights,
