@@ -30,6 +30,8 @@ async fn health_flips_to_serving_once_a_model_loads() {
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
     let dir = tempfile::tempdir().unwrap();
+    // The model's folder exists, with no version yet (a mining job publishes later).
+    std::fs::create_dir(dir.path().join(MODEL)).unwrap();
     let server = TestServer::start(dir.path(), |_| {}).await;
     let mut health = HealthClient::new(server.channel().await);
     let check = || HealthCheckRequest {
@@ -249,4 +251,28 @@ async fn pinned_version_in_config_is_served_instead_of_the_newest() {
         .into_inner();
     assert_eq!(response.model_version, 1);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_model_folder_is_a_configuration_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    // The model's folder given as the repository root: an easy mistake.
+    let args = degre::config::ServeArgs {
+        models: Some(dir.path().join(MODEL)),
+        model_name: Some(MODEL.into()),
+        grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..degre::config::ServeArgs::default()
+    };
+    let err = match degre::server::BoundServer::bind(args.resolve().unwrap()).await {
+        Ok(_) => panic!("a server started on a missing model folder"),
+        Err(err) => err,
+    };
+    assert!(err.is::<degre::config::ConfigError>(), "{err:#}");
+    let expected = dir.path().join(MODEL).join(MODEL);
+    assert!(
+        err.to_string().contains(&expected.display().to_string()),
+        "{err:#}"
+    );
 }

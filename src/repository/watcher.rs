@@ -40,10 +40,23 @@ impl Watcher {
         }
     }
 
-    /// Polls now and then every `interval` until `stop` is signalled or dropped.
+    /// Polls now and then every `interval` until `stop` is signalled or dropped; warns
+    /// every 30 s while no version serves.
     pub fn run(mut self, interval: Duration, stop: Receiver<()>) {
+        const WARN_EVERY: Duration = Duration::from_secs(30);
+        let started = std::time::Instant::now();
+        let mut warned = started;
         loop {
             self.poll();
+            if self.store.current().is_none() && warned.elapsed() >= WARN_EVERY {
+                warned = std::time::Instant::now();
+                tracing::warn!(
+                    dir = %self.repo.model_dir().display(),
+                    waited_s = started.elapsed().as_secs(),
+                    rejected = self.failed.len(),
+                    "no valid model version to serve yet: answering UNAVAILABLE"
+                );
+            }
             match stop.recv_timeout(interval) {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => return,

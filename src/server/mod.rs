@@ -36,6 +36,16 @@ impl BoundServer {
     pub async fn bind(config: Config) -> anyhow::Result<BoundServer> {
         let repo = Repository::open(&config.models, config.model_name.as_deref())
             .map_err(crate::config::ConfigError)?;
+        // A folder that is missing is a wrong path, not a model still to come: a server that
+        // started anyway would answer UNAVAILABLE forever. (An empty folder is fine.)
+        let model_dir = repo.model_dir();
+        if !model_dir.is_dir() {
+            return Err(crate::config::ConfigError(format!(
+                "model folder {} does not exist: --models names the repository root, which holds one folder per model (<root>/<model>/<version>/)",
+                std::path::absolute(&model_dir).unwrap_or(model_dir).display()
+            ))
+            .into());
+        }
         let grpc = TcpListener::bind(config.grpc_addr).await?;
         let metrics = TcpListener::bind(config.metrics_addr).await?;
         Ok(BoundServer {
@@ -69,6 +79,7 @@ impl BoundServer {
                 .await;
         }
 
+        let (model, model_dir) = (repo.name().to_string(), repo.model_dir());
         let store = Arc::new(ModelStore::new(config.keep_previous_versions));
         let (loaded_tx, mut loaded_rx) = tokio::sync::watch::channel(None::<u64>);
         let watcher = Watcher::new(repo, store.clone(), config.model_version, move |v| {
@@ -118,7 +129,13 @@ impl BoundServer {
                 let _ = draining.await;
             });
         tokio::pin!(serving);
-        tracing::info!(grpc = %config.grpc_addr, metrics = %config.metrics_addr, "degre serving");
+        tracing::info!(
+            grpc = %config.grpc_addr,
+            metrics = %config.metrics_addr,
+            model,
+            dir = %model_dir.display(),
+            "degre serving"
+        );
 
         let result = tokio::select! {
             result = &mut serving => result.map_err(Into::into),
