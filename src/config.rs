@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Requests that run model compute at once [default: number of CPUs]
     #[arg(long, env = "DEGRE_COMPUTE_THREADS")]
     pub compute_threads: Option<usize>,
+    /// Longest a request may wait for compute; one expected to wait longer is refused at
+    /// once with RESOURCE_EXHAUSTED [default: 10]
+    #[arg(long, env = "DEGRE_MAX_QUEUE_MS")]
+    pub max_queue_ms: Option<u64>,
     /// Deadline of a request whose client sets none, and the cap of any client deadline [default: 1000]
     #[arg(long, env = "DEGRE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -81,6 +85,7 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub max_in_flight: usize,
     pub compute_threads: usize,
+    pub max_queue: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub keep_previous_versions: usize,
@@ -134,6 +139,7 @@ impl ServeArgs {
                 .compute_threads
                 .or(file.compute_threads)
                 .unwrap_or(cpus),
+            max_queue: ms(self.max_queue_ms.or(file.max_queue_ms).unwrap_or(10)),
             request_timeout: ms(self
                 .request_timeout_ms
                 .or(file.request_timeout_ms)
@@ -164,6 +170,7 @@ impl Config {
             ("max_message_bytes", self.max_message_bytes),
             ("max_in_flight", self.max_in_flight),
             ("compute_threads", self.compute_threads),
+            ("max_queue_ms", self.max_queue.as_millis() as usize),
             (
                 "request_timeout_ms",
                 self.request_timeout.as_millis() as usize,

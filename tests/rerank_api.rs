@@ -210,6 +210,40 @@ async fn overload_is_resource_exhausted_not_an_unbounded_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_would_queue_too_long_is_refused_at_once() {
+    let (_dir, server) = serving_server(|a| {
+        a.max_in_flight = Some(1000);
+        a.compute_threads = Some(1);
+        a.max_queue_ms = Some(5);
+    })
+    .await;
+    let channel = server.channel().await;
+    let calls = (0..64).map(|i| {
+        let mut client = degre::api::v1::reranker_client::RerankerClient::new(channel.clone());
+        tokio::spawn(async move { client.rerank(request(256, 256, i)).await.map(|_| ()) })
+    });
+    let mut outcomes = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        outcomes.push(call.await.unwrap());
+    }
+    let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(outcomes.iter().any(Result::is_ok));
+    assert!(!refused.is_empty(), "64 requests at once all queued within 5 ms");
+    for status in refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("compute queue"), "{status:?}");
+    }
+    // Refusals are counted like any answer, and the server keeps serving.
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("degre_requests_total{code=\"RESOURCE_EXHAUSTED\"}"),
+        "{metrics}"
+    );
+    assert_serves(&mut server.client().await, request(10, 5, 4), 5).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_is_deadline_exceeded() {
     // Requests of 3,000 candidates (N² attention) queue behind a single compute thread, so
     // the deadline passes while the last request waits.
@@ -219,6 +253,7 @@ async fn deadline_is_deadline_exceeded() {
     let server = TestServer::start(dir.path(), |a| {
         a.compute_threads = Some(1);
         a.max_candidates = Some(4096);
+        a.max_queue_ms = Some(60_000); // queue until the deadline, not the queue limit
     })
     .await;
     server.wait_serving().await;

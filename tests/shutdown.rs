@@ -50,6 +50,8 @@ async fn sigterm_drains_in_flight_requests() {
             "1000",
             "--request-timeout-ms",
             "60000",
+            "--max-queue-ms",
+            "60000",
         ])
         .stderr(Stdio::null())
         .spawn()

@@ -4,6 +4,7 @@
 mod deadline;
 mod metrics_http;
 mod service;
+mod queue;
 pub mod status;
 
 use std::future::Future;

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::deadline;
+use super::queue::ComputeQueue;
 use super::status::ServeError;
 use crate::api::{self, v1};
 use crate::config::Config;
@@ -23,8 +24,9 @@ pub struct RerankService {
     store: Arc<ModelStore>,
     /// Requests admitted at once (queued for compute or computing).
     admission: Arc<Semaphore>,
-    /// Requests computing at once, so that some workers stay free for I/O and health.
-    compute: Semaphore,
+    /// Requests computing at once (so that some workers stay free for I/O and health),
+    /// and how long they may queue for it.
+    compute: ComputeQueue,
     max_in_flight: usize,
     max_candidates: usize,
     request_timeout: Duration,
@@ -35,14 +37,19 @@ impl RerankService {
         RerankService {
             store,
             admission: Arc::new(Semaphore::new(config.max_in_flight)),
-            compute: Semaphore::new(config.compute_threads),
+            compute: ComputeQueue::new(config.compute_threads, config.max_queue),
             max_in_flight: config.max_in_flight,
             max_candidates: config.max_candidates,
             request_timeout: config.request_timeout,
         }
     }
 
-    async fn handle(&self, request: v1::RerankRequest) -> Result<v1::RerankResponse, ServeError> {
+    /// Answers `request`, which must be answered by `deadline`.
+    async fn handle(
+        &self,
+        request: v1::RerankRequest,
+        deadline: Instant,
+    ) -> Result<v1::RerankResponse, ServeError> {
         let _admitted = self
             .admission
             .try_acquire()
@@ -51,15 +58,14 @@ impl RerankService {
         let model = self.store.get(request.model_version)?;
         let limit = model.max_candidates(self.max_candidates);
         let input = api::rerank_input(request, &model.manifest.schema, limit)?;
-        let permit = self
+        let slot = self
             .compute
-            .acquire()
-            .await
-            .map_err(|e| ServeError::Task(e.to_string()))?;
+            .enter(deadline.saturating_duration_since(Instant::now()))
+            .await?;
         let started = Instant::now();
         let picks = model.rerank(&input);
         telemetry::request_compute(input.candidates(), started.elapsed().as_secs_f64());
-        drop(permit);
+        drop(slot);
         let mut item_ids = input.item_ids;
         let items = picks?
             .into_iter()
@@ -93,7 +99,7 @@ impl v1::reranker_server::Reranker for RerankService {
         // Debug-formatted: a client's newline cannot forge a log line.
         let span = tracing::info_span!("rerank", request_id = ?request.request_id);
         let result = async {
-            let result = tokio::time::timeout(budget, self.handle(request))
+            let result = tokio::time::timeout(budget, self.handle(request, started + budget))
                 .await
                 .unwrap_or(Err(ServeError::DeadlineExceeded));
             match &result {

@@ -15,6 +15,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("server is at its limit of {0} requests in flight")]
     Overloaded(usize),
+    #[error("server is overloaded: the compute queue would hold this request for {expected_ms} ms, beyond the limit of {limit_ms} ms")]
+    QueueFull { expected_ms: u64, limit_ms: u64 },
     #[error("deadline exceeded")]
     DeadlineExceeded,
     /// The model's scores overflowed. Every version was decoded to finite scores over all
@@ -42,7 +44,7 @@ impl From<ServeError> for Status {
             ServeError::InvalidArgument(_) | ServeError::Overflow { .. } => Code::InvalidArgument,
             ServeError::Store(StoreError::NoModel) => Code::Unavailable,
             ServeError::Store(StoreError::VersionNotLoaded { .. }) => Code::NotFound,
-            ServeError::Overloaded(_) => Code::ResourceExhausted,
+            ServeError::Overloaded(_) | ServeError::QueueFull { .. } => Code::ResourceExhausted,
             ServeError::DeadlineExceeded => Code::DeadlineExceeded,
             ServeError::Decode(_) | ServeError::Task(_) => Code::Internal,
         };
