@@ -55,6 +55,10 @@ impl ComputeQueue {
         if expected > limit {
             return Err(full(expected));
         }
+        // Compute runs on this worker without awaiting: before taking the worker, let every
+        // request already received reach this point and count itself, so the queue length
+        // the estimate reads is the real one, not only who got here first.
+        tokio::task::yield_now().await;
         let timed_out = || {
             if budget <= self.limit {
                 ServeError::DeadlineExceeded
