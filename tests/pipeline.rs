@@ -105,7 +105,8 @@ max_candidates = 64
 async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
+    // The model's folder exists, empty: the pipeline publishes its first version.
+    std::fs::create_dir_all(repo.join(common::MODEL)).unwrap();
     let server = TestServer::start(&repo, |_| {}).await;
 
     let logs = dir.path().join("logs.jsonl");

@@ -78,6 +78,9 @@ impl TestServer {
             grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
             poll_interval_ms: Some(50),
+            // Unoptimised compute on a shared CI machine: the 10 ms default would shed
+            // requests in tests that are not about overload.
+            max_queue_ms: Some(10_000),
             ..ServeArgs::default()
         };
         tweak(&mut args);
