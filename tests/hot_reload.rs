@@ -181,7 +181,11 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
             embedding.table.data[at] = f32::NAN;
         }
     };
-    write_version(dir.path(), 9, &model_files_edited(&default_schema(), 9, 256, poison(33)));
+    write_version(
+        dir.path(),
+        9,
+        &model_files_edited(&default_schema(), 9, 256, poison(33)),
+    );
     let unknown = default_schema().candidate_categorical[1].vocab_size as usize;
     write_version(
         dir.path(),

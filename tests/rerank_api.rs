@@ -228,7 +228,10 @@ async fn a_request_that_would_queue_too_long_is_refused_at_once() {
     }
     let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
     assert!(outcomes.iter().any(Result::is_ok));
-    assert!(!refused.is_empty(), "64 requests at once all queued within 5 ms");
+    assert!(
+        !refused.is_empty(),
+        "64 requests at once all queued within 5 ms"
+    );
     for status in refused {
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert!(status.message().contains("compute queue"), "{status:?}");

@@ -32,7 +32,10 @@ use super::math;
 /// Pointer scores of all candidates: `out[i] = keys[i] · query`, `keys` row-major `[N, H]`.
 pub fn pointer_logits(keys: &[f32], query: &[f32], out: &mut Vec<f32>) {
     out.clear();
-    out.extend(keys.chunks_exact(query.len()).map(|key| math::dot(key, query)));
+    out.extend(
+        keys.chunks_exact(query.len())
+            .map(|key| math::dot(key, query)),
+    );
 }
 
 /// Fills `min(k, n)` slots greedily. Ties go to the lower candidate index, so the same

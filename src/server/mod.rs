@@ -3,8 +3,8 @@
 
 mod deadline;
 mod metrics_http;
-mod service;
 mod queue;
+mod service;
 pub mod status;
 
 use std::future::Future;

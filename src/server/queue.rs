@@ -85,7 +85,11 @@ impl Drop for Slot<'_> {
         let q = self.queue;
         // An exponential moving average over ~8 requests; races lose an update, no more.
         let old = q.compute_ns.load(Ordering::Relaxed);
-        let new = if old == 0 { took } else { old - old / 8 + took / 8 };
+        let new = if old == 0 {
+            took
+        } else {
+            old - old / 8 + took / 8
+        };
         q.compute_ns.store(new, Ordering::Relaxed);
         q.queued.fetch_sub(1, Ordering::AcqRel);
     }
@@ -139,7 +143,10 @@ mod tests {
         // A tighter budget of the request's own is a tighter limit.
         drop((second, third));
         let err = queue.enter(Duration::from_millis(2)).await.err().unwrap();
-        assert!(matches!(err, ServeError::QueueFull { limit_ms: 2, .. }), "{err}");
+        assert!(
+            matches!(err, ServeError::QueueFull { limit_ms: 2, .. }),
+            "{err}"
+        );
         drop(computing);
         assert_eq!(queue.queued.load(Ordering::Acquire), 0);
     }

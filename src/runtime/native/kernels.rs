@@ -102,7 +102,11 @@ pub fn softmax_rows(x: &[f32], out: &mut [f32], c: usize) {
 fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
     for chunk in chunks {
         for (a, &v) in acc.iter_mut().zip(chunk) {
             *a = if v > *a { v } else { *a };

@@ -6,6 +6,7 @@
 //! operator set are served by tract, and a version is served natively only after the
 //! loader checked the program against tract on the warm-up requests.
 
+mod compile;
 mod kernels;
 mod model;
 mod program;

@@ -48,7 +48,11 @@ impl NativeModel {
             .iter()
             .map(|i| {
                 let ty = if i.categorical { Ty::I64 } else { Ty::F32 };
-                let rows = if i.per_candidate { Dim::N } else { Dim::Fixed(1) };
+                let rows = if i.per_candidate {
+                    Dim::N
+                } else {
+                    Dim::Fixed(1)
+                };
                 let shape = Shape {
                     rows,
                     cols: Dim::Fixed(i.width),
@@ -88,15 +92,19 @@ impl NativeModel {
         input: &RerankInput,
         prefix: &[usize],
     ) -> Result<Vec<Vec<f32>>, RunError> {
-        self.with_steps(input, |e| e, |steps| {
-            let mut prev = None;
-            let mut out = Vec::with_capacity(prefix.len());
-            for &next in prefix {
-                out.push(steps.next_logits(prev)?.to_vec());
-                prev = Some(next);
-            }
-            Ok(out)
-        })
+        self.with_steps(
+            input,
+            |e| e,
+            |steps| {
+                let mut prev = None;
+                let mut out = Vec::with_capacity(prefix.len());
+                for &next in prefix {
+                    out.push(steps.next_logits(prev)?.to_vec());
+                    prev = Some(next);
+                }
+                Ok(out)
+            },
+        )
     }
 
     /// Encodes `input` in pooled scratch space, then runs `decode` over its steps.
@@ -107,13 +115,16 @@ impl NativeModel {
         decode: impl FnOnce(&mut NativeSteps<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut scratch = self.take_scratch();
-        let result = self.encode(&mut scratch, input).map_err(encode_error).and_then(|()| {
-            let mut steps = NativeSteps {
-                model: self,
-                scratch: &mut scratch,
-            };
-            decode(&mut steps)
-        });
+        let result = self
+            .encode(&mut scratch, input)
+            .map_err(encode_error)
+            .and_then(|()| {
+                let mut steps = NativeSteps {
+                    model: self,
+                    scratch: &mut scratch,
+                };
+                decode(&mut steps)
+            });
         self.return_scratch(scratch);
         result
     }
@@ -179,7 +190,10 @@ impl StepModel for NativeSteps<'_> {
         let query = m.decoder.output(&s.decoder, 0);
         s.logits.clear();
         s.logits.resize(s.keys_t.len() / h.max(1), 0.0);
-        for (&q, keys) in query.iter().zip(s.keys_t.chunks_exact(s.logits.len().max(1))) {
+        for (&q, keys) in query
+            .iter()
+            .zip(s.keys_t.chunks_exact(s.logits.len().max(1)))
+        {
             for (logit, &key) in s.logits.iter_mut().zip(keys) {
                 *logit = fmadd(q, key, *logit);
             }
@@ -189,9 +203,10 @@ impl StepModel for NativeSteps<'_> {
 }
 
 fn input(spec: &GraphSpec, role: &str, ty: Ty, shape: Shape) -> Result<InputSpec, Unsupported> {
-    let name = spec.inputs.get(role).ok_or_else(|| {
-        Unsupported(format!("{}: no tensor name for input {role:?}", spec.file))
-    })?;
+    let name = spec
+        .inputs
+        .get(role)
+        .ok_or_else(|| Unsupported(format!("{}: no tensor name for input {role:?}", spec.file)))?;
     Ok(InputSpec {
         name: name.clone(),
         ty,
@@ -222,7 +237,10 @@ fn compile(
         .iter()
         .find(|o| !o.domain.is_empty() && o.domain != "ai.onnx");
     if let Some(o) = foreign {
-        return Err(Unsupported(format!("{}: opset domain {:?}", spec.file, o.domain)));
+        return Err(Unsupported(format!(
+            "{}: opset domain {:?}",
+            spec.file, o.domain
+        )));
     }
     Program::compile(graph, inputs, &outputs)
         .map_err(|Unsupported(why)| Unsupported(format!("{}: {why}", spec.file)))
