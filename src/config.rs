@@ -44,6 +44,13 @@ pub struct ServeArgs {
     /// Requests admitted at once; beyond it the server answers RESOURCE_EXHAUSTED [default: 256]
     #[arg(long, env = "DEGRE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+    /// HTTP/2 streams (requests) a client may open at once on one connection [default: 32]
+    #[arg(long, env = "DEGRE_MAX_STREAMS_PER_CONNECTION")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Seconds after which a connection is asked to close (GOAWAY) and reopened by the
+    /// client, so long-lived channels spread over new replicas [default: 600]
+    #[arg(long, env = "DEGRE_MAX_CONNECTION_AGE_S")]
+    pub max_connection_age_s: Option<u64>,
     /// Requests that run model compute at once [default: number of CPUs]
     #[arg(long, env = "DEGRE_COMPUTE_THREADS")]
     pub compute_threads: Option<usize>,
@@ -84,6 +91,8 @@ pub struct Config {
     pub max_candidates: usize,
     pub max_message_bytes: usize,
     pub max_in_flight: usize,
+    pub max_streams_per_connection: u32,
+    pub max_connection_age: Duration,
     pub compute_threads: usize,
     pub max_queue: Duration,
     pub request_timeout: Duration,
@@ -135,6 +144,15 @@ impl ServeArgs {
                 .or(file.max_message_bytes)
                 .unwrap_or(4 << 20),
             max_in_flight: self.max_in_flight.or(file.max_in_flight).unwrap_or(256),
+            max_streams_per_connection: self
+                .max_streams_per_connection
+                .or(file.max_streams_per_connection)
+                .unwrap_or(32),
+            max_connection_age: Duration::from_secs(
+                self.max_connection_age_s
+                    .or(file.max_connection_age_s)
+                    .unwrap_or(600),
+            ),
             compute_threads: self
                 .compute_threads
                 .or(file.compute_threads)
@@ -170,6 +188,14 @@ impl Config {
             ("max_message_bytes", self.max_message_bytes),
             ("max_in_flight", self.max_in_flight),
             ("compute_threads", self.compute_threads),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection as usize,
+            ),
+            (
+                "max_connection_age_s",
+                self.max_connection_age.as_secs() as usize,
+            ),
             ("max_queue_ms", self.max_queue.as_millis() as usize),
             (
                 "request_timeout_ms",

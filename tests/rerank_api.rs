@@ -317,3 +317,22 @@ async fn oversized_message_is_refused_and_the_server_keeps_serving() {
     assert_serves(&mut client, request(20, 5, 1), 5).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_may_open_only_the_configured_number_of_streams() {
+    let (_dir, server) = serving_server(|a| a.max_streams_per_connection = Some(7)).await;
+    let tcp = tokio::net::TcpStream::connect(server.grpc_addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    // The server's SETTINGS frame arrives just after the handshake.
+    for _ in 0..100 {
+        if send.current_max_send_streams() == 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        send = send.ready().await.unwrap();
+    }
+    assert_eq!(send.current_max_send_streams(), 7);
+    server.stop().await;
+}

@@ -10,6 +10,7 @@ pub mod status;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -117,9 +118,17 @@ impl BoundServer {
         // TCP_NODELAY, Nagle + delayed ACKs held every response ~40 ms (seen in loadtest).
         let incoming = TcpIncoming::from(grpc)
             .with_nodelay(Some(true))
-            .with_keepalive(Some(std::time::Duration::from_secs(60)));
+            .with_keepalive(Some(Duration::from_secs(60)));
         let (drain, draining) = tokio::sync::oneshot::channel::<()>();
+        // Per connection, at most `streams × max_message_bytes` of request bodies are held;
+        // pings find dead peers; an age limit spreads long-lived channels over new replicas.
         let serving = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.max_streams_per_connection)
+            .http2_max_header_list_size(16 * 1024)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_connection_age(config.max_connection_age)
+            .max_connection_age_grace(config.shutdown_grace)
             .layer(tower::util::MapRequestLayer::new(
                 deadline::record_client_timeout::<tonic::body::Body>,
             ))
