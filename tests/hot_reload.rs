@@ -280,3 +280,25 @@ async fn a_missing_model_folder_is_a_configuration_error_naming_it() {
         "{err:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_an_error_naming_the_listener_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let args = degre::config::ServeArgs {
+        models: Some(dir.path().to_path_buf()),
+        grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_addr: Some(addr),
+        ..degre::config::ServeArgs::default()
+    };
+    let err = match degre::server::BoundServer::bind(args.resolve().unwrap()).await {
+        Ok(_) => panic!("bound a port that is taken"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(
+        err.contains(&format!("cannot bind the metrics listener to {addr}")),
+        "{err}"
+    );
+}

@@ -34,7 +34,9 @@ pub enum Command {
     Rerank(rerank::RerankArgs),
     /// Exit 0 if a server reports SERVING on grpc.health.v1 (for container health checks).
     Health(health::HealthArgs),
-    /// Write a generator (ONNX graphs + manifest) into a directory.
+    /// Write an UNTRAINED generator (random weights; ONNX graphs + manifest) into a
+    /// directory, for tests and load tests. Trained generators come from `degre pipeline`
+    /// or `degre distill`. Published, it hot-swaps into a live server like any version.
     Export(export::ExportArgs),
     /// Publish a version directory atomically as the next version of a model.
     Publish(export::PublishArgs),

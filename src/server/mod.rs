@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -48,8 +49,13 @@ impl BoundServer {
             ))
             .into());
         }
-        let grpc = TcpListener::bind(config.grpc_addr).await?;
-        let metrics = TcpListener::bind(config.metrics_addr).await?;
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the {what} listener to {addr}"))
+        };
+        let grpc = bind("gRPC", config.grpc_addr).await?;
+        let metrics = bind("metrics", config.metrics_addr).await?;
         Ok(BoundServer {
             config,
             repo,
