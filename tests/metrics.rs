@@ -75,3 +75,52 @@ fn promtool_accepts(text: &str) {
         "promtool: {report}\n{text}"
     );
 }
+
+/// Sends one raw gRPC call whose message is `payload`, and returns the `grpc-status` the
+/// client sees (in the headers of a trailers-only answer, or in the trailers).
+async fn raw_rerank(addr: std::net::SocketAddr, payload: &[u8]) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/degre.v1.Reranker/Rerank"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(request, false).unwrap();
+    let mut frame = vec![0u8];
+    frame.extend((payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    stream.send_data(frame.into(), true).unwrap();
+    let response = response.await.unwrap();
+    if let Some(status) = response.headers().get("grpc-status") {
+        return status.to_str().unwrap().to_string();
+    }
+    let mut body = response.into_body();
+    while body.data().await.is_some() {}
+    let trailers = body.trailers().await.unwrap().unwrap();
+    trailers["grpc-status"].to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_tonic_gives_before_the_service_are_counted_too() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    server.wait_serving().await;
+    // Not a protobuf message: tonic's codec answers INTERNAL before the service runs.
+    let status = raw_rerank(server.grpc_addr, &[0xff; 7]).await;
+    assert_eq!(status, (tonic::Code::Internal as i32).to_string());
+    // An empty message decodes (no candidates): the service answers INVALID_ARGUMENT.
+    let status = raw_rerank(server.grpc_addr, &[]).await;
+    assert_eq!(status, (tonic::Code::InvalidArgument as i32).to_string());
+    let text = server.metrics().await;
+    for line in [
+        "degre_requests_total{code=\"INTERNAL\"} 1",
+        "degre_requests_total{code=\"INVALID_ARGUMENT\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    server.stop().await;
+}

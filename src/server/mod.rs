@@ -1,6 +1,7 @@
 //! The serving process: binds the gRPC and metrics listeners, starts the model watcher,
 //! serves Rerank, health and reflection, and drains on shutdown within a grace period.
 
+mod answers;
 mod deadline;
 mod metrics_http;
 mod queue;
@@ -135,6 +136,7 @@ impl BoundServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_connection_age(config.max_connection_age)
             .max_connection_age_grace(config.shutdown_grace)
+            .layer(answers::CountAnswers)
             .layer(tower::util::MapRequestLayer::new(
                 deadline::record_client_timeout::<tonic::body::Body>,
             ))

@@ -114,11 +114,6 @@ impl v1::reranker_server::Reranker for RerankService {
         }
         .instrument(span)
         .await;
-        let result = result.map(Response::new).map_err(Status::from);
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
-        telemetry::request_done(code, started.elapsed().as_secs_f64());
-        result
+        result.map(Response::new).map_err(Status::from)
     }
 }

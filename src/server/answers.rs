@@ -1,0 +1,132 @@
+//! Counts every answer of the Rerank RPC as the client sees it, outside tonic's codec: a
+//! body that does not decode, a deadline tonic enforces, a stream the client resets, all
+//! land in `degre_requests_total` with their gRPC code, next to the service's own answers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame};
+use tonic::Code;
+
+use crate::telemetry;
+
+const RERANK_PATH: &str = "/degre.v1.Reranker/Rerank";
+
+/// The tower layer: wraps every service of the server; only Rerank calls are counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CountAnswers;
+
+impl<S> tower::Layer<S> for CountAnswers {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Counted<S> {
+    inner: S,
+}
+
+impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for Counted<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let counted = request.uri().path() == RERANK_PATH;
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            if !counted {
+                return Ok(response);
+            }
+            let mut answer = Answer {
+                started,
+                done: false,
+            };
+            // A trailers-only answer (an error before any message) carries its status in
+            // the headers; any other carries it in the trailers at the end of the body.
+            if let Some(code) = grpc_status(response.headers()) {
+                answer.record(code);
+            }
+            Ok(response.map(|body| tonic::body::Body::new(CountedBody { body, answer })))
+        })
+    }
+}
+
+/// One answer, recorded once: from its status, or as CANCELLED if the body is dropped
+/// before a status was sent (the client reset the stream or went away).
+struct Answer {
+    started: Instant,
+    done: bool,
+}
+
+impl Answer {
+    fn record(&mut self, code: Code) {
+        if !self.done {
+            self.done = true;
+            telemetry::request_done(code, self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.record(Code::Cancelled);
+    }
+}
+
+struct CountedBody {
+    body: tonic::body::Body,
+    answer: Answer,
+}
+
+impl Body for CountedBody {
+    type Data = <tonic::body::Body as Body>::Data;
+    type Error = <tonic::body::Body as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    this.answer.record(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.answer.record(Code::Internal),
+            // A body that ends without trailers lost its status: the client sees an error.
+            Poll::Ready(None) => this.answer.record(Code::Unknown),
+            Poll::Pending => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(Code::from_i32(value.parse().ok()?))
+}
