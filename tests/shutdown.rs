@@ -52,6 +52,8 @@ async fn sigterm_drains_in_flight_requests() {
             "60000",
             "--max-queue-ms",
             "60000",
+            "--max-streams-per-connection",
+            "1000",
         ])
         .stderr(Stdio::null())
         .spawn()
