@@ -302,3 +302,53 @@ async fn a_taken_port_is_an_error_naming_the_listener_and_address() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_linked_from_outside_the_model_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    server.wait_serving().await;
+    // A complete, valid version, but elsewhere on disk, linked in as version 2.
+    let outside = tempfile::tempdir().unwrap();
+    publish(outside.path(), 2);
+    std::os::unix::fs::symlink(
+        outside.path().join(MODEL).join("1"),
+        dir.path().join(MODEL).join("2"),
+    )
+    .unwrap();
+    let refused = "degre_model_loads_total{result=\"failure\",reason=\"manifest\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = server.metrics().await;
+        if metrics.contains(refused) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metrics.contains(refused), "{metrics}");
+    let response = server.client().await.rerank(request(5, 5, 0)).await.unwrap();
+    assert_eq!(response.into_inner().model_version, 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_serving_versions_folder_does_not_roll_back() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    publish(dir.path(), 2);
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    server.wait_serving().await;
+    wait_for_version(&server, 2).await;
+    std::fs::remove_dir_all(dir.path().join(MODEL).join("2")).unwrap();
+    // Many polls (every 50 ms) later, version 2 still answers from memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let response = server.client().await.rerank(request(5, 5, 0)).await.unwrap();
+    assert_eq!(response.into_inner().model_version, 2);
+    // A newer version is taken as usual. (The publisher numbers from what is on disk, so
+    // the first publish is a second "2"; versions are immutable, a server keeps its 2.)
+    assert_eq!(publish(dir.path(), 3), 2);
+    assert_eq!(publish(dir.path(), 4), 3);
+    wait_for_version(&server, 3).await;
+    server.stop().await;
+}

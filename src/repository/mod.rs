@@ -107,6 +107,20 @@ impl Repository {
     /// Verifies, loads and warms up one version.
     pub fn load(&self, version: u64) -> Result<LoadedModel, LoadError> {
         let dir = self.version_dir(version);
+        // A version is what the model folder holds: not a link to anywhere else.
+        let inside = |d: &Path| d.canonicalize().map_err(|e| format!("{}: {e}", d.display()));
+        let (real, folder) = (inside(&dir), inside(&self.model_dir()));
+        match (real, folder) {
+            (Ok(real), Ok(folder)) if real.parent() == Some(folder.as_path()) => {}
+            (Ok(real), Ok(_)) => {
+                return Err(LoadError::Manifest(format!(
+                    "{} resolves to {}, outside the model folder",
+                    dir.display(),
+                    real.display()
+                )))
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(LoadError::Incomplete(e)),
+        }
         let manifest = Manifest::load_verified(&dir)?;
         if manifest.model_name != self.name {
             return Err(LoadError::Manifest(format!(

@@ -20,6 +20,8 @@ pub struct Watcher {
     store: Arc<ModelStore>,
     pin: Option<u64>,
     failed: HashMap<u64, Fingerprint>,
+    /// Whether the removal of the serving version's folder was already reported.
+    warned_removed: bool,
     on_swap: Box<dyn Fn(u64) + Send>,
 }
 
@@ -36,6 +38,7 @@ impl Watcher {
             store,
             pin,
             failed: HashMap::new(),
+            warned_removed: false,
             on_swap: Box::new(on_swap),
         }
     }
@@ -76,6 +79,23 @@ impl Watcher {
         // Forget failures of versions that are gone, so the map stays bounded.
         self.failed.retain(|v, _| versions.contains(v));
         let current = self.store.current().map(|g| g.version);
+        // The serving version's folder was removed: keep serving it (it is in memory) rather
+        // than fall back to an older one unasked; rolling back is what a pin is for.
+        if let Some(c) = current {
+            let newest = versions.iter().copied().filter(|v| self.pin.is_none_or(|p| p == *v)).max();
+            if !versions.contains(&c) && newest.is_none_or(|v| v < c) {
+                if !self.warned_removed {
+                    self.warned_removed = true;
+                    tracing::warn!(
+                        version = c,
+                        dir = %self.repo.version_dir(c).display(),
+                        "the serving version was removed from disk; it keeps serving from memory (pin a version to roll back)"
+                    );
+                }
+                return;
+            }
+        }
+        self.warned_removed = false;
         let pin = self.pin;
         let wanted = versions.into_iter().filter(|v| pin.is_none_or(|p| p == *v));
         for version in wanted {
