@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Versions kept loaded after being replaced, for requests that pin them [default: 1]
     #[arg(long, env = "DEGRE_KEEP_PREVIOUS_VERSIONS")]
     pub keep_previous_versions: Option<usize>,
+    /// Serve gRPC reflection (v1 and v1alpha), which lets any client list the API [default: true]
+    #[arg(long, env = "DEGRE_REFLECTION")]
+    pub reflection: Option<bool>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DEGRE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -98,6 +101,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub keep_previous_versions: usize,
+    pub reflection: bool,
     pub log_format: LogFormat,
 }
 
@@ -170,6 +174,7 @@ impl ServeArgs {
                 .keep_previous_versions
                 .or(file.keep_previous_versions)
                 .unwrap_or(1),
+            reflection: self.reflection.or(file.reflection).unwrap_or(true),
             log_format: self
                 .log_format
                 .or(file.log_format)

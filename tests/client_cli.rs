@@ -1,5 +1,5 @@
 //! The README's example: `degre rerank` sends docs/examples/rerank_request.json to a server
-//! on the bundled model; and reflection lists the service for tools like grpcurl.
+//! on the bundled model; and reflection (v1, v1alpha) lists the services for tools like grpcurl.
 
 mod common;
 
@@ -66,34 +66,62 @@ async fn bad_request_file_is_named() {
     );
 }
 
+/// The services a reflection client lists, over v1 or v1alpha; the gRPC code if refused.
+async fn reflected_services(
+    channel: tonic::transport::Channel,
+    v1alpha: bool,
+) -> Result<Vec<String>, tonic::Code> {
+    macro_rules! list {
+        ($pb:path) => {{
+            use $pb as pb;
+            use pb::{
+                server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut responses = ServerReflectionClient::new(channel)
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .map_err(|s| s.code())?
+                .into_inner();
+            let response = responses.message().await.map_err(|s| s.code())?.unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = response.message_response
+            else {
+                panic!("unexpected {response:?}");
+            };
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }};
+    }
+    if v1alpha {
+        list!(tonic_reflection::pb::v1alpha)
+    } else {
+        list!(tonic_reflection::pb::v1)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_the_reranker() {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
+async fn reflection_lists_the_reranker_and_health_in_v1_and_v1alpha() {
     let dir = tempfile::tempdir().unwrap();
     common::publish(dir.path(), 1);
     let server = TestServer::start(dir.path(), |_| {}).await;
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected {response:?}");
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"degre.v1.Reranker".to_string()),
-        "{names:?}"
-    );
+    for v1alpha in [false, true] {
+        let names = reflected_services(server.channel().await, v1alpha)
+            .await
+            .unwrap();
+        for service in ["degre.v1.Reranker", "grpc.health.v1.Health"] {
+            assert!(names.contains(&service.to_string()), "{v1alpha}: {names:?}");
+        }
+    }
     server.stop().await;
+
+    let off = TestServer::start(dir.path(), |a| a.reflection = Some(false)).await;
+    for v1alpha in [false, true] {
+        let refused = reflected_services(off.channel().await, v1alpha).await;
+        assert_eq!(refused, Err(tonic::Code::Unimplemented));
+    }
+    off.stop().await;
 }

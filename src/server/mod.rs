@@ -115,9 +115,21 @@ impl BoundServer {
             let _ = metrics_stopped.await;
         }));
 
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Reflection in both protocol versions (grpcurl and Postman speak v1, older tools
+        // v1alpha), listing the Reranker and health; off with `--reflection false`.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let (reflection_v1, reflection_v1alpha) = if config.reflection {
+            (
+                Some(reflection().build_v1()?),
+                Some(reflection().build_v1alpha()?),
+            )
+        } else {
+            (None, None)
+        };
         let reranker = RerankerServer::new(RerankService::new(store, &config))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
@@ -141,7 +153,8 @@ impl BoundServer {
                 deadline::record_client_timeout::<tonic::body::Body>,
             ))
             .add_service(health_service)
-            .add_service(reflection)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(reranker)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = draining.await;
