@@ -34,6 +34,7 @@ fn request(schema: &FeatureSchema, n: usize, k: u32) -> v1::RerankRequest {
             .collect(),
         top_k: k,
         model_version: None,
+        constraints: None,
     }
 }
 
@@ -68,6 +69,41 @@ fn decode(c: &mut Criterion) {
     }
 }
 
+/// N = 100, K = 20 with two pins, three exclusions and a cap of 2 items per value of the
+/// first candidate categorical feature in any 4 slots, against the same request without.
+fn constrained(c: &mut Criterion) {
+    let model = bundled();
+    let schema = model.manifest.schema.clone();
+    let plain = request(&schema, 100, 20);
+    let mut ruled = plain.clone();
+    ruled.constraints = Some(v1::Constraints {
+        pins: vec![
+            v1::Pin {
+                item_id: "item-42".into(),
+                slot: 0,
+            },
+            v1::Pin {
+                item_id: "item-7".into(),
+                slot: 9,
+            },
+        ],
+        group_caps: vec![v1::GroupCap {
+            categorical_feature: 0,
+            max_count: 2,
+            window: 4,
+        }],
+        exclude_item_ids: vec!["item-1".into(), "item-2".into(), "item-3".into()],
+    });
+    let mut group = c.benchmark_group("constraints");
+    for (name, request) in [("none", plain), ("pins_caps_exclusions", ruled)] {
+        let input = api::rerank_input(request, &schema, 100).expect("valid request");
+        group.bench_with_input(BenchmarkId::new(name, "n100_k20"), &input, |b, input| {
+            b.iter(|| model.rerank(input).expect("decode"))
+        });
+    }
+    group.finish();
+}
+
 fn validate(c: &mut Criterion) {
     let model = bundled();
     let schema = &model.manifest.schema;
@@ -85,5 +121,5 @@ fn validate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, validate);
+criterion_group!(benches, decode, constrained, validate);
 criterion_main!(benches);

@@ -73,12 +73,12 @@ async fn reflected_services(
 ) -> Result<Vec<String>, tonic::Code> {
     macro_rules! list {
         ($pb:path) => {{
-            use $pb as pb;
             use pb::{
                 server_reflection_client::ServerReflectionClient,
                 server_reflection_request::MessageRequest,
                 server_reflection_response::MessageResponse, ServerReflectionRequest,
             };
+            use $pb as pb;
             let request = ServerReflectionRequest {
                 host: String::new(),
                 message_request: Some(MessageRequest::ListServices(String::new())),

@@ -327,7 +327,12 @@ async fn a_version_linked_from_outside_the_model_folder_is_refused() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(metrics.contains(refused), "{metrics}");
-    let response = server.client().await.rerank(request(5, 5, 0)).await.unwrap();
+    let response = server
+        .client()
+        .await
+        .rerank(request(5, 5, 0))
+        .await
+        .unwrap();
     assert_eq!(response.into_inner().model_version, 1);
     server.stop().await;
 }
@@ -343,7 +348,12 @@ async fn removing_the_serving_versions_folder_does_not_roll_back() {
     std::fs::remove_dir_all(dir.path().join(MODEL).join("2")).unwrap();
     // Many polls (every 50 ms) later, version 2 still answers from memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let response = server.client().await.rerank(request(5, 5, 0)).await.unwrap();
+    let response = server
+        .client()
+        .await
+        .rerank(request(5, 5, 0))
+        .await
+        .unwrap();
     assert_eq!(response.into_inner().model_version, 2);
     // A newer version is taken as usual. (The publisher numbers from what is on disk, so
     // the first publish is a second "2"; versions are immutable, a server keeps its 2.)

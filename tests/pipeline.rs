@@ -226,6 +226,7 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
             .collect(),
         top_k: 4,
         model_version: None,
+        constraints: None,
     };
     let response = server
         .client()

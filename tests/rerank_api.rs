@@ -321,7 +321,9 @@ async fn oversized_message_is_refused_and_the_server_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_may_open_only_the_configured_number_of_streams() {
     let (_dir, server) = serving_server(|a| a.max_streams_per_connection = Some(7)).await;
-    let tcp = tokio::net::TcpStream::connect(server.grpc_addr).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     let mut send = send.ready().await.unwrap();
@@ -334,5 +336,117 @@ async fn a_connection_may_open_only_the_configured_number_of_streams() {
         send = send.ready().await.unwrap();
     }
     assert_eq!(send.current_max_send_streams(), 7);
+    server.stop().await;
+}
+
+fn constraints(
+    pins: &[(&str, u32)],
+    caps: &[(u32, u32, u32)],
+    exclude: &[&str],
+) -> Option<degre::api::v1::Constraints> {
+    use degre::api::v1::{Constraints, GroupCap, Pin};
+    Some(Constraints {
+        pins: pins
+            .iter()
+            .map(|&(item_id, slot)| Pin {
+                item_id: item_id.into(),
+                slot,
+            })
+            .collect(),
+        group_caps: caps
+            .iter()
+            .map(|&(categorical_feature, max_count, window)| GroupCap {
+                categorical_feature,
+                max_count,
+                window,
+            })
+            .collect(),
+        exclude_item_ids: exclude.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constraints_shape_the_list_and_bad_ones_are_invalid_argument() {
+    let (_dir, server) = serving_server(|_| {}).await;
+    let mut client = server.client().await;
+
+    // Pins at their slots, exclusions absent, at most 2 of a brand (feature 0, id i % 64 →
+    // with i % 4 below, four brands) in any 3 consecutive slots.
+    let mut req = request(40, 12, 3);
+    for (i, c) in req.candidates.iter_mut().enumerate() {
+        c.features.as_mut().unwrap().categorical[0] = (i % 4) as i64;
+    }
+    req.constraints = constraints(
+        &[("item-7", 0), ("item-9", 5)],
+        &[(0, 2, 3)],
+        &["item-1", "item-2"],
+    );
+    let response = client.rerank(req).await.unwrap().into_inner();
+    let list: Vec<u32> = response.items.iter().map(|i| i.candidate_index).collect();
+    assert_eq!(list.len(), 12, "{response:?}");
+    assert_eq!((list[0], list[5]), (7, 9));
+    assert!(!list.contains(&1) && !list.contains(&2));
+    for window in list.windows(3) {
+        for brand in 0..4 {
+            assert!(
+                window.iter().filter(|&&c| c % 4 == brand).count() <= 2,
+                "{list:?}"
+            );
+        }
+    }
+    assert_eq!(response.unfilled, "");
+
+    // Caps that leave too few items: the feasible prefix, and why.
+    let mut req = request(10, 5, 3);
+    for c in &mut req.candidates {
+        c.features.as_mut().unwrap().categorical[0] = 1;
+    }
+    req.constraints = constraints(&[], &[(0, 2, 0)], &[]);
+    let response = client.rerank(req).await.unwrap().into_inner();
+    assert_eq!(response.items.len(), 2);
+    assert!(response.unfilled.starts_with("slot 2: "), "{response:?}");
+
+    let bad: [(&str, Option<degre::api::v1::Constraints>); 8] = [
+        (
+            "constraints.pins[1].slot: slot 2 is already pinned by constraints.pins[0]",
+            constraints(&[("item-0", 2), ("item-1", 2)], &[], &[]),
+        ),
+        (
+            "constraints.pins[0].slot: slot 5 is beyond the 5 slots to fill",
+            constraints(&[("item-0", 5)], &[], &[]),
+        ),
+        (
+            "constraints.pins[0].item_id: unknown item id \"nope\"",
+            constraints(&[("nope", 0)], &[], &[]),
+        ),
+        (
+            "constraints.exclude_item_ids[0]: unknown item id \"gone\"",
+            constraints(&[], &[], &["gone"]),
+        ),
+        (
+            "constraints.exclude_item_ids[0]: the item is pinned by constraints.pins[0]",
+            constraints(&[("item-3", 1)], &[], &["item-3"]),
+        ),
+        (
+            "constraints.group_caps[0].categorical_feature: the schema has no candidate categorical feature 2",
+            constraints(&[], &[(2, 1, 0)], &[]),
+        ),
+        (
+            "constraints.group_caps[0].max_count: must be > 0",
+            constraints(&[], &[(0, 0, 0)], &[]),
+        ),
+        (
+            "constraints.pins[1].item_id: already pinned by constraints.pins[0]",
+            constraints(&[("item-4", 0), ("item-4", 1)], &[], &[]),
+        ),
+    ];
+    for (expected, constraints) in bad {
+        let mut req = request(10, 5, 4);
+        req.constraints = constraints;
+        let status = client.rerank(req).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{expected}");
+        assert_eq!(status.message(), expected);
+    }
+    assert_serves(&mut client, request(10, 5, 4), 5).await;
     server.stop().await;
 }

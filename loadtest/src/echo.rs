@@ -34,6 +34,7 @@ impl Reranker for Echo {
             items,
             model_name: "echo".into(),
             model_version: 0,
+            unfilled: String::new(),
         }))
     }
 }

@@ -60,6 +60,7 @@ pub fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
                 .collect(),
             top_k: args.top_k,
             model_version: None,
+            constraints: None,
         })
         .collect())
 }
@@ -102,6 +103,7 @@ fn replay(path: &Path, top_k: u32) -> anyhow::Result<Vec<v1::RerankRequest>> {
                 top_k
             },
             model_version: None,
+            constraints: None,
         })
         .collect())
 }

@@ -34,6 +34,35 @@ struct RequestJson {
     top_k: u32,
     #[serde(default)]
     model_version: Option<u64>,
+    #[serde(default)]
+    constraints: Option<ConstraintsJson>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConstraintsJson {
+    #[serde(default)]
+    pins: Vec<PinJson>,
+    #[serde(default)]
+    group_caps: Vec<GroupCapJson>,
+    #[serde(default)]
+    exclude_item_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinJson {
+    item_id: String,
+    slot: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupCapJson {
+    categorical_feature: u32,
+    max_count: u32,
+    #[serde(default)]
+    window: u32,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +87,8 @@ struct ResponseJson {
     model_name: String,
     model_version: u64,
     items: Vec<ItemJson>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    unfilled: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,6 +129,26 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
             .collect(),
         top_k: json.top_k,
         model_version: json.model_version,
+        constraints: json.constraints.map(|c| v1::Constraints {
+            pins: c
+                .pins
+                .into_iter()
+                .map(|p| v1::Pin {
+                    item_id: p.item_id,
+                    slot: p.slot,
+                })
+                .collect(),
+            group_caps: c
+                .group_caps
+                .into_iter()
+                .map(|g| v1::GroupCap {
+                    categorical_feature: g.categorical_feature,
+                    max_count: g.max_count,
+                    window: g.window,
+                })
+                .collect(),
+            exclude_item_ids: c.exclude_item_ids,
+        }),
     };
     let mut client = v1::reranker_client::RerankerClient::connect(args.addr.clone())
         .await
@@ -121,6 +172,7 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
                 score: i.score,
             })
             .collect(),
+        unfilled: response.unfilled,
     };
     let text = serde_json::to_string_pretty(&out)? + "\n";
     // A reader that stops early (`| head`) is not an error worth a panic.

@@ -108,7 +108,10 @@ impl Repository {
     pub fn load(&self, version: u64) -> Result<LoadedModel, LoadError> {
         let dir = self.version_dir(version);
         // A version is what the model folder holds: not a link to anywhere else.
-        let inside = |d: &Path| d.canonicalize().map_err(|e| format!("{}: {e}", d.display()));
+        let inside = |d: &Path| {
+            d.canonicalize()
+                .map_err(|e| format!("{}: {e}", d.display()))
+        };
         let (real, folder) = (inside(&dir), inside(&self.model_dir()));
         match (real, folder) {
             (Ok(real), Ok(folder)) if real.parent() == Some(folder.as_path()) => {}

@@ -82,7 +82,11 @@ impl Watcher {
         // The serving version's folder was removed: keep serving it (it is in memory) rather
         // than fall back to an older one unasked; rolling back is what a pin is for.
         if let Some(c) = current {
-            let newest = versions.iter().copied().filter(|v| self.pin.is_none_or(|p| p == *v)).max();
+            let newest = versions
+                .iter()
+                .copied()
+                .filter(|v| self.pin.is_none_or(|p| p == *v))
+                .max();
             if !versions.contains(&c) && newest.is_none_or(|v| v < c) {
                 if !self.warned_removed {
                     self.warned_removed = true;

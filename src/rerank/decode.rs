@@ -28,6 +28,7 @@ pub enum DecodeError<E> {
 }
 
 use super::math;
+use super::rules::Rules;
 
 /// Pointer scores of all candidates: `out[i] = keys[i] · query`, `keys` row-major `[N, H]`.
 pub fn pointer_logits(keys: &[f32], query: &[f32], out: &mut Vec<f32>) {
@@ -45,9 +46,34 @@ pub fn greedy<M: StepModel>(
     n: usize,
     k: usize,
 ) -> Result<Vec<Pick>, DecodeError<M::Error>> {
+    greedy_with(model, n, k, &Rules::default())
+}
+
+/// [`greedy`] under `rules`: a pinned slot takes its item (score 0: the only choice
+/// allowed), any other slot chooses among the items the rules allow, the softmax taken
+/// over them. If no item is allowed at some slot, the list stops there: the answer is
+/// shorter than `k`.
+pub fn greedy_with<M: StepModel>(
+    model: &mut M,
+    n: usize,
+    k: usize,
+    rules: &Rules,
+) -> Result<Vec<Pick>, DecodeError<M::Error>> {
     let slots = k.min(n);
+    let constrained = !rules.is_empty();
     // 1.0 for a candidate still free, 0.0 once chosen: a mask the exp-sum multiplies by.
     let mut free = vec![1.0f32; n];
+    // With rules: what they allow at this slot, and what is placed (chosen, and pins).
+    let mut allow = if constrained {
+        vec![0.0f32; n]
+    } else {
+        Vec::new()
+    };
+    let mut placed = if constrained {
+        rules.placed(slots)
+    } else {
+        Vec::new()
+    };
     let mut picks = Vec::with_capacity(slots);
     let mut prev = None;
     for slot in 0..slots {
@@ -58,28 +84,59 @@ pub fn greedy<M: StepModel>(
                 got: logits.len(),
             });
         }
-        let mut best = usize::MAX;
-        let mut max = f32::NEG_INFINITY;
-        for (index, (&logit, &free)) in logits.iter().zip(&free).enumerate() {
-            if free == 0.0 {
-                continue;
+        let pick = match rules.pinned(slot) {
+            Some(index) => Pick { index, score: 0.0 },
+            None => {
+                let mask = if constrained {
+                    for (index, (a, &f)) in allow.iter_mut().zip(&free).enumerate() {
+                        *a = if f != 0.0 && !rules.barred(index) {
+                            1.0
+                        } else {
+                            0.0
+                        };
+                    }
+                    rules.mask_caps(slot, &placed, &mut allow);
+                    &allow
+                } else {
+                    &free
+                };
+                match best(logits, mask, slot)? {
+                    Some(pick) => pick,
+                    None => break, // nothing allowed: the feasible prefix is the answer
+                }
             }
-            if !logit.is_finite() {
-                return Err(DecodeError::NonFinite { slot, index });
-            }
-            if best == usize::MAX || logit > max {
-                best = index;
-                max = logit;
-            }
+        };
+        free[pick.index] = 0.0;
+        if constrained {
+            placed[slot] = Some(pick.index);
         }
-        picks.push(Pick {
-            index: best,
-            score: -math::free_exp_sum(logits, &free, max).ln(),
-        });
-        free[best] = 0.0;
-        prev = Some(best);
+        picks.push(pick);
+        prev = Some(pick.index);
     }
     Ok(picks)
+}
+
+/// The allowed candidate with the highest logit (ties to the lower index) and its
+/// log-probability among the allowed ones; `None` if none is allowed.
+fn best<E>(logits: &[f32], allowed: &[f32], slot: usize) -> Result<Option<Pick>, DecodeError<E>> {
+    let mut best = usize::MAX;
+    let mut max = f32::NEG_INFINITY;
+    for (index, (&logit, &allowed)) in logits.iter().zip(allowed).enumerate() {
+        if allowed == 0.0 {
+            continue;
+        }
+        if !logit.is_finite() {
+            return Err(DecodeError::NonFinite { slot, index });
+        }
+        if best == usize::MAX || logit > max {
+            best = index;
+            max = logit;
+        }
+    }
+    Ok((best != usize::MAX).then(|| Pick {
+        index: best,
+        score: -math::free_exp_sum(logits, allowed, max).ln(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! One rerank request, validated against the serving model's schema. Every rule for bad
 //! input lives here; transport code only converts.
 
+use super::rules::Rules;
 use crate::contract::{Categorical, FeatureSchema};
 
 /// A request checked against the model's schema, with features laid out row-major.
@@ -16,6 +17,8 @@ pub struct RerankInput {
     pub item_ids: Vec<String>,
     /// Slots to fill, `1..=N`.
     pub slots: usize,
+    /// Business rules of the request (none by default).
+    pub rules: Rules,
 }
 
 impl RerankInput {
@@ -74,6 +77,7 @@ impl<'a> InputBuilder<'a> {
                 candidate_ids: Vec::with_capacity(candidates * cats),
                 item_ids: Vec::with_capacity(candidates),
                 slots: 0,
+                rules: Rules::default(),
             },
         })
     }
@@ -157,7 +161,7 @@ pub fn vocab_id(id: i64, vocab_size: u64) -> i64 {
 
 /// At most 64 characters of a client's string, so an error message (sent back in a
 /// `grpc-message` header and logged) stays small whatever the client sent.
-fn clip(s: &str) -> String {
+pub(super) fn clip(s: &str) -> String {
     const MAX: usize = 64;
     match s.char_indices().nth(MAX) {
         Some((end, _)) => format!("{}…", &s[..end]),

@@ -6,6 +6,8 @@
 pub mod decode;
 pub mod input;
 pub mod math;
+pub mod rules;
 
-pub use decode::{greedy, DecodeError, Pick, StepModel};
+pub use decode::{greedy, greedy_with, DecodeError, Pick, StepModel};
 pub use input::{vocab_id, InputBuilder, InvalidField, RerankInput};
+pub use rules::{Constraints, GroupCap, Rules};

@@ -112,6 +112,7 @@ fn requests(manifest: &Manifest) -> Vec<RerankInput> {
                     .collect(),
                 item_ids: (0..n).map(|i| i.to_string()).collect(),
                 slots: n.min(MAX_SLOTS),
+                rules: Default::default(),
             }
         })
         .collect()

@@ -66,8 +66,19 @@ impl RerankService {
         let picks = model.rerank(&input);
         telemetry::request_compute(input.candidates(), started.elapsed().as_secs_f64());
         drop(slot);
+        let picks = picks?;
+        let unfilled = if picks.len() < input.slots {
+            format!(
+                "slot {}: the constraints allow none of the remaining candidates; {} of {} slots filled",
+                picks.len(),
+                picks.len(),
+                input.slots
+            )
+        } else {
+            String::new()
+        };
         let mut item_ids = input.item_ids;
-        let items = picks?
+        let items = picks
             .into_iter()
             .map(|pick| v1::RankedItem {
                 item_id: std::mem::take(&mut item_ids[pick.index]),
@@ -79,6 +90,7 @@ impl RerankService {
             items,
             model_name: model.name.clone(),
             model_version: model.version,
+            unfilled,
         })
     }
 }

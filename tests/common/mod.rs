@@ -193,6 +193,7 @@ pub fn request(n: usize, top_k: u32, seed: u64) -> v1::RerankRequest {
             .collect(),
         top_k,
         model_version: None,
+        constraints: None,
     }
 }
 

@@ -82,7 +82,7 @@ impl NativeModel {
     /// Encodes the candidates once, then decodes `input.slots` slots greedily.
     pub fn rerank(&self, input: &RerankInput) -> Result<Vec<Pick>, DecodeError<RunError>> {
         self.with_steps(input, DecodeError::Model, |steps| {
-            decode::greedy(steps, input.candidates(), input.slots)
+            decode::greedy_with(steps, input.candidates(), input.slots, &input.rules)
         })
     }
 
