@@ -35,6 +35,7 @@ fn request(schema: &FeatureSchema, n: usize, k: u32) -> v1::RerankRequest {
         top_k: k,
         model_version: None,
         constraints: None,
+        explain: false,
     }
 }
 
@@ -94,8 +95,15 @@ fn constrained(c: &mut Criterion) {
         }],
         exclude_item_ids: vec!["item-1".into(), "item-2".into(), "item-3".into()],
     });
+    let mut explained = ruled.clone();
+    explained.explain = true;
     let mut group = c.benchmark_group("constraints");
-    for (name, request) in [("none", plain), ("pins_caps_exclusions", ruled)] {
+    let cases = [
+        ("none", plain),
+        ("pins_caps_exclusions", ruled),
+        ("pins_caps_exclusions_explained", explained),
+    ];
+    for (name, request) in cases {
         let input = api::rerank_input(request, &schema, 100).expect("valid request");
         group.bench_with_input(BenchmarkId::new(name, "n100_k20"), &input, |b, input| {
             b.iter(|| model.rerank(input).expect("decode"))

@@ -227,6 +227,7 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
         top_k: 4,
         model_version: None,
         constraints: None,
+        explain: false,
     };
     let response = server
         .client()

@@ -450,3 +450,58 @@ async fn constraints_shape_the_list_and_bad_ones_are_invalid_argument() {
     assert_serves(&mut client, request(10, 5, 4), 5).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explained_items_name_their_alternatives_and_the_rules_that_masked() {
+    let (_dir, server) = serving_server(|_| {}).await;
+    let mut client = server.client().await;
+    let mut req = request(30, 6, 5);
+    req.constraints = constraints(&[("item-4", 1)], &[], &["item-0"]);
+    let plain = client.rerank(req.clone()).await.unwrap().into_inner();
+    assert!(plain
+        .items
+        .iter()
+        .all(|i| i.alternatives.is_empty() && i.masked_by.is_empty()));
+
+    req.explain = true;
+    let explained = client.rerank(req).await.unwrap().into_inner();
+    let order = |r: &degre::api::v1::RerankResponse| -> Vec<u32> {
+        r.items.iter().map(|i| i.candidate_index).collect()
+    };
+    assert_eq!(
+        order(&explained),
+        order(&plain),
+        "explaining changes nothing else"
+    );
+    for (slot, item) in explained.items.iter().enumerate() {
+        let expected: &[&str] = match slot {
+            0 => &["pin", "exclusion"],
+            1 => &["pin"],
+            _ => &["exclusion"],
+        };
+        assert_eq!(item.masked_by, expected, "slot {slot}");
+        if slot == 1 {
+            assert!(item.alternatives.is_empty(), "a pin has no alternative");
+            continue;
+        }
+        assert_eq!(item.alternatives.len(), 3, "slot {slot}");
+        let chosen = item.score.exp();
+        let mut last = chosen;
+        for alternative in &item.alternatives {
+            assert_ne!(alternative.candidate_index, item.candidate_index);
+            assert_ne!(
+                alternative.item_id, "item-0",
+                "an excluded item is no alternative"
+            );
+            assert_eq!(
+                alternative.item_id,
+                format!("item-{}", alternative.candidate_index)
+            );
+            assert!(alternative.probability > 0.0 && alternative.probability <= last);
+            last = alternative.probability;
+        }
+        let total: f32 = chosen + item.alternatives.iter().map(|a| a.probability).sum::<f32>();
+        assert!(total <= 1.0 + 1e-5, "slot {slot}: {total}");
+    }
+    server.stop().await;
+}

@@ -28,6 +28,8 @@ impl Reranker for Echo {
                 item_id: c.item_id,
                 candidate_index: i as u32,
                 score: 0.0,
+                alternatives: Vec::new(),
+                masked_by: Vec::new(),
             })
             .collect();
         Ok(Response::new(v1::RerankResponse {

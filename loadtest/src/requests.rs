@@ -61,6 +61,7 @@ pub fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
             top_k: args.top_k,
             model_version: None,
             constraints: None,
+            explain: false,
         })
         .collect())
 }
@@ -104,6 +105,7 @@ fn replay(path: &Path, top_k: u32) -> anyhow::Result<Vec<v1::RerankRequest>> {
             },
             model_version: None,
             constraints: None,
+            explain: false,
         })
         .collect())
 }

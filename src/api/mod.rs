@@ -24,6 +24,7 @@ pub fn rerank_input(
         top_k,
         model_version: _,
         constraints,
+        explain,
     } = request;
     let mut input = InputBuilder::new(schema, candidates.len(), max_candidates)?;
     let v1::Features { dense, categorical } = context.unwrap_or_default();
@@ -42,6 +43,7 @@ pub fn rerank_input(
         }
     }
     let mut input = input.finish(top_k)?;
+    input.explain = explain;
     if let Some(constraints) = constraints {
         let features = schema.candidate_categorical.len();
         let groups = |f: usize| (f < features).then(|| raw_ids.iter().map(|ids| ids[f]).collect());

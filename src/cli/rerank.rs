@@ -36,6 +36,8 @@ struct RequestJson {
     model_version: Option<u64>,
     #[serde(default)]
     constraints: Option<ConstraintsJson>,
+    #[serde(default)]
+    explain: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +98,17 @@ struct ItemJson {
     item_id: String,
     candidate_index: u32,
     score: f32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    alternatives: Vec<AlternativeJson>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    masked_by: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct AlternativeJson {
+    item_id: String,
+    candidate_index: u32,
+    probability: f32,
 }
 
 impl From<FeaturesJson> for v1::Features {
@@ -149,6 +162,7 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
                 .collect(),
             exclude_item_ids: c.exclude_item_ids,
         }),
+        explain: json.explain,
     };
     let mut client = v1::reranker_client::RerankerClient::connect(args.addr.clone())
         .await
@@ -170,6 +184,16 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
                 item_id: i.item_id,
                 candidate_index: i.candidate_index,
                 score: i.score,
+                alternatives: i
+                    .alternatives
+                    .into_iter()
+                    .map(|a| AlternativeJson {
+                        item_id: a.item_id,
+                        candidate_index: a.candidate_index,
+                        probability: a.probability,
+                    })
+                    .collect(),
+                masked_by: i.masked_by,
             })
             .collect(),
         unfilled: response.unfilled,

@@ -10,12 +10,27 @@ pub trait StepModel {
 }
 
 /// A candidate placed in a slot, with the model's log-probability of it at that step
-/// (softmax over the candidates still unchosen).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// (softmax over the candidates allowed there), and, when asked for, why.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pick {
     pub index: usize,
     pub score: f32,
+    pub why: Option<Box<Why>>,
 }
+
+/// What the decoder saw at one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Why {
+    /// The most probable other candidates allowed at this step (index, probability), best
+    /// first, at most [`ALTERNATIVES`].
+    pub alternatives: Vec<(usize, f32)>,
+    /// The constraints that masked candidates at this step: `pin`, `exclusion`,
+    /// `group_caps[i]`.
+    pub masked_by: Vec<String>,
+}
+
+/// Alternatives an explained step lists.
+pub const ALTERNATIVES: usize = 3;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError<E> {
@@ -46,18 +61,19 @@ pub fn greedy<M: StepModel>(
     n: usize,
     k: usize,
 ) -> Result<Vec<Pick>, DecodeError<M::Error>> {
-    greedy_with(model, n, k, &Rules::default())
+    greedy_with(model, n, k, &Rules::default(), false)
 }
 
 /// [`greedy`] under `rules`: a pinned slot takes its item (score 0: the only choice
 /// allowed), any other slot chooses among the items the rules allow, the softmax taken
 /// over them. If no item is allowed at some slot, the list stops there: the answer is
-/// shorter than `k`.
+/// shorter than `k`. With `explain`, each pick says [`Why`] (at a cost only then).
 pub fn greedy_with<M: StepModel>(
     model: &mut M,
     n: usize,
     k: usize,
     rules: &Rules,
+    explain: bool,
 ) -> Result<Vec<Pick>, DecodeError<M::Error>> {
     let slots = k.min(n);
     let constrained = !rules.is_empty();
@@ -84,8 +100,18 @@ pub fn greedy_with<M: StepModel>(
                 got: logits.len(),
             });
         }
-        let pick = match rules.pinned(slot) {
-            Some(index) => Pick { index, score: 0.0 },
+        let mut masked_by = Vec::new();
+        let mut pick = match rules.pinned(slot) {
+            Some(index) => {
+                if explain {
+                    masked_by.push("pin".to_string());
+                }
+                Pick {
+                    index,
+                    score: 0.0,
+                    why: None,
+                }
+            }
             None => {
                 let mask = if constrained {
                     for (index, (a, &f)) in allow.iter_mut().zip(&free).enumerate() {
@@ -95,23 +121,43 @@ pub fn greedy_with<M: StepModel>(
                             0.0
                         };
                     }
-                    rules.mask_caps(slot, &placed, &mut allow);
+                    let caps = rules.mask_caps(slot, &placed, &mut allow);
+                    if explain {
+                        masked_by = rules.masked_by(slot, &free, &caps);
+                    }
                     &allow
                 } else {
                     &free
                 };
                 match best(logits, mask, slot)? {
-                    Some(pick) => pick,
+                    Some(mut pick) => {
+                        if explain {
+                            pick.why = Some(Box::new(Why {
+                                alternatives: alternatives(logits, mask, pick.index, pick.score),
+                                masked_by: Vec::new(),
+                            }));
+                        }
+                        pick
+                    }
                     None => break, // nothing allowed: the feasible prefix is the answer
                 }
             }
         };
+        if explain {
+            let why = pick.why.get_or_insert_with(|| {
+                Box::new(Why {
+                    alternatives: Vec::new(),
+                    masked_by: Vec::new(),
+                })
+            });
+            why.masked_by = masked_by;
+        }
         free[pick.index] = 0.0;
         if constrained {
             placed[slot] = Some(pick.index);
         }
-        picks.push(pick);
         prev = Some(pick.index);
+        picks.push(pick);
     }
     Ok(picks)
 }
@@ -136,7 +182,28 @@ fn best<E>(logits: &[f32], allowed: &[f32], slot: usize) -> Result<Option<Pick>,
     Ok((best != usize::MAX).then(|| Pick {
         index: best,
         score: -math::free_exp_sum(logits, allowed, max).ln(),
+        why: None,
     }))
+}
+
+/// The [`ALTERNATIVES`] most probable allowed candidates other than `chosen`, whose
+/// log-probability `score` fixes the softmax: `p(c) = e^(logit(c) − logit(chosen) + score)`.
+fn alternatives(logits: &[f32], allowed: &[f32], chosen: usize, score: f32) -> Vec<(usize, f32)> {
+    let mut top: Vec<(usize, f32)> = Vec::with_capacity(ALTERNATIVES + 1);
+    for (index, (&logit, &allowed)) in logits.iter().zip(allowed).enumerate() {
+        if allowed == 0.0 || index == chosen {
+            continue;
+        }
+        let at = top.partition_point(|&(i, l)| l > logit || (l == logit && i < index));
+        if at < ALTERNATIVES {
+            top.insert(at, (index, logit));
+            top.truncate(ALTERNATIVES);
+        }
+    }
+    let base = logits[chosen] - score; // log of the softmax's normaliser
+    top.into_iter()
+        .map(|(i, l)| (i, (l - base).exp()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub struct RerankInput {
     pub slots: usize,
     /// Business rules of the request (none by default).
     pub rules: Rules,
+    /// Whether each pick carries why it was chosen.
+    pub explain: bool,
 }
 
 impl RerankInput {
@@ -78,6 +80,7 @@ impl<'a> InputBuilder<'a> {
                 item_ids: Vec::with_capacity(candidates),
                 slots: 0,
                 rules: Rules::default(),
+                explain: false,
             },
         })
     }

@@ -180,10 +180,12 @@ impl Rules {
     }
 
     /// Clears `allow[c]` for every candidate a cap forbids at `slot`, given what is placed
-    /// so far (chosen slots and pins; `None` elsewhere).
-    pub fn mask_caps(&self, slot: usize, placed: &[Option<usize>], allow: &mut [f32]) {
+    /// so far (chosen slots and pins; `None` elsewhere). Returns whether each cap masked a
+    /// candidate still allowed (empty when none did).
+    pub fn mask_caps(&self, slot: usize, placed: &[Option<usize>], allow: &mut [f32]) -> Vec<bool> {
         let slots = placed.len();
-        for cap in &self.caps {
+        let mut masked = Vec::new();
+        for (i, cap) in self.caps.iter().enumerate() {
             // Groups already at their maximum in some window holding `slot`.
             let mut full: Vec<i64> = Vec::new();
             let first = (slot + 1).saturating_sub(cap.window);
@@ -206,11 +208,43 @@ impl Rules {
                 continue;
             }
             for (a, g) in allow.iter_mut().zip(&cap.groups) {
-                if full.contains(g) {
+                if *a != 0.0 && full.contains(g) {
                     *a = 0.0;
+                    masked.resize(self.caps.len(), false);
+                    masked[i] = true;
                 }
             }
         }
+        masked
+    }
+
+    /// Names of the constraints that masked a free candidate at `slot` (for explanations):
+    /// pins of later slots, exclusions, and the caps flagged by [`Self::mask_caps`].
+    pub fn masked_by(&self, slot: usize, free: &[f32], caps: &[bool]) -> Vec<String> {
+        let mut names = Vec::new();
+        let free_and = |test: &dyn Fn(usize) -> bool| {
+            free.iter().enumerate().any(|(c, &f)| f != 0.0 && test(c))
+        };
+        let later_pins: Vec<usize> = self
+            .pinned_at
+            .iter()
+            .skip(slot + 1)
+            .flatten()
+            .copied()
+            .collect();
+        if free_and(&|c| later_pins.contains(&c)) {
+            names.push("pin".to_string());
+        }
+        if free_and(&|c| self.barred[c] && !later_pins.contains(&c)) {
+            names.push("exclusion".to_string());
+        }
+        names.extend(
+            caps.iter()
+                .enumerate()
+                .filter(|&(_, &m)| m)
+                .map(|(i, _)| format!("group_caps[{i}]")),
+        );
+        names
     }
 
     /// The pins laid out over `slots` slots: where the greedy pass starts from.
@@ -289,7 +323,7 @@ mod tests {
             let Ok((rules, slots)) = Rules::new(&constraints, &item_ids, k.min(n), groups) else {
                 return Ok(());
             };
-            let picks = greedy_with(&mut noise(n, seed), n, slots, &rules).unwrap();
+            let picks = greedy_with(&mut noise(n, seed), n, slots, &rules, false).unwrap();
             let list: Vec<usize> = picks.iter().map(|p| p.index).collect();
             let mut seen = std::collections::HashSet::new();
             prop_assert!(list.iter().all(|c| seen.insert(*c)), "distinct: {list:?}");
@@ -325,7 +359,7 @@ mod tests {
             let (rules, slots) = Rules::new(&Constraints::default(), &item_ids, k.min(n), |_| None).unwrap();
             prop_assert!(rules.is_empty());
             let plain = greedy(&mut noise(n, seed), n, k).unwrap();
-            prop_assert_eq!(greedy_with(&mut noise(n, seed), n, slots, &rules).unwrap(), plain);
+            prop_assert_eq!(greedy_with(&mut noise(n, seed), n, slots, &rules, false).unwrap(), plain);
         }
     }
 
@@ -343,7 +377,7 @@ mod tests {
         };
         let (rules, slots) = Rules::new(&constraints, &item_ids, 3, |_| Some(vec![0; 4])).unwrap();
         assert_eq!(slots, 3);
-        let picks = greedy_with(&mut noise(4, 1), 4, slots, &rules).unwrap();
+        let picks = greedy_with(&mut noise(4, 1), 4, slots, &rules, false).unwrap();
         assert_eq!(picks.len(), 1);
     }
 }

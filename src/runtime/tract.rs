@@ -96,7 +96,13 @@ impl TractModel {
     ) -> Result<Vec<Pick>, DecodeError<InferenceError>> {
         let encoder = self.encoder_plan(input.candidates(), plans);
         let mut steps = self.encode(&encoder, input).map_err(DecodeError::Model)?;
-        decode::greedy_with(&mut steps, input.candidates(), input.slots, &input.rules)
+        decode::greedy_with(
+            &mut steps,
+            input.candidates(),
+            input.slots,
+            &input.rules,
+            input.explain,
+        )
     }
 
     /// Compiles the encoder specialised to `n` candidates now rather than on first use.

@@ -113,6 +113,7 @@ fn requests(manifest: &Manifest) -> Vec<RerankInput> {
                 item_ids: (0..n).map(|i| i.to_string()).collect(),
                 slots: n.min(MAX_SLOTS),
                 rules: Default::default(),
+                explain: false,
             }
         })
         .collect()

@@ -80,10 +80,29 @@ impl RerankService {
         let mut item_ids = input.item_ids;
         let items = picks
             .into_iter()
-            .map(|pick| v1::RankedItem {
-                item_id: std::mem::take(&mut item_ids[pick.index]),
-                candidate_index: pick.index as u32,
-                score: pick.score,
+            .map(|pick| {
+                // An alternative at this step is chosen later, if at all: its id is still here.
+                let (alternatives, masked_by) = match pick.why {
+                    Some(why) => (
+                        why.alternatives
+                            .iter()
+                            .map(|&(index, probability)| v1::Alternative {
+                                item_id: item_ids[index].clone(),
+                                candidate_index: index as u32,
+                                probability,
+                            })
+                            .collect(),
+                        why.masked_by,
+                    ),
+                    None => (Vec::new(), Vec::new()),
+                };
+                v1::RankedItem {
+                    item_id: std::mem::take(&mut item_ids[pick.index]),
+                    candidate_index: pick.index as u32,
+                    score: pick.score,
+                    alternatives,
+                    masked_by,
+                }
             })
             .collect();
         Ok(v1::RerankResponse {

@@ -194,6 +194,7 @@ pub fn request(n: usize, top_k: u32, seed: u64) -> v1::RerankRequest {
         top_k,
         model_version: None,
         constraints: None,
+        explain: false,
     }
 }
 

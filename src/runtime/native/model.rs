@@ -82,7 +82,13 @@ impl NativeModel {
     /// Encodes the candidates once, then decodes `input.slots` slots greedily.
     pub fn rerank(&self, input: &RerankInput) -> Result<Vec<Pick>, DecodeError<RunError>> {
         self.with_steps(input, DecodeError::Model, |steps| {
-            decode::greedy_with(steps, input.candidates(), input.slots, &input.rules)
+            decode::greedy_with(
+                steps,
+                input.candidates(),
+                input.slots,
+                &input.rules,
+                input.explain,
+            )
         })
     }
 
