@@ -54,6 +54,9 @@ async fn sigterm_drains_in_flight_requests() {
             "60000",
             "--max-streams-per-connection",
             "1000",
+            // Unoptimised compute in tests: the queue behind SIGTERM takes seconds to drain.
+            "--shutdown-grace-ms",
+            "60000",
         ])
         .stderr(Stdio::null())
         .spawn()
