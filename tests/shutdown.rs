@@ -110,3 +110,60 @@ async fn sigterm_drains_in_flight_requests() {
         "stopped server answers nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_watch_does_not_hold_sigterm_for_the_grace_period() {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let (grpc, metrics) = (free_port(), free_port());
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--models"])
+        .arg(dir.path())
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .args(["--shutdown-grace-ms", "120000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("http://127.0.0.1:{grpc}");
+    let mut client = loop {
+        if let Ok(mut c) = RerankerClient::connect(addr.clone()).await {
+            if c.rerank(request(5, 5, 0)).await.is_ok() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A load balancer's health watch: a stream the server never ends by itself.
+    let channel = tonic::transport::Endpoint::from_shared(addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "degre.v1.Reranker".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    client.rerank(request(5, 5, 1)).await.unwrap();
+
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // With nothing to drain it stops long before its 120 s grace, and says nothing was lost.
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("SIGTERM waited for the health watch")
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("dropping requests"), "{stderr}");
+}

@@ -4,6 +4,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -15,19 +17,26 @@ use crate::telemetry;
 const RERANK_PATH: &str = "/degre.v1.Reranker/Rerank";
 
 /// The tower layer: wraps every service of the server; only Rerank calls are counted.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CountAnswers;
+/// `in_flight` holds the Rerank calls not answered yet (a drain waits for these only).
+#[derive(Debug, Clone, Default)]
+pub struct CountAnswers {
+    pub in_flight: Arc<AtomicUsize>,
+}
 
 impl<S> tower::Layer<S> for CountAnswers {
     type Service = Counted<S>;
     fn layer(&self, inner: S) -> Counted<S> {
-        Counted { inner }
+        Counted {
+            inner,
+            in_flight: self.in_flight.clone(),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Counted<S> {
     inner: S,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for Counted<S>
@@ -46,15 +55,20 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let counted = request.uri().path() == RERANK_PATH;
         let started = Instant::now();
+        // Counted from now until answered, even if this future is dropped on the way.
+        let answer = counted.then(|| {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            Answer {
+                started,
+                done: false,
+                in_flight: self.in_flight.clone(),
+            }
+        });
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await?;
-            if !counted {
+            let Some(mut answer) = answer else {
                 return Ok(response);
-            }
-            let mut answer = Answer {
-                started,
-                done: false,
             };
             // A trailers-only answer (an error before any message) carries its status in
             // the headers; any other carries it in the trailers at the end of the body.
@@ -71,12 +85,14 @@ where
 struct Answer {
     started: Instant,
     done: bool,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Answer {
     fn record(&mut self, code: Code) {
         if !self.done {
             self.done = true;
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
             telemetry::request_done(code, self.started.elapsed().as_secs_f64());
         }
     }

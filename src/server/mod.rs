@@ -10,6 +10,7 @@ pub mod status;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,6 +140,8 @@ impl BoundServer {
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
         let (drain, draining) = tokio::sync::oneshot::channel::<()>();
+        let answers = answers::CountAnswers::default();
+        let in_flight = answers.in_flight.clone();
         // Per connection, at most `streams × max_message_bytes` of request bodies are held;
         // pings find dead peers; an age limit spreads long-lived channels over new replicas.
         let serving = tonic::transport::Server::builder()
@@ -148,7 +151,7 @@ impl BoundServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_connection_age(config.max_connection_age)
             .max_connection_age_grace(config.shutdown_grace)
-            .layer(answers::CountAnswers)
+            .layer(answers.clone())
             .layer(tower::util::MapRequestLayer::new(
                 deadline::record_client_timeout::<tonic::body::Body>,
             ))
@@ -176,10 +179,31 @@ impl BoundServer {
                     health.set_service_status(name, ServingStatus::NotServing).await;
                 }
                 let _ = drain.send(());
-                match tokio::time::timeout(config.shutdown_grace, serving).await {
-                    Ok(result) => result.map_err(Into::into),
+                // Done when every Rerank call is answered: a health Watch stream a client
+                // keeps open would otherwise hold the process for the whole grace period.
+                let answered = async {
+                    while in_flight.load(Ordering::Acquire) > 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                };
+                let drained = async {
+                    tokio::select! {
+                        result = &mut serving => result.map_err(Into::into),
+                        () = answered => {
+                            // The last answers' final frames still need writing.
+                            let flush = Duration::from_millis(100);
+                            match tokio::time::timeout(flush, &mut serving).await {
+                                Ok(result) => result.map_err(Into::into),
+                                Err(_) => Ok(()), // only long-lived streams were left
+                            }
+                        }
+                    }
+                };
+                match tokio::time::timeout(config.shutdown_grace, drained).await {
+                    Ok(result) => result,
                     Err(_) => {
-                        tracing::warn!("grace period over, dropping requests still in flight");
+                        let dropped = in_flight.load(Ordering::Acquire);
+                        tracing::warn!(dropped, "grace period over, dropping requests still in flight");
                         Ok(())
                     }
                 }
