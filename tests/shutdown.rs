@@ -117,7 +117,7 @@ async fn a_health_watch_does_not_hold_sigterm_for_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), 1);
     let (grpc, metrics) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(BIN)
+    let child = tokio::process::Command::new(BIN)
         .args(["serve", "--models"])
         .arg(dir.path())
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
