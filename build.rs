@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
+        .codec_path("crate::api::codec::RerankCodec")
         .file_descriptor_set_path(descriptor)
         .compile_with_config(config, &protos, &["proto"])?;
     Ok(())

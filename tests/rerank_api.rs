@@ -505,3 +505,21 @@ async fn explained_items_name_their_alternatives_and_the_rules_that_masked() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn millions_of_empty_candidates_are_refused_before_decoding() {
+    let (_dir, server) = serving_server(|_| {}).await;
+    let mut client = server.client().await;
+    // 2 bytes per candidate on the wire: 2 million fit in the 4 MiB message limit, and
+    // would decode into ~160 MB of structs.
+    let mut req = request(1, 1, 1);
+    req.candidates = vec![degre::api::v1::Candidate::default(); 2_000_000];
+    let status = client.rerank(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "candidates: 2000000 candidates exceed the limit of 1000"
+    );
+    assert_serves(&mut client, request(10, 5, 4), 5).await;
+    server.stop().await;
+}

@@ -1,5 +1,7 @@
 //! The generated gRPC API (`proto/degre/v1`) and its conversion into the domain.
 
+pub mod codec;
+
 pub mod v1 {
     tonic::include_proto!("degre.v1");
 }

@@ -131,6 +131,7 @@ impl BoundServer {
         } else {
             (None, None)
         };
+        crate::api::codec::set_max_candidates(config.max_candidates);
         let reranker = RerankerServer::new(RerankService::new(store, &config))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
