@@ -1,4 +1,4 @@
-//! The generated gRPC API (`proto/degre/v1`) and its conversion into the domain.
+//! The generated gRPC API (`proto/degre/v1`) and its conversion into the domain and back.
 
 pub mod codec;
 
@@ -10,7 +10,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("degre_descriptor");
 
 use crate::contract::manifest::FeatureSchema;
-use crate::rerank::{Constraints, GroupCap, InputBuilder, InvalidField, RerankInput, Rules};
+use crate::rerank::{Constraints, GroupCap, InputBuilder, InvalidField, Pick, RerankInput, Rules};
 
 /// Validates a request against the serving schema. Destructured field by field, so a new
 /// proto field fails to compile until it is handled here.
@@ -73,5 +73,59 @@ fn rerank_constraints(c: v1::Constraints) -> Constraints {
             })
             .collect(),
         exclude_item_ids: c.exclude_item_ids,
+    }
+}
+
+/// The answer to a request: its picks in order, with their item ids, and the explanations
+/// asked for; `unfilled` says where the constraints stopped a list short.
+pub fn rerank_response(
+    picks: Vec<Pick>,
+    input: RerankInput,
+    model_name: String,
+    model_version: u64,
+) -> v1::RerankResponse {
+    let unfilled = if picks.len() < input.slots {
+        format!(
+            "slot {}: the constraints allow none of the remaining candidates; {} of {} slots filled",
+            picks.len(),
+            picks.len(),
+            input.slots
+        )
+    } else {
+        String::new()
+    };
+    let mut item_ids = input.item_ids;
+    let items = picks
+        .into_iter()
+        .map(|pick| {
+            // An alternative at this step is chosen later, if at all: its id is still here.
+            let (alternatives, masked_by) = match pick.why {
+                Some(why) => (
+                    why.alternatives
+                        .iter()
+                        .map(|&(index, probability)| v1::Alternative {
+                            item_id: item_ids[index].clone(),
+                            candidate_index: index as u32,
+                            probability,
+                        })
+                        .collect(),
+                    why.masked_by,
+                ),
+                None => (Vec::new(), Vec::new()),
+            };
+            v1::RankedItem {
+                item_id: std::mem::take(&mut item_ids[pick.index]),
+                candidate_index: pick.index as u32,
+                score: pick.score,
+                alternatives,
+                masked_by,
+            }
+        })
+        .collect();
+    v1::RerankResponse {
+        items,
+        model_name,
+        model_version,
+        unfilled,
     }
 }

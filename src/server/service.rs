@@ -66,51 +66,12 @@ impl RerankService {
         let picks = model.rerank(&input);
         telemetry::request_compute(input.candidates(), started.elapsed().as_secs_f64());
         drop(slot);
-        let picks = picks?;
-        let unfilled = if picks.len() < input.slots {
-            format!(
-                "slot {}: the constraints allow none of the remaining candidates; {} of {} slots filled",
-                picks.len(),
-                picks.len(),
-                input.slots
-            )
-        } else {
-            String::new()
-        };
-        let mut item_ids = input.item_ids;
-        let items = picks
-            .into_iter()
-            .map(|pick| {
-                // An alternative at this step is chosen later, if at all: its id is still here.
-                let (alternatives, masked_by) = match pick.why {
-                    Some(why) => (
-                        why.alternatives
-                            .iter()
-                            .map(|&(index, probability)| v1::Alternative {
-                                item_id: item_ids[index].clone(),
-                                candidate_index: index as u32,
-                                probability,
-                            })
-                            .collect(),
-                        why.masked_by,
-                    ),
-                    None => (Vec::new(), Vec::new()),
-                };
-                v1::RankedItem {
-                    item_id: std::mem::take(&mut item_ids[pick.index]),
-                    candidate_index: pick.index as u32,
-                    score: pick.score,
-                    alternatives,
-                    masked_by,
-                }
-            })
-            .collect();
-        Ok(v1::RerankResponse {
-            items,
-            model_name: model.name.clone(),
-            model_version: model.version,
-            unfilled,
-        })
+        Ok(api::rerank_response(
+            picks?,
+            input,
+            model.name.clone(),
+            model.version,
+        ))
     }
 }
 
