@@ -125,6 +125,12 @@ impl Compiler {
             // An input's default value (IR < 4): the fed value would have to win.
             return unsupported(format!("initializer {:?} shadows an input", init.name));
         }
+        if init.dims.iter().any(|&d| d < 0) {
+            return unsupported(format!(
+                "initializer {:?} has a negative dimension",
+                init.name
+            ));
+        }
         let dims: Vec<usize> = init.dims.iter().map(|&d| d as usize).collect();
         let shape = match dims[..] {
             [] => Shape {
@@ -141,7 +147,16 @@ impl Compiler {
             },
             _ => return unsupported(format!("initializer {:?} has rank > 2", init.name)),
         };
-        let count: usize = dims.iter().product();
+        if dims.contains(&0) {
+            // Every kernel assumes non-empty rows; tract serves such a graph.
+            return unsupported(format!(
+                "initializer {:?} has an empty dimension",
+                init.name
+            ));
+        }
+        let Some(count) = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+            return unsupported(format!("initializer {:?} is too large", init.name));
+        };
         if init.data_type == DataType::Float as i32 {
             let data = constant_data(init, 4, |b| f32::from_le_bytes(b.try_into().unwrap()), {
                 init.float_data.clone()
