@@ -36,18 +36,36 @@ fn write_all(dir: &Path, files: &[(String, Vec<u8>)]) -> io::Result<()> {
     Ok(())
 }
 
+/// The highest version ever published here, kept beside the versions: a number is never
+/// given twice, even after its folder was removed (a server may still serve it from memory
+/// and would never load other files under the same number). Advisory: publishers racing
+/// may lower it, never below what is on disk.
+const LAST_PUBLISHED: &str = ".last-published";
+
 /// Renames the staged directory to the next free version; retries if a concurrent
 /// publisher took that number first.
 fn rename_as_next(root: &Path, name: &str, staging: &Path) -> io::Result<u64> {
     let repo = Repository::open(root, Some(name)).map_err(io::Error::other)?;
+    let marker = repo.model_dir().join(LAST_PUBLISHED);
+    let last_published = || -> u64 {
+        fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
     for _ in 0..16 {
-        let next = repo.versions()?.first().map_or(1, |v| v + 1);
+        let on_disk = repo.versions()?.first().copied().unwrap_or(0);
+        let next = on_disk.max(last_published()) + 1;
         let target = repo.version_dir(next);
         if target.exists() {
             continue;
         }
         match fs::rename(staging, &target) {
-            Ok(()) => return Ok(next),
+            Ok(()) => {
+                let staged = marker.with_extension(format!("{}", std::process::id()));
+                fs::write(&staged, next.to_string()).and_then(|()| fs::rename(&staged, &marker))?;
+                return Ok(next);
+            }
             Err(e) if target.exists() => tracing::debug!(%e, next, "version taken, retrying"),
             Err(e) => return Err(e),
         }
