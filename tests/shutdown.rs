@@ -19,6 +19,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A client of the server at `addr`, once it answers a request.
+async fn answering_client(addr: &str) -> RerankerClient<tonic::transport::Channel> {
+    loop {
+        if let Ok(mut c) = RerankerClient::connect(addr.to_string()).await {
+            if c.rerank(request(5, 5, 0)).await.is_ok() {
+                return c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn bad_configuration_exits_64_with_a_message() {
     let out = Command::new(BIN)
@@ -62,14 +74,7 @@ async fn sigterm_drains_in_flight_requests() {
         .spawn()
         .unwrap();
     let addr = format!("http://127.0.0.1:{grpc}");
-    let mut client = loop {
-        if let Ok(mut c) = RerankerClient::connect(addr.clone()).await {
-            if c.rerank(request(5, 5, 0)).await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut client = answering_client(&addr).await;
 
     // Queue a few hundred slow requests behind the single compute thread.
     let calls: Vec<_> = (0..200)
@@ -127,14 +132,7 @@ async fn a_health_watch_does_not_hold_sigterm_for_the_grace_period() {
         .spawn()
         .unwrap();
     let addr = format!("http://127.0.0.1:{grpc}");
-    let mut client = loop {
-        if let Ok(mut c) = RerankerClient::connect(addr.clone()).await {
-            if c.rerank(request(5, 5, 0)).await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut client = answering_client(&addr).await;
     // A load balancer's health watch: a stream the server never ends by itself.
     let channel = tonic::transport::Endpoint::from_shared(addr.clone())
         .unwrap()

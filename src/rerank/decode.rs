@@ -44,6 +44,7 @@ pub enum DecodeError<E> {
 
 use super::math;
 use super::rules::Rules;
+use super::RerankInput;
 
 /// Pointer scores of all candidates: `out[i] = keys[i] · query`, `keys` row-major `[N, H]`.
 pub fn pointer_logits(keys: &[f32], query: &[f32], out: &mut Vec<f32>) {
@@ -160,6 +161,31 @@ pub fn greedy_with<M: StepModel>(
         picks.push(pick);
     }
     Ok(picks)
+}
+
+/// Decodes `input` as it asks: its slots, under its rules, explained if asked.
+pub fn decode_request<M: StepModel>(
+    model: &mut M,
+    input: &RerankInput,
+) -> Result<Vec<Pick>, DecodeError<M::Error>> {
+    greedy_with(
+        model,
+        input.candidates(),
+        input.slots,
+        &input.rules,
+        input.explain,
+    )
+}
+
+/// The logits of every step when decoding is forced along `prefix` (teacher forcing).
+pub fn forced<M: StepModel>(model: &mut M, prefix: &[usize]) -> Result<Vec<Vec<f32>>, M::Error> {
+    let mut prev = None;
+    let mut out = Vec::with_capacity(prefix.len());
+    for &next in prefix {
+        out.push(model.next_logits(prev)?.to_vec());
+        prev = Some(next);
+    }
+    Ok(out)
 }
 
 /// The allowed candidate with the highest logit (ties to the lower index) and its

@@ -96,13 +96,7 @@ impl TractModel {
     ) -> Result<Vec<Pick>, DecodeError<InferenceError>> {
         let encoder = self.encoder_plan(input.candidates(), plans);
         let mut steps = self.encode(&encoder, input).map_err(DecodeError::Model)?;
-        decode::greedy_with(
-            &mut steps,
-            input.candidates(),
-            input.slots,
-            &input.rules,
-            input.explain,
-        )
+        decode::decode_request(&mut steps, input)
     }
 
     /// Compiles the encoder specialised to `n` candidates now rather than on first use.
@@ -124,13 +118,7 @@ impl TractModel {
     ) -> Result<Vec<Vec<f32>>, InferenceError> {
         let encoder = self.encoder_plan(input.candidates(), plans);
         let mut steps = self.encode(&encoder, input)?;
-        let mut prev = None;
-        let mut out = Vec::with_capacity(prefix.len());
-        for &next in prefix {
-            out.push(steps.next_logits(prev)?.to_vec());
-            prev = Some(next);
-        }
-        Ok(out)
+        decode::forced(&mut steps, prefix)
     }
 
     fn encoder_plan(&self, n: usize, plans: Plans) -> Plan {

@@ -451,14 +451,8 @@ impl TrainedGenerator {
             .rerank_input(&self.schema, slots)
             .map_err(|e| e.to_string())?;
         let mut steps = ReferenceSteps::new(&self.weights, &self.schema, &input);
-        decode::greedy_with(
-            &mut steps,
-            input.candidates(),
-            input.slots,
-            &input.rules,
-            input.explain,
-        )
-        .map(|picks| picks.iter().map(|p| p.index).collect())
-        .map_err(|e| e.to_string())
+        decode::decode_request(&mut steps, &input)
+            .map(|picks| picks.iter().map(|p| p.index).collect())
+            .map_err(|e| e.to_string())
     }
 }

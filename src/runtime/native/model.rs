@@ -82,13 +82,7 @@ impl NativeModel {
     /// Encodes the candidates once, then decodes `input.slots` slots greedily.
     pub fn rerank(&self, input: &RerankInput) -> Result<Vec<Pick>, DecodeError<RunError>> {
         self.with_steps(input, DecodeError::Model, |steps| {
-            decode::greedy_with(
-                steps,
-                input.candidates(),
-                input.slots,
-                &input.rules,
-                input.explain,
-            )
+            decode::decode_request(steps, input)
         })
     }
 
@@ -98,19 +92,7 @@ impl NativeModel {
         input: &RerankInput,
         prefix: &[usize],
     ) -> Result<Vec<Vec<f32>>, RunError> {
-        self.with_steps(
-            input,
-            |e| e,
-            |steps| {
-                let mut prev = None;
-                let mut out = Vec::with_capacity(prefix.len());
-                for &next in prefix {
-                    out.push(steps.next_logits(prev)?.to_vec());
-                    prev = Some(next);
-                }
-                Ok(out)
-            },
-        )
+        self.with_steps(input, |e| e, |steps| decode::forced(steps, prefix))
     }
 
     /// Encodes `input` in pooled scratch space, then runs `decode` over its steps.
