@@ -23,6 +23,8 @@ fn main() {
         eprintln!("degre: {e:#}");
         let code = if e.is::<ConfigError>() {
             EXIT_CONFIG
+        } else if let Some(failed) = e.downcast_ref::<cli::rerank::RerankFailed>() {
+            failed.exit_code()
         } else {
             1
         };

@@ -125,3 +125,25 @@ async fn reflection_lists_the_reranker_and_health_in_v1_and_v1alpha() {
     }
     off.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_exits_with_its_grpc_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let server = TestServer::start(&root.join("models"), |_| {}).await;
+    server.wait_serving().await;
+    let dir = tempfile::tempdir().unwrap();
+    let request = dir.path().join("empty.json");
+    std::fs::write(&request, r#"{"candidates": []}"#).unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["rerank", "--addr", &format!("http://{}", server.grpc_addr)])
+        .arg("--request")
+        .arg(&request)
+        .output()
+        .await
+        .unwrap();
+    // 20 + INVALID_ARGUMENT (3).
+    assert_eq!(out.status.code(), Some(23), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("InvalidArgument: candidates"), "{stderr}");
+    server.stop().await;
+}

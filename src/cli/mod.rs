@@ -8,7 +8,7 @@ mod health;
 mod offline;
 #[cfg(feature = "offline")]
 mod pipeline;
-mod rerank;
+pub mod rerank;
 
 use clap::{Parser, Subcommand};
 
@@ -32,7 +32,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve the Rerank gRPC API from a model repository, hot-reloading new versions.
     Serve(ServeArgs),
-    /// Send a JSON request file to a running server and print the response as JSON.
+    /// Send a JSON request file to a running server and print the response as JSON. Exits
+    /// 0 on OK, 20 + the gRPC code on any other answer (23 INVALID_ARGUMENT, 34 UNAVAILABLE,
+    /// …), 1 if it could not ask.
     Rerank(rerank::RerankArgs),
     /// Exit 0 if a server reports SERVING on grpc.health.v1 (for container health checks).
     Health(health::HealthArgs),

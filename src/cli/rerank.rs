@@ -10,6 +10,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::v1;
 
+/// The server answered a gRPC status other than OK; `degre rerank` exits with
+/// [`RerankFailed::exit_code`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?}: {1}")]
+pub struct RerankFailed(pub tonic::Code, pub String);
+
+impl RerankFailed {
+    /// 20 + the gRPC code: 23 INVALID_ARGUMENT, 24 DEADLINE_EXCEEDED, 28 RESOURCE_EXHAUSTED,
+    /// 34 UNAVAILABLE, … (1 stays "could not ask": a bad file, no connection).
+    pub fn exit_code(&self) -> i32 {
+        20 + self.0 as i32
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct RerankArgs {
     /// JSON request file; `-` reads standard input.
@@ -172,7 +186,7 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
     let response = client
         .rerank(request)
         .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| RerankFailed(s.code(), s.message().to_string()))?
         .into_inner();
     let out = ResponseJson {
         model_name: response.model_name,
