@@ -137,7 +137,8 @@ impl Watcher {
                 let model = Arc::new(model);
                 tracing::info!(
                     model = %model.name, version, load_ms = started.elapsed().as_millis() as u64,
-                    provenance = %model.manifest.provenance, "serving model version"
+                    engine = ?model.engine(), provenance = %model.manifest.provenance,
+                    "serving model version"
                 );
                 telemetry::model_loaded(&model.name, version);
                 self.store.swap_in(model);
