@@ -201,31 +201,17 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
         ("graph", 1),
         ("manifest", 1),
     ];
-    let lines = |failures: &str| {
-        expected
-            .iter()
-            .map(|(r, n)| format!("reason=\"{r}\"}} {n}"))
-            .filter(|l| !failures.contains(l.as_str()))
-            .collect::<Vec<_>>()
-    };
-    let mut failures = String::new();
-    for _ in 0..200 {
-        let metrics = server.metrics().await;
-        failures = metrics
-            .lines()
-            .filter(|l| l.starts_with("degre_model_loads_total{result=\"failure\""))
-            .collect::<Vec<_>>()
-            .join("\n");
-        if lines(&failures).is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let wanted: Vec<String> = expected
+        .iter()
+        .map(|(r, n)| format!("degre_model_loads_total{{result=\"failure\",reason=\"{r}\"}} {n}"))
+        .collect();
+    let metrics = server.metrics_with(&wanted).await;
+    for line in &wanted {
+        assert!(
+            metrics.contains(line.as_str()),
+            "missing {line} in:\n{metrics}"
+        );
     }
-    assert!(
-        lines(&failures).is_empty(),
-        "missing {:?} in:\n{failures}",
-        lines(&failures)
-    );
     let mut client = server.client().await;
     let response = client.rerank(request(20, 5, 1)).await.unwrap().into_inner();
     assert_eq!(response.model_version, 1, "the good version keeps serving");
@@ -318,14 +304,7 @@ async fn a_version_linked_from_outside_the_model_folder_is_refused() {
     )
     .unwrap();
     let refused = "degre_model_loads_total{result=\"failure\",reason=\"manifest\"} 1";
-    let mut metrics = String::new();
-    for _ in 0..200 {
-        metrics = server.metrics().await;
-        if metrics.contains(refused) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let metrics = server.metrics_with(&[refused.to_string()]).await;
     assert!(metrics.contains(refused), "{metrics}");
     let response = server
         .client()

@@ -31,6 +31,12 @@ async fn answering_client(addr: &str) -> RerankerClient<tonic::transport::Channe
     }
 }
 
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(kill.unwrap().success());
+}
+
 #[test]
 fn bad_configuration_exits_64_with_a_message() {
     let out = Command::new(BIN)
@@ -85,12 +91,7 @@ async fn sigterm_drains_in_flight_requests() {
         .collect();
     let metrics_url = format!("http://127.0.0.1:{metrics}/metrics");
     let in_flight = common::wait_in_flight(&metrics_url, 60).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&child);
 
     let mut ok = 0;
     for call in calls {
@@ -150,12 +151,7 @@ async fn a_health_watch_does_not_hold_sigterm_for_the_grace_period() {
     assert!(watch.message().await.unwrap().is_some());
     client.rerank(request(5, 5, 1)).await.unwrap();
 
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&child);
     // With nothing to drain it stops long before its 120 s grace, and says nothing was lost.
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await

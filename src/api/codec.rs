@@ -1,8 +1,8 @@
 //! The Reranker's codec: prost, with two changes on the server's decoding side. A request
 //! with more candidates than the server accepts is refused *before* it is decoded (a 4 MiB
-//! body of 2 million empty candidates would otherwise decode to ~160 MB of structs), and a
-//! body that is not a valid message is the client's error, `INVALID_ARGUMENT`, not
-//! `INTERNAL` (which the alerts read as a broken model).
+//! body of 2 million empty candidates would otherwise decode to 2 million structs, ~160 MB
+//! by their size: an estimate), and a body that is not a valid message is the client's
+//! error, `INVALID_ARGUMENT`, not `INTERNAL` (which the alerts read as a broken model).
 
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};

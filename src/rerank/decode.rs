@@ -42,6 +42,17 @@ pub enum DecodeError<E> {
     NonFinite { slot: usize, index: usize },
 }
 
+impl<E> DecodeError<E> {
+    /// The same error, the model's own converted by `f`.
+    pub fn map_model<F>(self, f: impl FnOnce(E) -> F) -> DecodeError<F> {
+        match self {
+            DecodeError::Model(e) => DecodeError::Model(f(e)),
+            DecodeError::LogitCount { expected, got } => DecodeError::LogitCount { expected, got },
+            DecodeError::NonFinite { slot, index } => DecodeError::NonFinite { slot, index },
+        }
+    }
+}
+
 use super::math;
 use super::rules::Rules;
 use super::RerankInput;
@@ -101,19 +112,21 @@ pub fn greedy_with<M: StepModel>(
                 got: logits.len(),
             });
         }
-        let mut masked_by = Vec::new();
-        let mut pick = match rules.pinned(slot) {
+        let (mut pick, why) = match rules.pinned(slot) {
             Some(index) => {
-                if explain {
-                    masked_by.push("pin".to_string());
-                }
-                Pick {
+                let pick = Pick {
                     index,
                     score: 0.0,
                     why: None,
-                }
+                };
+                let why = explain.then(|| Why {
+                    alternatives: Vec::new(),
+                    masked_by: vec!["pin".to_string()],
+                });
+                (pick, why)
             }
             None => {
+                let mut caps = Vec::new();
                 let mask = if constrained {
                     for (index, (a, &f)) in allow.iter_mut().zip(&free).enumerate() {
                         *a = if f != 0.0 && !rules.barred(index) {
@@ -122,37 +135,22 @@ pub fn greedy_with<M: StepModel>(
                             0.0
                         };
                     }
-                    let caps = rules.mask_caps(slot, &placed, &mut allow);
-                    if explain {
-                        masked_by = rules.masked_by(slot, &free, &caps);
-                    }
+                    caps = rules.mask_caps(slot, &placed, &mut allow);
                     &allow
                 } else {
                     &free
                 };
-                match best(logits, mask, slot)? {
-                    Some(mut pick) => {
-                        if explain {
-                            pick.why = Some(Box::new(Why {
-                                alternatives: alternatives(logits, mask, pick.index, pick.score),
-                                masked_by: Vec::new(),
-                            }));
-                        }
-                        pick
-                    }
-                    None => break, // nothing allowed: the feasible prefix is the answer
-                }
+                let Some(pick) = best(logits, mask, slot)? else {
+                    break; // nothing allowed: the feasible prefix is the answer
+                };
+                let why = explain.then(|| Why {
+                    alternatives: alternatives(logits, mask, pick.index, pick.score),
+                    masked_by: rules.masked_by(slot, &free, &caps),
+                });
+                (pick, why)
             }
         };
-        if explain {
-            let why = pick.why.get_or_insert_with(|| {
-                Box::new(Why {
-                    alternatives: Vec::new(),
-                    masked_by: Vec::new(),
-                })
-            });
-            why.masked_by = masked_by;
-        }
+        pick.why = why.map(Box::new);
         free[pick.index] = 0.0;
         if constrained {
             placed[slot] = Some(pick.index);

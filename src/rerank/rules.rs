@@ -41,6 +41,21 @@ struct Cap {
     window: usize,
 }
 
+impl Cap {
+    /// How many items of each group the slots of `window` hold.
+    fn counts(&self, window: &[Option<usize>]) -> Vec<(i64, usize)> {
+        let mut counts: Vec<(i64, usize)> = Vec::new();
+        for &c in window.iter().flatten() {
+            let g = self.groups[c];
+            match counts.iter_mut().find(|(group, _)| *group == g) {
+                Some((_, count)) => *count += 1,
+                None => counts.push((g, 1)),
+            }
+        }
+        counts
+    }
+}
+
 impl Rules {
     /// Checks `constraints` against the request's `item_ids`, and returns the rules with
     /// the slots to fill: `requested`, at most the candidates left after the exclusions.
@@ -142,19 +157,11 @@ impl Rules {
             });
         }
         // Pins alone must already respect every cap.
-        let mut placed = rules.pinned_at.clone();
-        placed.resize(slots, None);
+        let placed = rules.placed(slots);
         for (i, cap) in rules.caps.iter().enumerate() {
             for start in 0..=slots.saturating_sub(cap.window) {
-                let mut seen: Vec<(i64, usize)> = Vec::new();
-                for c in placed[start..start + cap.window].iter().flatten() {
-                    let g = cap.groups[*c];
-                    match seen.iter_mut().find(|(group, _)| *group == g) {
-                        Some((_, count)) => *count += 1,
-                        None => seen.push((g, 1)),
-                    }
-                }
-                if seen.iter().any(|&(_, count)| count > cap.max) {
+                let counts = cap.counts(&placed[start..start + cap.window]);
+                if counts.iter().any(|&(_, count)| count > cap.max) {
                     return Err(InvalidField::new(
                         "constraints.pins",
                         format!("the pinned items alone break constraints.group_caps[{i}]"),
@@ -191,18 +198,13 @@ impl Rules {
             let first = (slot + 1).saturating_sub(cap.window);
             let last = slot.min(slots.saturating_sub(cap.window));
             for start in first..=last {
-                let mut seen: Vec<(i64, usize)> = Vec::new();
-                for c in placed[start..(start + cap.window).min(slots)]
-                    .iter()
-                    .flatten()
-                {
-                    let g = cap.groups[*c];
-                    match seen.iter_mut().find(|(group, _)| *group == g) {
-                        Some((_, count)) => *count += 1,
-                        None => seen.push((g, 1)),
-                    }
-                }
-                full.extend(seen.iter().filter(|&&(_, n)| n >= cap.max).map(|&(g, _)| g));
+                let counts = cap.counts(&placed[start..(start + cap.window).min(slots)]);
+                full.extend(
+                    counts
+                        .iter()
+                        .filter(|&&(_, n)| n >= cap.max)
+                        .map(|&(g, _)| g),
+                );
             }
             if full.is_empty() {
                 continue;
@@ -221,29 +223,18 @@ impl Rules {
     /// Names of the constraints that masked a free candidate at `slot` (for explanations):
     /// pins of later slots, exclusions, and the caps flagged by [`Self::mask_caps`].
     pub fn masked_by(&self, slot: usize, free: &[f32], caps: &[bool]) -> Vec<String> {
+        let later_pin = |c: usize| self.pinned_at.iter().skip(slot + 1).any(|&p| p == Some(c));
+        let any_free =
+            |test: &dyn Fn(usize) -> bool| (0..free.len()).any(|c| free[c] != 0.0 && test(c));
         let mut names = Vec::new();
-        let free_and = |test: &dyn Fn(usize) -> bool| {
-            free.iter().enumerate().any(|(c, &f)| f != 0.0 && test(c))
-        };
-        let later_pins: Vec<usize> = self
-            .pinned_at
-            .iter()
-            .skip(slot + 1)
-            .flatten()
-            .copied()
-            .collect();
-        if free_and(&|c| later_pins.contains(&c)) {
+        if any_free(&later_pin) {
             names.push("pin".to_string());
         }
-        if free_and(&|c| self.barred[c] && !later_pins.contains(&c)) {
+        if any_free(&|c| self.barred(c) && !later_pin(c)) {
             names.push("exclusion".to_string());
         }
-        names.extend(
-            caps.iter()
-                .enumerate()
-                .filter(|&(_, &m)| m)
-                .map(|(i, _)| format!("group_caps[{i}]")),
-        );
+        let capped = caps.iter().enumerate().filter(|&(_, &m)| m);
+        names.extend(capped.map(|(i, _)| format!("group_caps[{i}]")));
         names
     }
 
@@ -360,6 +351,18 @@ mod tests {
             prop_assert!(rules.is_empty());
             let plain = greedy(&mut noise(n, seed), n, k).unwrap();
             prop_assert_eq!(greedy_with(&mut noise(n, seed), n, slots, &rules, false).unwrap(), plain);
+        }
+    }
+
+    #[test]
+    fn explaining_without_rules_lists_alternatives_and_no_mask() {
+        let plain = greedy(&mut noise(12, 3), 12, 5).unwrap();
+        let explained = greedy_with(&mut noise(12, 3), 12, 5, &Rules::default(), true).unwrap();
+        for (p, e) in plain.iter().zip(&explained) {
+            assert_eq!((p.index, p.score), (e.index, e.score));
+            let why = e.why.as_ref().unwrap();
+            assert_eq!(why.alternatives.len(), 3);
+            assert!(why.masked_by.is_empty());
         }
     }
 

@@ -102,15 +102,7 @@ impl LoadedModel {
         match engine {
             Engine::Native => {
                 let native = self.native().map_err(DecodeError::Model)?;
-                native.rerank(input).map_err(|e| match e {
-                    DecodeError::Model(e) => DecodeError::Model(infer(e)),
-                    DecodeError::LogitCount { expected, got } => {
-                        DecodeError::LogitCount { expected, got }
-                    }
-                    DecodeError::NonFinite { slot, index } => {
-                        DecodeError::NonFinite { slot, index }
-                    }
-                })
+                native.rerank(input).map_err(|e| e.map_model(infer))
             }
             Engine::Tract => self.tract.rerank(input, Plans::Specialised),
             Engine::TractGeneric => self.tract.rerank(input, Plans::Generic),

@@ -136,6 +136,19 @@ impl TestServer {
         http_get(&url).await
     }
 
+    /// Scrapes until every line of `wanted` is in the text (or 10 s pass); the last scrape.
+    pub async fn metrics_with(&self, wanted: &[String]) -> String {
+        let mut text = String::new();
+        for _ in 0..200 {
+            text = self.metrics().await;
+            if wanted.iter().all(|line| text.contains(line.as_str())) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        text
+    }
+
     /// Waits until at least `n` requests are in flight, per the server's own gauge.
     pub async fn wait_in_flight(&self, n: usize) -> usize {
         wait_in_flight(&format!("http://{}/metrics", self.metrics_addr), n).await

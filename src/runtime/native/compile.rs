@@ -31,13 +31,14 @@ impl Program {
     /// outputs named `outputs` (in this order).
     pub fn compile(
         graph: &GraphProto,
-        inputs: Vec<InputSpec>,
+        inputs: &[InputSpec],
         outputs: &[&str],
     ) -> Result<Program, Unsupported> {
         let mut c = Compiler {
             program: Program {
                 instrs: Vec::new(),
-                inputs: Vec::new(),
+                f32_input_shapes: Vec::new(),
+                i64_input_shapes: Vec::new(),
                 f32_consts: Vec::new(),
                 i64_consts: Vec::new(),
                 f32_slot_shapes: Vec::new(),
@@ -48,16 +49,16 @@ impl Program {
             },
             tensors: HashMap::new(),
         };
-        let (mut f32_inputs, mut i64_inputs) = (0, 0);
-        for input in &inputs {
-            let counter = match input.ty {
-                Ty::F32 => &mut f32_inputs,
-                Ty::I64 => &mut i64_inputs,
+        for input in inputs {
+            let p = &mut c.program;
+            let shapes = match input.ty {
+                Ty::F32 => &mut p.f32_input_shapes,
+                Ty::I64 => &mut p.i64_input_shapes,
             };
-            c.define(&input.name, Src::Input(*counter), input.ty, input.shape);
-            *counter += 1;
+            shapes.push(input.shape);
+            let src = Src::Input(shapes.len() - 1);
+            c.define(&input.name, src, input.ty, input.shape);
         }
-        c.program.inputs = inputs;
         for init in &graph.initializer {
             c.constant(init)?;
         }
@@ -157,27 +158,23 @@ impl Compiler {
         let Some(count) = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
             return unsupported(format!("initializer {:?} is too large", init.name));
         };
-        if init.data_type == DataType::Float as i32 {
-            let data = constant_data(init, 4, |b| f32::from_le_bytes(b.try_into().unwrap()), {
-                init.float_data.clone()
-            });
-            check_len(init, data.len(), count)?;
-            self.program.f32_consts.push(data);
-            self.program.f32_const_shapes.push(shape);
-            let src = Src::Const(self.program.f32_consts.len() - 1);
-            self.define(&init.name, src, Ty::F32, shape);
+        let p = &mut self.program;
+        let (src, ty) = if init.data_type == DataType::Float as i32 {
+            let data = constant_data(init, count, f32::from_le_bytes, &init.float_data)?;
+            (
+                push_const(&mut p.f32_consts, &mut p.f32_const_shapes, data, shape),
+                Ty::F32,
+            )
         } else if init.data_type == DataType::Int64 as i32 {
-            let data = constant_data(init, 8, |b| i64::from_le_bytes(b.try_into().unwrap()), {
-                init.int64_data.clone()
-            });
-            check_len(init, data.len(), count)?;
-            self.program.i64_consts.push(data);
-            self.program.i64_const_shapes.push(shape);
-            let src = Src::Const(self.program.i64_consts.len() - 1);
-            self.define(&init.name, src, Ty::I64, shape);
+            let data = constant_data(init, count, i64::from_le_bytes, &init.int64_data)?;
+            (
+                push_const(&mut p.i64_consts, &mut p.i64_const_shapes, data, shape),
+                Ty::I64,
+            )
         } else {
             return unsupported(format!("initializer {:?} is not f32 or i64", init.name));
-        }
+        };
+        self.define(&init.name, src, ty, shape);
         Ok(())
     }
 
@@ -437,28 +434,41 @@ fn broadcast(a: Shape, b: Shape) -> Option<Broadcast> {
     }
 }
 
-fn constant_data<T: Copy>(
+/// An initializer's `count` values, from its raw little-endian bytes or its typed field.
+fn constant_data<T: Copy, const SIZE: usize>(
     init: &TensorProto,
-    size: usize,
-    from_le: impl Fn(&[u8]) -> T,
-    typed: Vec<T>,
-) -> Vec<T> {
-    if init.raw_data.is_empty() {
-        typed
+    count: usize,
+    from_le: fn([u8; SIZE]) -> T,
+    typed: &[T],
+) -> Result<Vec<T>, Unsupported> {
+    let data: Vec<T> = if init.raw_data.is_empty() {
+        typed.to_vec()
     } else {
-        init.raw_data.chunks_exact(size).map(from_le).collect()
+        let chunks = init.raw_data.chunks_exact(SIZE);
+        chunks
+            .map(|b| from_le(b.try_into().expect("chunks of SIZE")))
+            .collect()
+    };
+    if data.len() != count {
+        return unsupported(format!(
+            "initializer {:?} holds {} values for {count} elements",
+            init.name,
+            data.len()
+        ));
     }
+    Ok(data)
 }
 
-fn check_len(init: &TensorProto, got: usize, expected: usize) -> Result<(), Unsupported> {
-    if got == expected {
-        Ok(())
-    } else {
-        unsupported(format!(
-            "initializer {:?} holds {got} values for {expected} elements",
-            init.name
-        ))
-    }
+/// Adds a constant to its table; its source.
+fn push_const<T>(
+    consts: &mut Vec<Vec<T>>,
+    shapes: &mut Vec<Shape>,
+    data: Vec<T>,
+    shape: Shape,
+) -> Src {
+    consts.push(data);
+    shapes.push(shape);
+    Src::Const(consts.len() - 1)
 }
 
 /// A node's attributes, read strictly: an attribute the compiler does not know of means the

@@ -27,8 +27,15 @@ pub struct Workspace {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RunError {
-    #[error("input {index} holds {got} values, expected {expected}")]
+    #[error("{got} {ty} inputs fed, the graph takes {expected}")]
+    Inputs {
+        ty: &'static str,
+        got: usize,
+        expected: usize,
+    },
+    #[error("{ty} input {index} holds {got} values, expected {expected}")]
     Feed {
+        ty: &'static str,
         index: usize,
         got: usize,
         expected: usize,
@@ -46,29 +53,8 @@ impl Program {
         f32_feeds: &[&[f32]],
         i64_feeds: &[&[i64]],
     ) -> Result<(), RunError> {
-        let f32_inputs = self.inputs.iter().filter(|i| i.ty == Ty::F32);
-        let i64_inputs = self.inputs.iter().filter(|i| i.ty == Ty::I64);
-        let f32_lens = f32_feeds.iter().map(|f| f.len());
-        let i64_lens = i64_feeds.iter().map(|f| f.len());
-        let expected = f32_inputs.chain(i64_inputs).map(|i| i.shape.len(n));
-        let got = f32_lens.chain(i64_lens);
-        let fed = f32_feeds.len() + i64_feeds.len();
-        for (index, (got, expected)) in got.zip(expected).enumerate() {
-            if got != expected {
-                return Err(RunError::Feed {
-                    index,
-                    got,
-                    expected,
-                });
-            }
-        }
-        if fed != self.inputs.len() {
-            return Err(RunError::Feed {
-                index: fed.min(self.inputs.len()),
-                got: 0,
-                expected: 1,
-            });
-        }
+        check_feeds("f32", &self.f32_input_shapes, f32_feeds, n)?;
+        check_feeds("i64", &self.i64_input_shapes, i64_feeds, n)?;
         ws.f32.resize_with(self.f32_slot_shapes.len(), Vec::new);
         ws.i64.resize_with(self.i64_slot_shapes.len(), Vec::new);
         let feeds = Feeds {
@@ -239,6 +225,33 @@ fn elementwise(
             }
         }
     }
+}
+
+/// The feeds are as many as the inputs, each of its shape's length at `n` rows.
+fn check_feeds<T>(
+    ty: &'static str,
+    shapes: &[Shape],
+    feeds: &[&[T]],
+    n: usize,
+) -> Result<(), RunError> {
+    if feeds.len() != shapes.len() {
+        return Err(RunError::Inputs {
+            ty,
+            got: feeds.len(),
+            expected: shapes.len(),
+        });
+    }
+    for (index, (feed, shape)) in feeds.iter().zip(shapes).enumerate() {
+        if feed.len() != shape.len(n) {
+            return Err(RunError::Feed {
+                ty,
+                index,
+                got: feed.len(),
+                expected: shape.len(n),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn out_slot(instr: &Instr) -> usize {

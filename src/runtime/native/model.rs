@@ -230,6 +230,6 @@ fn compile(
             spec.file, o.domain
         )));
     }
-    Program::compile(graph, inputs, &outputs)
+    Program::compile(graph, &inputs, &outputs)
         .map_err(|Unsupported(why)| Unsupported(format!("{}: {why}", spec.file)))
 }

@@ -130,7 +130,9 @@ pub struct InputSpec {
 #[derive(Debug, Clone)]
 pub struct Program {
     pub instrs: Vec<Instr>,
-    pub inputs: Vec<InputSpec>,
+    /// Shapes of the f32 and of the i64 inputs, each in feed order (indexed by `Src`).
+    pub f32_input_shapes: Vec<Shape>,
+    pub i64_input_shapes: Vec<Shape>,
     pub f32_consts: Vec<Vec<f32>>,
     pub i64_consts: Vec<Vec<i64>>,
     /// Shapes of every f32 slot, constant, and of every i64 slot (indexed by `Src`).
@@ -153,17 +155,9 @@ pub(super) fn unsupported<T>(why: impl Into<String>) -> Result<T, Unsupported> {
 impl Program {
     pub fn f32_shape(&self, src: Src) -> Shape {
         match src {
-            Src::Input(i) => self.nth_input(Ty::F32, i).shape,
+            Src::Input(i) => self.f32_input_shapes[i],
             Src::Const(i) => self.f32_const_shapes[i],
             Src::Slot(i) => self.f32_slot_shapes[i],
         }
-    }
-
-    fn nth_input(&self, ty: Ty, i: usize) -> &InputSpec {
-        self.inputs
-            .iter()
-            .filter(|input| input.ty == ty)
-            .nth(i)
-            .expect("compiled sources name existing inputs")
     }
 }
