@@ -30,6 +30,7 @@ fn request(schema: &FeatureSchema, n: usize, k: u32) -> v1::RerankRequest {
                     schema.candidate_dense.len(),
                     schema.candidate_categorical.len(),
                 )),
+                ranking_score: Some((i * 37 % 101) as f32),
             })
             .collect(),
         top_k: k,

@@ -26,6 +26,7 @@ fn schema(ctx_dense: usize, ctx_cats: usize, cand_dense: usize, cand_cats: usize
         context_categorical: cats("cc", ctx_cats),
         candidate_dense: names("x", cand_dense),
         candidate_categorical: cats("xc", cand_cats),
+        ranking_score: cand_dense % 2 == 1,
     }
 }
 
@@ -63,6 +64,7 @@ fn input(schema: &FeatureSchema, n: usize, slots: u32, seed: u64) -> RerankInput
             format!("i{i}"),
             row,
             &ids(&schema.candidate_categorical, i + seed as usize),
+            Some((next() % 13) as f32),
         )
         .unwrap();
     }

@@ -22,6 +22,7 @@ feeds = {
     "context_categorical": np.array([job["context_ids"]], np.int64),
     "candidate_dense": np.array(job["candidate_dense"], np.float32).reshape(n, -1),
     "candidate_categorical": np.array(job["candidate_ids"], np.int64).reshape(n, -1),
+    "upstream": np.array(job["upstream"], np.float32).reshape(n, -1),
 }
 names = manifest["encoder"]["inputs"]
 outs = dict(zip(["keys", "values", "state"], enc.run(

@@ -48,6 +48,7 @@ fn onnxruntime_decodes_like_tract() {
             format!("i{i}"),
             &dense,
             &[(i * 9) as i64, (i * 40) as i64],
+            Some(((i * 7) % 5) as f32 - 1.5),
         )
         .unwrap();
     }
@@ -62,6 +63,7 @@ fn onnxruntime_decodes_like_tract() {
         "context_ids": input.context_ids,
         "candidate_dense": input.candidate_dense.chunks(8).collect::<Vec<_>>(),
         "candidate_ids": input.candidate_ids,
+        "upstream": input.upstream.chunks(2).collect::<Vec<_>>(),
         "prefix": prefix,
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/onnxruntime_decode.py");

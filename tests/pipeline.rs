@@ -222,6 +222,7 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
                     dense: vec![i as f32 - 3.0, 1.0, -2.0, 0.5, 4.0],
                     categorical: vec![i % 8],
                 }),
+                ranking_score: None,
             })
             .collect(),
         top_k: 4,

@@ -56,6 +56,7 @@ pub fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
                         &cand_vocab,
                         &mut rng,
                     )),
+                    ranking_score: Some(rng.random_range(-3.0..3.0)),
                 })
                 .collect(),
             top_k: args.top_k,
@@ -96,6 +97,7 @@ fn replay(path: &Path, top_k: u32) -> anyhow::Result<Vec<v1::RerankRequest>> {
                 .map(|c| v1::Candidate {
                     item_id: c.item_id.clone(),
                     features: Some(features(&c.features)),
+                    ranking_score: Some(c.ranking_score),
                 })
                 .collect(),
             top_k: if top_k == 0 {

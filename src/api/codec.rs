@@ -142,6 +142,7 @@ mod tests {
                 .map(|i| v1::Candidate {
                     item_id: format!("i{i}"),
                     features: None,
+                    ranking_score: None,
                 })
                 .chain(std::iter::repeat_n(v1::Candidate::default(), 5000))
                 .collect(),

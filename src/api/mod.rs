@@ -37,9 +37,13 @@ pub fn rerank_input(
         .is_some_and(|c| !c.group_caps.is_empty());
     let mut raw_ids = Vec::new();
     for (index, candidate) in candidates.into_iter().enumerate() {
-        let v1::Candidate { item_id, features } = candidate;
+        let v1::Candidate {
+            item_id,
+            features,
+            ranking_score,
+        } = candidate;
         let v1::Features { dense, categorical } = features.unwrap_or_default();
-        input.candidate(index, item_id, &dense, &categorical)?;
+        input.candidate(index, item_id, &dense, &categorical, ranking_score)?;
         if capped {
             raw_ids.push(categorical);
         }

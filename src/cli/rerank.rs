@@ -96,6 +96,8 @@ struct CandidateJson {
     item_id: String,
     #[serde(default)]
     features: FeaturesJson,
+    #[serde(default)]
+    ranking_score: Option<f32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +154,7 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
             .map(|c| v1::Candidate {
                 item_id: c.item_id,
                 features: Some(c.features.into()),
+                ranking_score: c.ranking_score,
             })
             .collect(),
         top_k: json.top_k,

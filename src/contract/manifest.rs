@@ -38,6 +38,10 @@ pub struct FeatureSchema {
     pub context_categorical: Vec<Categorical>,
     pub candidate_dense: Vec<String>,
     pub candidate_categorical: Vec<Categorical>,
+    /// The encoder reads the incumbent's order: the `upstream` input, derived from the
+    /// candidates' `ranking_score` (see `contract::upstream`). Optional for callers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ranking_score: bool,
 }
 
 impl FeatureSchema {
@@ -62,7 +66,18 @@ impl FeatureSchema {
             context_categorical: categorical("context_categorical", context_vocab),
             candidate_dense: names("candidate_dense", candidate_dense),
             candidate_categorical: categorical("candidate_categorical", candidate_vocab),
+            ranking_score: false,
         }
+    }
+
+    /// Whether callers send the same features to both: `ranking_score` is optional in a
+    /// request, so a version may start or stop reading it.
+    pub fn same_features(&self, other: &FeatureSchema) -> bool {
+        let features = |s: &FeatureSchema| FeatureSchema {
+            ranking_score: false,
+            ..s.clone()
+        };
+        features(self) == features(other)
     }
 }
 

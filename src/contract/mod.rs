@@ -5,6 +5,7 @@
 
 pub mod manifest;
 pub mod roles;
+pub mod upstream;
 
 pub use manifest::{Categorical, FeatureSchema, Limits, Manifest};
 

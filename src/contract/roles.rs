@@ -9,6 +9,8 @@ pub const CONTEXT_DENSE: &str = "context_dense";
 pub const CONTEXT_CATEGORICAL: &str = "context_categorical";
 pub const CANDIDATE_DENSE: &str = "candidate_dense";
 pub const CANDIDATE_CATEGORICAL: &str = "candidate_categorical";
+/// `[N, upstream::WIDTH]` f32: the incumbent's order (only when `schema.ranking_score`).
+pub const UPSTREAM: &str = "upstream";
 pub const KEYS: &str = "keys";
 pub const VALUES: &str = "values";
 pub const STATE: &str = "state";
@@ -49,6 +51,16 @@ pub fn encoder_inputs(schema: &FeatureSchema) -> Vec<EncoderInput> {
             true,
             true,
             schema.candidate_categorical.len(),
+        ),
+        input(
+            UPSTREAM,
+            true,
+            false,
+            if schema.ranking_score {
+                super::upstream::WIDTH
+            } else {
+                0
+            },
         ),
     ]
     .into_iter()

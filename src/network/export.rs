@@ -68,5 +68,8 @@ pub fn version_files(
 /// The schema of the bundled default model (see models/README.md): the simulator's default
 /// log format, with the positional names the pipeline gives features.
 pub fn default_schema() -> FeatureSchema {
-    FeatureSchema::positional(4, &[8], 8, &[16, 64])
+    FeatureSchema {
+        ranking_score: true,
+        ..FeatureSchema::positional(4, &[8], 8, &[16, 64])
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Encoder (once per request):
 //!   c      = tanh([ctx_dense, emb(ctx_ids)] Wc + bc)                        [1, H]
-//!   x      = relu([cand_dense, emb(cand_ids)] Wx + bx) + c                  [N, H]
+//!   x      = relu([cand_dense, upstream, emb(cand_ids)] Wx + bx) + c        [N, H]
+//!            (`upstream`: the incumbent's order, when the schema reads `ranking_score`)
 //!   h      = x + softmax((x Wq)(x Wk)ᵀ / √H) (x Wv) Wo                      (set attention)
 //!   h      = h + relu(h W1 + b1) W2
 //!   keys   = h Wkey,  values = h Wval,  state = tanh(mean_rows(h) Ws + bs)
@@ -78,6 +79,8 @@ pub struct EncoderInputs<'a, O: Ops> {
     pub ctx_dense: Option<&'a O::Mat>,
     pub ctx_ids: Option<&'a O::Ids>,
     pub cand_dense: Option<&'a O::Mat>,
+    /// `[N, upstream::WIDTH]`: see `contract::upstream`.
+    pub upstream: Option<&'a O::Mat>,
     pub cand_ids: Option<&'a O::Ids>,
 }
 
@@ -97,7 +100,13 @@ impl Weights {
             embed: e,
         } = dims;
         let ctx_in = schema.context_dense.len() + schema.context_categorical.len() * e;
-        let cand_in = schema.candidate_dense.len() + schema.candidate_categorical.len() * e;
+        let upstream = if schema.ranking_score {
+            crate::contract::upstream::WIDTH
+        } else {
+            0
+        };
+        let cand_in =
+            schema.candidate_dense.len() + upstream + schema.candidate_categorical.len() * e;
         let ctx_embedding = embedding(&mut p, "ctx_table", &schema.context_categorical, e);
         let cand_embedding = embedding(&mut p, "cand_table", &schema.candidate_categorical, e);
         Weights {
@@ -128,14 +137,15 @@ impl Weights {
 
     /// Runs the encoder once over the request's candidates.
     pub fn encode<O: Ops>(&self, o: &mut O, inputs: EncoderInputs<'_, O>) -> Encoded<O::Mat> {
-        let ctx = features(o, inputs.ctx_dense, inputs.ctx_ids, &self.ctx_embedding);
+        let ctx = features(o, &[inputs.ctx_dense], inputs.ctx_ids, &self.ctx_embedding);
         let b_ctx = o.param(&self.b_ctx);
         let c = match (ctx, &self.w_ctx) {
             (Some(ctx), Some(w)) => linear(o, &ctx, w, &self.b_ctx),
             _ => b_ctx,
         };
         let c = o.tanh(&c);
-        let items = features(o, inputs.cand_dense, inputs.cand_ids, &self.cand_embedding)
+        let dense = [inputs.cand_dense, inputs.upstream];
+        let items = features(o, &dense, inputs.cand_ids, &self.cand_embedding)
             .expect("the manifest guarantees candidate features");
         let x = linear(o, &items, &self.w_item, &self.b_item);
         let x = o.relu(&x);
@@ -181,16 +191,14 @@ impl Weights {
     }
 }
 
+/// The dense parts present, then the embeddings, side by side.
 fn features<O: Ops>(
     o: &mut O,
-    dense: Option<&O::Mat>,
+    dense: &[Option<&O::Mat>],
     ids: Option<&O::Ids>,
     embedding: &Option<Embedding>,
 ) -> Option<O::Mat> {
-    let mut parts = Vec::new();
-    if let Some(dense) = dense {
-        parts.push(dense.clone());
-    }
+    let mut parts: Vec<O::Mat> = dense.iter().flatten().map(|&m| m.clone()).collect();
     if let (Some(ids), Some(embedding)) = (ids, embedding) {
         parts.push(o.embed(ids, &embedding.table, &embedding.offsets));
     }

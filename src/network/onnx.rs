@@ -56,6 +56,7 @@ fn export_encoder(weights: &Weights, schema: &FeatureSchema) -> ModelProto {
             ctx_dense: inputs.get(role::CONTEXT_DENSE),
             ctx_ids: inputs.get(role::CONTEXT_CATEGORICAL),
             cand_dense: inputs.get(role::CANDIDATE_DENSE),
+            upstream: inputs.get(role::UPSTREAM),
             cand_ids: inputs.get(role::CANDIDATE_CATEGORICAL),
         },
     );

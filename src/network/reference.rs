@@ -93,6 +93,7 @@ impl<'w> ReferenceSteps<'w> {
         let ctx_ids = ids(1, schema.context_categorical.len(), &input.context_ids);
         let cand_dense = mat(n, schema.candidate_dense.len(), &input.candidate_dense);
         let cand_ids = ids(n, schema.candidate_categorical.len(), &input.candidate_ids);
+        let upstream = mat(n, input.upstream.len() / n, &input.upstream);
         let present = |width: usize| width > 0;
         let encoded = weights.encode(
             &mut Eager,
@@ -100,6 +101,7 @@ impl<'w> ReferenceSteps<'w> {
                 ctx_dense: present(ctx_dense.ncols()).then_some(&ctx_dense),
                 ctx_ids: present(ctx_ids.ncols()).then_some(&ctx_ids),
                 cand_dense: present(cand_dense.ncols()).then_some(&cand_dense),
+                upstream: present(upstream.ncols()).then_some(&upstream),
                 cand_ids: present(cand_ids.ncols()).then_some(&cand_ids),
             },
         );

@@ -122,15 +122,7 @@ impl Policy {
         let missing = |what: &str| format!("policy {} needs {what}", self.name());
         Ok(match self {
             Policy::Logged => cx.request.exposed.clone(),
-            Policy::Upstream => {
-                let scores: Vec<f64> = cx
-                    .request
-                    .candidates
-                    .iter()
-                    .map(|c| f64::from(c.ranking_score))
-                    .collect();
-                search::sort_by_score(&scores, k)
-            }
+            Policy::Upstream => cx.request.upstream_list(k),
             Policy::Random => index::sample(&mut StdRng::seed_from_u64(cx.seed), n, k).into_vec(),
             Policy::TruePointwise => {
                 let truth = cx.truth.ok_or_else(|| missing("the simulator's world"))?;

@@ -179,7 +179,7 @@ impl Watcher {
             )))
         };
         let (old, new) = (&serving.manifest, &model.manifest);
-        if old.schema != new.schema {
+        if !old.schema.same_features(&new.schema) {
             return restart("feature schema differs from".into());
         }
         if new.limits.max_candidates < old.limits.max_candidates {

@@ -2,7 +2,7 @@
 //! input lives here; transport code only converts.
 
 use super::rules::Rules;
-use crate::contract::{Categorical, FeatureSchema};
+use crate::contract::{roles, upstream, Categorical, FeatureSchema};
 
 /// A request checked against the model's schema, with features laid out row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +15,8 @@ pub struct RerankInput {
     /// `N × candidate_categorical` ids, mapped like `context_ids`.
     pub candidate_ids: Vec<i64>,
     pub item_ids: Vec<String>,
+    /// `N × upstream::WIDTH` values when the model reads the incumbent's order, else empty.
+    pub upstream: Vec<f32>,
     /// Slots to fill, `1..=N`.
     pub slots: usize,
     /// Business rules of the request (none by default).
@@ -27,6 +29,24 @@ impl RerankInput {
     pub fn candidates(&self) -> usize {
         self.item_ids.len()
     }
+
+    /// The values of an encoder input role (`contract::roles`).
+    pub fn feed(&self, role: &str) -> Feed<'_> {
+        match role {
+            roles::CONTEXT_DENSE => Feed::Dense(&self.context_dense),
+            roles::CONTEXT_CATEGORICAL => Feed::Ids(&self.context_ids),
+            roles::CANDIDATE_DENSE => Feed::Dense(&self.candidate_dense),
+            roles::CANDIDATE_CATEGORICAL => Feed::Ids(&self.candidate_ids),
+            roles::UPSTREAM => Feed::Dense(&self.upstream),
+            _ => Feed::Dense(&[]),
+        }
+    }
+}
+
+/// One encoder input's values, row-major.
+pub enum Feed<'a> {
+    Dense(&'a [f32]),
+    Ids(&'a [i64]),
 }
 
 /// A request field that breaks a rule; becomes `INVALID_ARGUMENT` naming the field.
@@ -50,6 +70,10 @@ impl InvalidField {
 pub struct InputBuilder<'a> {
     schema: &'a FeatureSchema,
     input: RerankInput,
+    /// The candidates' `ranking_score`s, how many carried one and the first that did not.
+    scores: Vec<f32>,
+    scored: usize,
+    first_unscored: Option<usize>,
 }
 
 impl<'a> InputBuilder<'a> {
@@ -78,10 +102,14 @@ impl<'a> InputBuilder<'a> {
                 candidate_dense: Vec::with_capacity(candidates * dense),
                 candidate_ids: Vec::with_capacity(candidates * cats),
                 item_ids: Vec::with_capacity(candidates),
+                upstream: Vec::new(),
                 slots: 0,
                 rules: Rules::default(),
                 explain: false,
             },
+            scores: Vec::with_capacity(candidates),
+            scored: 0,
+            first_unscored: None,
         })
     }
 
@@ -107,6 +135,7 @@ impl<'a> InputBuilder<'a> {
         item_id: String,
         dense: &[f32],
         categorical: &[i64],
+        ranking_score: Option<f32>,
     ) -> Result<(), InvalidField> {
         let schema = self.schema;
         // Field names are formatted only for an error: this runs for every candidate.
@@ -126,13 +155,43 @@ impl<'a> InputBuilder<'a> {
             categorical,
             &schema.candidate_categorical,
         )?;
+        if let Some(score) = ranking_score {
+            if !score.is_finite() {
+                return Err(InvalidField::new(
+                    at("ranking_score")(),
+                    format!("{score} is not a finite number"),
+                ));
+            }
+            self.scored += 1;
+        } else {
+            self.first_unscored.get_or_insert(index);
+        }
+        self.scores.push(ranking_score.unwrap_or(0.0));
         self.input.item_ids.push(item_id);
         Ok(())
     }
 
-    /// Checks that item ids are unique. `top_k` 0 ranks every candidate; a `top_k` above N
-    /// returns all N.
+    /// Checks that item ids are unique and that every candidate or none has a
+    /// `ranking_score` (none: the request's order is the ranking stage's). `top_k` 0 ranks
+    /// every candidate; a `top_k` above N returns all N.
     pub fn finish(mut self, top_k: u32) -> Result<RerankInput, InvalidField> {
+        let n = self.input.item_ids.len();
+        if let (1.., Some(missing)) = (self.scored, self.first_unscored) {
+            return Err(InvalidField::new(
+                format!("candidates[{missing}].ranking_score"),
+                format!(
+                    "missing: {} of {n} candidates carry one; send it for all or none",
+                    self.scored
+                ),
+            ));
+        }
+        if self.schema.ranking_score {
+            if self.scored == 0 {
+                self.scores = upstream::scores_of_request_order(n);
+            }
+            self.input.upstream.reserve_exact(n * upstream::WIDTH);
+            upstream::features(&self.scores, &mut self.input.upstream);
+        }
         let ids = &self.input.item_ids;
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
         if let Some((index, id)) = ids
@@ -145,7 +204,6 @@ impl<'a> InputBuilder<'a> {
                 format!("duplicate item id {:?}", clip(id)),
             ));
         }
-        let n = ids.len();
         self.input.slots = if top_k == 0 {
             n
         } else {
@@ -232,12 +290,13 @@ mod tests {
                 name: "brand".into(),
                 vocab_size: 4,
             }],
+            ranking_score: false,
         };
         let huge = "é".repeat(100_000);
         let mut b = InputBuilder::new(&schema, 2, 2).unwrap();
         b.context(&[], &[]).unwrap();
         for i in 0..2 {
-            b.candidate(i, huge.clone(), &[], &[9]).unwrap();
+            b.candidate(i, huge.clone(), &[], &[9], None).unwrap();
         }
         let err = b.finish(0).unwrap_err();
         assert_eq!(err.field, "candidates[1].item_id");

@@ -9,5 +9,5 @@ pub mod math;
 pub mod rules;
 
 pub use decode::{greedy, greedy_with, DecodeError, Pick, StepModel};
-pub use input::{vocab_id, InputBuilder, InvalidField, RerankInput};
+pub use input::{vocab_id, Feed, InputBuilder, InvalidField, RerankInput};
 pub use rules::{Constraints, GroupCap, Rules};

@@ -13,7 +13,7 @@ use crate::contract::manifest::{GraphSpec, Manifest};
 use crate::contract::roles::{self as role, EncoderInput};
 use crate::contract::LoadError;
 use crate::rerank::decode::{self, pointer_logits, DecodeError, Pick, StepModel};
-use crate::rerank::RerankInput;
+use crate::rerank::{Feed, RerankInput};
 
 /// Which encoder plan runs a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,11 +136,9 @@ impl TractModel {
             .iter()
             .map(|i| {
                 let shape = [if i.per_candidate { n } else { 1 }, i.width];
-                match (i.per_candidate, i.categorical) {
-                    (false, false) => tensor(&shape, &input.context_dense),
-                    (false, true) => tensor(&shape, &input.context_ids),
-                    (true, false) => tensor(&shape, &input.candidate_dense),
-                    (true, true) => tensor(&shape, &input.candidate_ids),
+                match input.feed(i.role) {
+                    Feed::Dense(values) => tensor(&shape, values),
+                    Feed::Ids(ids) => tensor(&shape, ids),
                 }
             })
             .collect::<Result<TVec<_>, _>>()?;

@@ -115,10 +115,20 @@ fn requests(manifest: &Manifest) -> Vec<RerankInput> {
                     })
                     .collect(),
                 item_ids: (0..n).map(|i| i.to_string()).collect(),
+                upstream: upstream_of(schema, &wave(n, r)),
                 slots: n.min(MAX_SLOTS),
                 rules: Default::default(),
                 explain: false,
             }
         })
         .collect()
+}
+
+/// The `upstream` input of a warm-up request whose ranking scores are `scores`.
+fn upstream_of(schema: &crate::contract::FeatureSchema, scores: &[f32]) -> Vec<f32> {
+    let mut out = Vec::new();
+    if schema.ranking_score {
+        crate::contract::upstream::features(scores, &mut out);
+    }
+    out
 }

@@ -202,6 +202,7 @@ pub fn request(n: usize, top_k: u32, seed: u64) -> v1::RerankRequest {
                         .collect(),
                     categorical: vec![(i % 64) as i64, (i * 7 % 256) as i64],
                 }),
+                ranking_score: Some((i * 37 % 101) as f32 / 10.0),
             })
             .collect(),
         top_k,

@@ -124,12 +124,15 @@ impl Forced {
 
 /// The feature schema of a generator for logs of a given shape.
 pub fn schema_of(map: &FeatureMap) -> FeatureSchema {
-    FeatureSchema::positional(
-        map.context_mean.len(),
-        &map.context_vocab,
-        map.candidate_mean.len(),
-        &map.candidate_vocab,
-    )
+    FeatureSchema {
+        ranking_score: map.ranking_score,
+        ..FeatureSchema::positional(
+            map.context_mean.len(),
+            &map.context_vocab,
+            map.candidate_mean.len(),
+            &map.candidate_vocab,
+        )
+    }
 }
 
 /// One request as the generator's training inputs (standardised dense features).
@@ -137,6 +140,7 @@ pub struct Inputs {
     ctx_dense: Option<Tensor>,
     ctx_ids: Option<Ids>,
     cand_dense: Option<Tensor>,
+    upstream: Option<Tensor>,
     cand_ids: Option<Ids>,
     pub candidates: usize,
 }
@@ -145,6 +149,8 @@ impl Inputs {
     pub fn new(map: &FeatureMap, request: &LoggedRequest) -> candle_core::Result<Inputs> {
         let n = request.candidates.len();
         let (mut ctx, mut ctx_ids, mut cand, mut cand_ids) = (vec![], vec![], vec![], vec![]);
+        let mut upstream = vec![];
+        map.upstream(request, &mut upstream);
         map.context_dense(&request.context.dense, &mut ctx);
         map.context_ids(&request.context.categorical, &mut ctx_ids);
         for c in &request.candidates {
@@ -165,6 +171,7 @@ impl Inputs {
             ctx_dense: dense(ctx, 1)?,
             ctx_ids: ids(ctx_ids, 1),
             cand_dense: dense(cand, n)?,
+            upstream: dense(upstream, n)?,
             cand_ids: ids(cand_ids, n),
             candidates: n,
         })
@@ -177,6 +184,7 @@ impl Inputs {
                 ctx_dense: self.ctx_dense.as_ref(),
                 ctx_ids: self.ctx_ids.as_ref(),
                 cand_dense: self.cand_dense.as_ref(),
+                upstream: self.upstream.as_ref(),
                 cand_ids: self.cand_ids.as_ref(),
             },
         )

@@ -3,6 +3,7 @@
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::contract::upstream;
 use crate::offline::logs::{LogShape, LoggedRequest};
 use crate::rerank::vocab_id;
 
@@ -16,6 +17,10 @@ pub struct FeatureMap {
     pub candidate_scale: Vec<f32>,
     pub context_vocab: Vec<u64>,
     pub candidate_vocab: Vec<u64>,
+    /// Each candidate's dense row ends with the incumbent's order (`contract::upstream`),
+    /// derived from the request's `ranking_score`s; the generator reads it too.
+    #[serde(default)]
+    pub ranking_score: bool,
 }
 
 fn standardiser<'a>(width: usize, rows: impl Iterator<Item = &'a [f32]>) -> (Vec<f32>, Vec<f32>) {
@@ -48,7 +53,7 @@ fn standardiser<'a>(width: usize, rows: impl Iterator<Item = &'a [f32]>) -> (Vec
 }
 
 impl FeatureMap {
-    pub fn fit(rows: &[&LoggedRequest], shape: &LogShape) -> FeatureMap {
+    pub fn fit(rows: &[&LoggedRequest], shape: &LogShape, ranking_score: bool) -> FeatureMap {
         let (context_mean, context_scale) = standardiser(
             shape.context_dense,
             rows.iter().map(|r| &r.context.dense[..]),
@@ -65,6 +70,39 @@ impl FeatureMap {
             candidate_scale,
             context_vocab: shape.context_vocab.clone(),
             candidate_vocab: shape.candidate_vocab.clone(),
+            ranking_score,
+        }
+    }
+
+    /// Width of a candidate's dense row as the evaluator sees it.
+    pub fn candidate_width(&self) -> usize {
+        self.candidate_mean.len() + self.upstream_width()
+    }
+
+    pub fn upstream_width(&self) -> usize {
+        if self.ranking_score {
+            upstream::WIDTH
+        } else {
+            0
+        }
+    }
+
+    /// Every candidate's standardised dense features, then its `upstream` row.
+    pub fn candidates_dense(&self, request: &LoggedRequest, out: &mut Vec<f32>) {
+        let mut upstream = Vec::new();
+        self.upstream(request, &mut upstream);
+        let w = self.upstream_width();
+        for (i, c) in request.candidates.iter().enumerate() {
+            self.candidate_dense(&c.features.dense, out);
+            out.extend_from_slice(&upstream[i * w..(i + 1) * w]);
+        }
+    }
+
+    /// The request's `upstream` input (`N × WIDTH`), or nothing without `ranking_score`.
+    pub fn upstream(&self, request: &LoggedRequest, out: &mut Vec<f32>) {
+        if self.ranking_score {
+            let scores: Vec<f32> = request.candidates.iter().map(|c| c.ranking_score).collect();
+            upstream::features(&scores, out);
         }
     }
 
@@ -201,7 +239,7 @@ impl Batch {
             .unwrap_or(1);
         let t = lists.iter().map(|l| l.list.len()).max().unwrap_or(1).max(1);
         let (cf, kf) = (map.context_vocab.len(), map.candidate_vocab.len());
-        let (cd, kd) = (map.context_mean.len(), map.candidate_mean.len());
+        let (cd, kd) = (map.context_mean.len(), map.candidate_width());
         let mut context_dense = Vec::with_capacity(b * cd);
         let mut context_ids = Vec::with_capacity(b * cf);
         let mut candidate_dense = Vec::with_capacity(b * n * kd);
@@ -217,8 +255,8 @@ impl Batch {
             let request = item.request;
             map.context_dense(&request.context.dense, &mut context_dense);
             map.context_ids(&request.context.categorical, &mut context_ids);
+            map.candidates_dense(request, &mut candidate_dense);
             for c in &request.candidates {
-                map.candidate_dense(&c.features.dense, &mut candidate_dense);
                 map.candidate_ids(&c.features.categorical, &mut candidate_ids);
             }
             let padding = n - request.candidates.len();

@@ -110,12 +110,16 @@ impl RequestScorer {
             Some(&m("context.b1")?),
         ));
         let (w1, b1, w2, b2) = (m("item.w1")?, m("item.b1")?, m("item.w2")?, m("item.b2")?);
+        let mut all_dense = Vec::new();
+        map.candidates_dense(request, &mut all_dense);
+        let width = map.candidate_width();
         let items: Vec<Vec<f32>> = request
             .candidates
             .iter()
-            .map(|c| {
-                let (mut dense, mut ids) = (Vec::new(), Vec::new());
-                map.candidate_dense(&c.features.dense, &mut dense);
+            .enumerate()
+            .map(|(i, c)| {
+                let dense = all_dense[i * width..(i + 1) * width].to_vec();
+                let mut ids = Vec::new();
                 map.candidate_ids(&c.features.categorical, &mut ids);
                 let x = embedded(dense, ids, "emb.candidate")?;
                 Ok(w2.apply(&relu(w1.apply(&x, Some(&b1))), Some(&b2)))

@@ -29,6 +29,9 @@ pub struct TrainConfig {
     /// Stop after this many epochs without a better validation loss.
     pub patience: usize,
     pub valid_fraction: f64,
+    /// The evaluator, and every generator distilled from it, read the incumbent's order
+    /// (each candidate's `ranking_score`, as `contract::upstream` derives it).
+    pub ranking_score: bool,
     /// Set per run (the pipeline's objective and seed), not in the `[evaluator]` section.
     /// No objective: value when the logs carry it, else clicks.
     #[serde(skip)]
@@ -63,6 +66,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             patience: 3,
             valid_fraction: 0.1,
+            ranking_score: true,
             objective: None,
             seed: 0,
             progress: true,
@@ -275,13 +279,18 @@ pub fn train(
     let spec = Spec {
         dims: Dims {
             context_dense: shape.context_dense,
-            candidate_dense: shape.candidate_dense,
+            candidate_dense: shape.candidate_dense
+                + if config.ranking_score {
+                    crate::contract::upstream::WIDTH
+                } else {
+                    0
+                },
             embed: config.embed,
             hidden: config.hidden,
             attention: config.attention,
             max_slots: shape.max_exposed,
         },
-        features: FeatureMap::fit(&train_rows, &shape),
+        features: FeatureMap::fit(&train_rows, &shape, config.ranking_score),
         objective,
         value_per_click,
         training: None,

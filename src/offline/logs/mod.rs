@@ -64,9 +64,21 @@ impl LoggedRequest {
                 c.item_id.clone(),
                 &c.features.dense,
                 &c.features.categorical,
+                Some(c.ranking_score),
             )?;
         }
         input.finish(u32::try_from(slots.clamp(1, n)).unwrap_or(u32::MAX))
+    }
+
+    /// The ranking stage's list: the first `k` candidates by `ranking_score`, descending
+    /// (ties by position).
+    pub fn upstream_list(&self, k: usize) -> Vec<usize> {
+        let scores: Vec<f64> = self
+            .candidates
+            .iter()
+            .map(|c| f64::from(c.ranking_score))
+            .collect();
+        crate::offline::search::sort_by_score(&scores, k)
     }
 
     /// What the logged list earned under `objective`: its slots' rewards summed.

@@ -10,7 +10,7 @@ use crate::contract::manifest::{GraphSpec, Manifest};
 use crate::contract::roles::{self as role, EncoderInput};
 use crate::rerank::decode::{self, DecodeError, Pick, StepModel};
 use crate::rerank::math::fmadd;
-use crate::rerank::RerankInput;
+use crate::rerank::{Feed, RerankInput};
 
 /// Scratch spaces kept for reuse; more requests at once than this allocate and drop theirs.
 const POOL: usize = 64;
@@ -118,15 +118,13 @@ impl NativeModel {
     }
 
     fn encode(&self, scratch: &mut Scratch, input: &RerankInput) -> Result<(), RunError> {
-        let mut dense: [&[f32]; 2] = [&[]; 2];
+        let mut dense: [&[f32]; 3] = [&[]; 3];
         let mut ids: [&[i64]; 2] = [&[]; 2];
         let (mut nd, mut ni) = (0, 0);
         for i in &self.encoder_inputs {
-            match (i.per_candidate, i.categorical) {
-                (false, false) => (dense[nd], nd) = (&input.context_dense, nd + 1),
-                (true, false) => (dense[nd], nd) = (&input.candidate_dense, nd + 1),
-                (false, true) => (ids[ni], ni) = (&input.context_ids, ni + 1),
-                (true, true) => (ids[ni], ni) = (&input.candidate_ids, ni + 1),
+            match input.feed(i.role) {
+                Feed::Dense(values) => (dense[nd], nd) = (values, nd + 1),
+                Feed::Ids(values) => (ids[ni], ni) = (values, ni + 1),
             }
         }
         let n = input.candidates();
