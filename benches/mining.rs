@@ -24,7 +24,7 @@ fn mining(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(width), &width, |b, &width| {
             b.iter(|| {
                 let scorer = evaluator.scorer(request).unwrap();
-                mine_request(&scorer, &request.request_id, 10, width)
+                mine_request(&scorer, &request.request_id, 10, width, None)
             })
         });
     }

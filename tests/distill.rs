@@ -47,7 +47,7 @@ fn the_distilled_generator_reproduces_its_teachers_lists() {
     let evaluator = evaluator::train(&rows, &train, dir.path(), false).unwrap();
     let mined: Vec<_> = rows
         .iter()
-        .map(|r| mine_request(&evaluator.scorer(r).unwrap(), &r.request_id, 3, 8))
+        .map(|r| mine_request(&evaluator.scorer(r).unwrap(), &r.request_id, 3, 8, None))
         .collect();
     let requests: Vec<&LoggedRequest> = rows.iter().collect();
     let targets: Vec<Forced> = mined.iter().map(|m| Forced::soft(m, 0.02)).collect();

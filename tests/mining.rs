@@ -41,7 +41,7 @@ fn a_wide_beam_finds_the_evaluators_exhaustive_optimum() {
         let scorer = evaluator.scorer(row).unwrap();
         let best = search::exhaustive(&scorer, 3);
         // 6·5·4 = 120 lists: a beam of 120 keeps every prefix.
-        let mined = mine_request(&scorer, &row.request_id, 3, 120);
+        let mined = mine_request(&scorer, &row.request_id, 3, 120, None);
         assert!(
             (mined.value - best.value).abs() < 1e-9,
             "{} vs {}",
@@ -50,7 +50,7 @@ fn a_wide_beam_finds_the_evaluators_exhaustive_optimum() {
         );
         assert!((search::value(&scorer, &mined.list) - mined.value).abs() < 1e-9);
         // A narrow beam never beats it.
-        assert!(mine_request(&scorer, &row.request_id, 3, 2).value <= best.value + 1e-9);
+        assert!(mine_request(&scorer, &row.request_id, 3, 2, None).value <= best.value + 1e-9);
     }
 }
 
@@ -59,7 +59,7 @@ fn lookahead_values_give_distributions_over_the_remaining_candidates() {
     let (rows, evaluator, _dir) = tiny();
     for row in rows.iter().take(15) {
         let scorer = evaluator.scorer(row).unwrap();
-        let mined = mine_request(&scorer, &row.request_id, 3, 4);
+        let mined = mine_request(&scorer, &row.request_id, 3, 4, None);
         assert_eq!(mined.steps.len(), 3);
         for (t, step) in mined.steps.iter().enumerate() {
             let expected: Vec<usize> = (0..6).filter(|a| !mined.list[..t].contains(a)).collect();
@@ -93,6 +93,7 @@ fn mining_resumes_after_an_interruption_and_splits_into_shards() {
     let evaluator = Ensemble::single(evaluator);
     let config = |shard, resume| MineConfig {
         width: 4,
+        trust_region: false,
         slots: 0,
         shard,
         resume,
@@ -169,5 +170,50 @@ fn the_ensembles_pessimistic_value_is_below_its_mean_and_one_member_is_itself() 
     assert!(
         strictly_below > 20,
         "the members never disagree: {strictly_below}"
+    );
+}
+
+#[test]
+fn the_teacher_departs_from_the_incumbent_only_where_the_evaluators_agree() {
+    let (rows, _, dir) = tiny();
+    let train = |seed: u64, sub: &str| {
+        let config = TrainConfig {
+            hidden: 16,
+            epochs: 2,
+            seed,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        evaluator::train(&rows, &config, &dir.path().join(sub), false).unwrap()
+    };
+    let members = || vec![train(5, "a"), train(6, "b"), train(7, "c")];
+    let bold = Ensemble::new(members(), 0.0).unwrap();
+    let cautious = Ensemble::new(members(), 3.0).unwrap();
+    let (mut kept_bold, mut kept_cautious) = (0, 0);
+    for row in &rows {
+        let incumbent = row.upstream_list(3);
+        let (b, c) = (bold.scorer(row).unwrap(), cautious.scorer(row).unwrap());
+        let best = mine_request(&b, &row.request_id, 3, 8, None).list;
+        // The agreed advantage is at most the mean's, and nothing beats itself.
+        assert!(c.advantage(&best, &incumbent) <= b.advantage(&best, &incumbent) + 1e-12);
+        assert!(c.advantage(&incumbent, &incumbent).abs() < 1e-12);
+        for (scorer, kept) in [(&b, &mut kept_bold), (&c, &mut kept_cautious)] {
+            let mined = mine_request(scorer, &row.request_id, 3, 8, Some(&incumbent));
+            if mined.kept_incumbent {
+                *kept += 1;
+                assert_eq!(mined.list, incumbent);
+                assert!((mined.value - search::value(scorer, &incumbent)).abs() < 1e-9);
+                // Its targets are the incumbent's own items.
+                let forced = degre::offline::distill::Forced::soft(&mined, 0.02);
+                assert_eq!(forced, degre::offline::distill::Forced::hard(&incumbent));
+            } else {
+                assert!(scorer.advantage(&mined.list, &incumbent) > 0.0);
+            }
+        }
+    }
+    assert!(
+        kept_cautious > kept_bold,
+        "cautious kept {kept_cautious}, bold {kept_bold} of {}",
+        rows.len()
     );
 }

@@ -34,6 +34,9 @@ pub struct MineArgs {
     /// Beam width B.
     #[arg(long, default_value_t = 16)]
     pub beam_width: usize,
+    /// Keep the `ranking_score` order unless the evaluators agree a list beats it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub trust_region: bool,
     /// Slots per list; 0: each request's logged list length.
     #[arg(long, default_value_t = 0)]
     pub slots: usize,
@@ -61,6 +64,7 @@ pub fn mine(args: MineArgs) -> anyhow::Result<()> {
         &evaluators,
         &MineConfig {
             width: args.beam_width,
+            trust_region: args.trust_region,
             slots: args.slots,
             shard: args.shard,
             resume: args.resume,
@@ -69,9 +73,11 @@ pub fn mine(args: MineArgs) -> anyhow::Result<()> {
         &args.out,
     )?;
     println!(
-        "mined {} requests ({} already done) into {} in {:.1} s: {:.1} requests/s",
+        "mined {} requests ({} already done; {} kept the ranking_score order) into {} in \
+         {:.1} s: {:.1} requests/s",
         summary.mined,
         summary.skipped_as_done,
+        summary.kept_incumbent,
         args.out.display(),
         summary.seconds,
         summary.requests_per_second

@@ -52,6 +52,11 @@ pub struct PolicyReport {
     /// Against the logged clicks: unclicked and unshown candidates count as irrelevant.
     pub ndcg_at_k: Option<f64>,
     pub map_at_k: Option<f64>,
+    /// How far the list moves from the ranking stage's (`ranking_score` order, K slots):
+    /// the share of its slots holding upstream's item for that slot, and the share of its
+    /// items upstream's list also shows.
+    pub same_slot_as_upstream: f64,
+    pub overlap_with_upstream: f64,
     /// Mean wall time to produce one list, in microseconds (single thread).
     pub micros_per_request: f64,
 }
@@ -98,6 +103,8 @@ struct PerRequest {
     values: Vec<Option<f64>>,
     ndcg: Vec<Option<f64>>,
     map: Vec<Option<f64>>,
+    same_slot: Vec<f64>,
+    overlap: Vec<f64>,
     micros: Vec<f64>,
     oracle: Option<f64>,
 }
@@ -140,6 +147,9 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalReport> {
                 mean_of(per_request.iter().map(|r| f(r)[p]).collect())
             };
             let (true_utility, true_utility_stderr) = column(|r| &r.utilities);
+            let mean = |f: fn(&PerRequest) -> &Vec<f64>| {
+                per_request.iter().map(|r| f(r)[p]).sum::<f64>() / per_request.len().max(1) as f64
+            };
             PolicyReport {
                 name: policy.name(),
                 true_utility,
@@ -150,8 +160,9 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalReport> {
                 evaluator_value: column(|r| &r.values).0,
                 ndcg_at_k: column(|r| &r.ndcg).0,
                 map_at_k: column(|r| &r.map).0,
-                micros_per_request: per_request.iter().map(|r| r.micros[p]).sum::<f64>()
-                    / per_request.len().max(1) as f64,
+                same_slot_as_upstream: mean(|r| &r.same_slot),
+                overlap_with_upstream: mean(|r| &r.overlap),
+                micros_per_request: mean(|r| &r.micros),
             }
         })
         .collect();
@@ -218,9 +229,12 @@ fn evaluate_request(
         values: Vec::new(),
         ndcg: Vec::new(),
         map: Vec::new(),
+        same_slot: Vec::new(),
+        overlap: Vec::new(),
         micros: Vec::new(),
         oracle: oracle.as_ref().map(|o| o.value),
     };
+    let upstream = request.upstream_list(k);
     for policy in inputs.policies {
         let started = std::time::Instant::now();
         let list = match (policy, &oracle) {
@@ -241,6 +255,11 @@ fn evaluate_request(
         out.ndcg.push(metrics::ndcg_at(&list, &relevance, depth));
         out.map
             .push(metrics::average_precision_at(&list, &clicked, depth));
+        let slots = list.len().max(1) as f64;
+        let same = list.iter().zip(&upstream).filter(|(a, b)| a == b).count();
+        let shared = list.iter().filter(|a| upstream.contains(a)).count();
+        out.same_slot.push(same as f64 / slots);
+        out.overlap.push(shared as f64 / slots);
     }
     Ok(out)
 }

@@ -5,6 +5,13 @@
 //! `Q_t(a)` = the best `V` of a list in the final beam that starts with `(π*_{<t}, a)`, or,
 //! where the beam holds none, `V` of the greedy completion of `(π*_{<t}, a)`.
 //!
+//! **Trust region.** The ranking stage's list is strong evidence of a good list, and the
+//! evaluator is least reliable far from the lists it learnt from. So, given the incumbent
+//! (the `ranking_score` order), the teacher departs from it only when the model's
+//! [`ListModel::advantage`] of the best list over it is positive (for an ensemble: the
+//! members agree, `mean − c·sd` of their differences); otherwise the teacher's list is
+//! the incumbent, marked `kept_incumbent`, and the generator learns to keep it.
+//!
 //! Output is JSON Lines, one [`Mined`] per request, written in input order chunk by chunk so
 //! a run can be resumed (`--resume` skips requests already written) and split across
 //! machines (`--shard i/n` takes the requests whose id hashes to `i`).
@@ -33,6 +40,9 @@ pub struct Mined {
     pub value: f64,
     /// One per slot of `list`.
     pub steps: Vec<MinedStep>,
+    /// `list` is the incumbent: the search found nothing the model is confident beats it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept_incumbent: bool,
 }
 
 /// The candidates still available at a step and their lookahead values.
@@ -56,9 +66,31 @@ impl MinedStep {
     }
 }
 
-/// Mines one request: beam of `width` over lists of `k` slots.
-pub fn mine_request<M: ListModel>(model: &M, request_id: &str, k: usize, width: usize) -> Mined {
-    let beam = search::beam(model, k, width);
+/// Mines one request: beam of `width` over lists of `k` slots, within the trust region
+/// around `incumbent` when one is given.
+pub fn mine_request<M: ListModel>(
+    model: &M,
+    request_id: &str,
+    k: usize,
+    width: usize,
+    incumbent: Option<&[usize]>,
+) -> Mined {
+    let mut beam = search::beam(model, k, width);
+    let mut kept_incumbent = false;
+    if let Some(incumbent) = incumbent.filter(|i| i.len() == beam[0].list.len()) {
+        if model.advantage(&beam[0].list, incumbent) <= 0.0 {
+            let value = search::value(model, incumbent);
+            // The incumbent is a found completion of its own prefixes.
+            beam.insert(
+                0,
+                Scored {
+                    list: incumbent.to_vec(),
+                    value,
+                },
+            );
+            kept_incumbent = true;
+        }
+    }
     let Scored { list: best, value } = beam[0].clone();
     let n = model.candidates();
     let steps = (0..best.len())
@@ -90,6 +122,7 @@ pub fn mine_request<M: ListModel>(model: &M, request_id: &str, k: usize, width: 
         list: best,
         value,
         steps,
+        kept_incumbent,
     }
 }
 
@@ -130,6 +163,8 @@ impl Shard {
 
 pub struct MineConfig {
     pub width: usize,
+    /// Depart from the `ranking_score` order only where the evaluators agree it pays.
+    pub trust_region: bool,
     /// Slots per list; 0: each request's logged list length.
     pub slots: usize,
     pub shard: Shard,
@@ -140,6 +175,8 @@ pub struct MineConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct MineSummary {
     pub mined: usize,
+    /// Requests whose teacher list is the incumbent (trust region).
+    pub kept_incumbent: usize,
     pub skipped_as_done: usize,
     pub seconds: f64,
     pub requests_per_second: f64,
@@ -199,7 +236,7 @@ pub fn mine<'a>(
         .with_context(|| format!("{}", out.display()))?;
     let mut writer = BufWriter::new(file);
     let bar = Progress::new(config.progress, todo.len(), "mining");
-    let mut finished = 0;
+    let (mut finished, mut kept) = (0, 0);
     for chunk in todo.chunks(256) {
         let mined: Vec<Mined> = chunk
             .par_iter()
@@ -209,10 +246,18 @@ pub fn mine<'a>(
                     0 => request.exposed.len(),
                     k => k,
                 };
-                Ok(mine_request(&scorer, &request.request_id, k, config.width))
+                let incumbent = config.trust_region.then(|| request.upstream_list(k));
+                Ok(mine_request(
+                    &scorer,
+                    &request.request_id,
+                    k,
+                    config.width,
+                    incumbent.as_deref(),
+                ))
             })
             .collect::<anyhow::Result<_>>()?;
         for m in &mined {
+            kept += usize::from(m.kept_incumbent);
             serde_json::to_writer(&mut writer, m)?;
             writer.write_all(b"\n")?;
         }
@@ -230,6 +275,7 @@ pub fn mine<'a>(
     bar.finish(format!("{} requests in {seconds:.1} s", todo.len()));
     Ok(MineSummary {
         mined: todo.len(),
+        kept_incumbent: kept,
         skipped_as_done: done.len(),
         seconds,
         requests_per_second: todo.len() as f64 / seconds.max(1e-9),

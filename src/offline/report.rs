@@ -48,6 +48,10 @@ pub struct MethodRow {
     pub judged_value: Option<(f64, f64)>,
     pub ndcg_at_k: Option<(f64, f64)>,
     pub map_at_k: Option<(f64, f64)>,
+    /// How far its lists move from the ranking stage's: shares of slots with upstream's
+    /// item, and of items upstream's list shows too (means over seeds).
+    pub same_slot_as_upstream: f64,
+    pub overlap_with_upstream: f64,
     pub micros_per_request: f64,
 }
 
@@ -134,6 +138,9 @@ impl Report {
                 let column = |f: fn(&crate::offline::compare::PolicyReport) -> Option<f64>| {
                     over_seeds(runs.iter().map(|r| f(&r.eval.policies[p])).collect())
                 };
+                let mean = |f: fn(&crate::offline::compare::PolicyReport) -> f64| {
+                    runs.iter().map(|r| f(&r.eval.policies[p])).sum::<f64>() / runs.len() as f64
+                };
                 let judged = over_seeds(
                     runs.iter()
                         .map(|r| r.gate.judged_value(&policy.name))
@@ -149,11 +156,9 @@ impl Report {
                     judged_value: judged,
                     ndcg_at_k: column(|p| p.ndcg_at_k),
                     map_at_k: column(|p| p.map_at_k),
-                    micros_per_request: runs
-                        .iter()
-                        .map(|r| r.eval.policies[p].micros_per_request)
-                        .sum::<f64>()
-                        / runs.len() as f64,
+                    same_slot_as_upstream: mean(|p| p.same_slot_as_upstream),
+                    overlap_with_upstream: mean(|p| p.overlap_with_upstream),
+                    micros_per_request: mean(|p| p.micros_per_request),
                 }
             })
             .collect();
@@ -237,12 +242,12 @@ impl Report {
                  world (or split), evaluator, mining run and set of generators."
             }
         );
-        md += "| method | true utility | % of oracle | clicks | value | V(list) | judged | NDCG@K | MAP@K | µs/request |\n";
-        md += "|---|---|---|---|---|---|---|---|---|---|\n";
+        md += "| method | true utility | % of oracle | clicks | value | V(list) | judged | NDCG@K | MAP@K | upstream slot / items | µs/request |\n";
+        md += "|---|---|---|---|---|---|---|---|---|---|---|\n";
         for m in self.main_rows() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0}% / {:.0}% | {:.1} |",
                 m.name,
                 pm(m.true_utility, 4),
                 pm(m.percent_of_oracle, 1),
@@ -252,11 +257,16 @@ impl Report {
                 pm(m.judged_value, 4),
                 pm(m.ndcg_at_k, 4),
                 pm(m.map_at_k, 4),
+                100.0 * m.same_slot_as_upstream,
+                100.0 * m.overlap_with_upstream,
                 m.micros_per_request
             );
         }
-        md += "\n`µs/request` is the wall time of producing one list on one core in this \
-               process (generators: the reference forward pass, as exported).\n\n";
+        md += "\n`upstream slot / items`: how far the lists move from the ranking stage's \
+               (`ranking_score` order): the share of slots holding upstream's item for that \
+               slot, and of items upstream's list shows too. `µs/request` is the wall time of \
+               producing one list on one core in this process (generators: the reference \
+               forward pass, as exported).\n\n";
         md += &self.gate_markdown();
         if !self.versus_degre.is_empty() {
             let _ = writeln!(
@@ -314,8 +324,12 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "\nMining throughput: {:.1} requests/s.",
-            self.mining_requests_per_second
+            "\nMining throughput: {:.1} requests/s. The teacher kept the `ranking_score` \
+             order (trust region: the evaluators did not agree that its list beats it) on \
+             {:.1}% of the mined requests.",
+            self.mining_requests_per_second,
+            100.0 * self.runs.iter().map(|r| r.kept_incumbent).sum::<f64>()
+                / self.runs.len() as f64
         );
         md += "\n![true utility per method](utility.svg)\n\n![utility vs beam width](beam.svg)\n";
         md

@@ -13,6 +13,12 @@ pub trait ListModel {
     /// The value candidate `a` adds in the next slot after the prefix `state` describes.
     fn gain(&self, state: &Self::State, a: usize) -> f64;
     fn push(&self, state: &mut Self::State, a: usize);
+
+    /// How surely `list` beats `incumbent`: the difference of their values, or, for a
+    /// model that knows its uncertainty, a lower bound on it.
+    fn advantage(&self, list: &[usize], incumbent: &[usize]) -> f64 {
+        value(self, list) - value(self, incumbent)
+    }
 }
 
 /// A list and its value under the model that found it.
@@ -23,7 +29,7 @@ pub struct Scored {
 }
 
 /// The value of a given list.
-pub fn value<M: ListModel>(model: &M, list: &[usize]) -> f64 {
+pub fn value<M: ListModel + ?Sized>(model: &M, list: &[usize]) -> f64 {
     let mut state = model.initial();
     let mut total = 0.0;
     for &a in list {

@@ -13,9 +13,10 @@ mod reinforce;
 pub use ops::{CandleOps, Ids};
 pub use reinforce::reinforce;
 
-use anyhow::Context;
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::manifest::{FeatureSchema, Limits};
@@ -94,8 +95,12 @@ pub struct Forced {
 }
 
 impl Forced {
-    /// DeGRe's dense soft targets, `softmax(Q_t/τ)` over the remaining candidates.
+    /// DeGRe's dense soft targets, `softmax(Q_t/τ)` over the remaining candidates; where
+    /// the teacher kept the incumbent (no evidence to depart from it), the incumbent itself.
     pub fn soft(mined: &Mined, temperature: f64) -> Forced {
+        if mined.kept_incumbent {
+            return Forced::hard(&mined.list);
+        }
         Forced {
             list: mined.list.clone(),
             targets: mined
@@ -327,41 +332,68 @@ struct ForcedTrainee<'a> {
     ce_weight: f64,
 }
 
-impl ForcedTrainee<'_> {
-    fn loss(&mut self, i: usize) -> candle_core::Result<Tensor> {
-        let net = &mut self.net;
-        forced_loss(
-            &mut net.ops,
-            &net.weights,
-            &self.inputs[i],
-            &self.targets[i],
-            self.ce_weight,
-        )
-    }
-}
+/// A batch's requests are split into this many shards, each differentiated on its own core
+/// and the gradients summed in shard order: a fixed count, so a run gives the same numbers
+/// on any machine. Teacher forcing is a chain of tiny ops; one core would sit idle.
+const GRADIENT_SHARDS: usize = 4;
 
 impl training::Trainee for ForcedTrainee<'_> {
     fn step(&mut self, batch: &[usize]) -> anyhow::Result<f64> {
-        let mut total: Option<Tensor> = None;
-        for &i in batch {
-            let loss = self.loss(i)?;
-            total = Some(match total {
-                Some(sum) => (sum + loss)?,
-                None => loss,
-            });
+        anyhow::ensure!(!batch.is_empty(), "empty batch");
+        let (net, inputs, targets, ce) = (&self.net, self.inputs, self.targets, self.ce_weight);
+        let scale = batch.len() as f64;
+        let shards: Vec<(f64, GradStore)> = batch
+            .par_chunks(batch.len().div_ceil(GRADIENT_SHARDS))
+            .map(|shard| {
+                let mut ops = net.ops.share();
+                let mut total: Option<Tensor> = None;
+                for &i in shard {
+                    let loss = forced_loss(&mut ops, &net.weights, &inputs[i], &targets[i], ce)?;
+                    total = Some(match total {
+                        Some(sum) => (sum + loss)?,
+                        None => loss,
+                    });
+                }
+                let loss = (total.expect("shards are not empty") / scale)?;
+                Ok((f64::from(loss.to_scalar::<f32>()?), loss.backward()?))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let mut shards = shards.into_iter();
+        let (mut loss, mut grads) = shards.next().expect("a non-empty batch has a shard");
+        for (shard_loss, shard_grads) in shards {
+            loss += shard_loss;
+            for var in net.ops.vars.values() {
+                if let Some(add) = shard_grads.get(var.as_tensor()) {
+                    let sum = match grads.remove(var.as_tensor()) {
+                        Some(acc) => (acc + add)?,
+                        None => add.clone(),
+                    };
+                    grads.insert(var.as_tensor(), sum);
+                }
+            }
         }
-        let loss = (total.context("empty batch")? / batch.len() as f64)?;
-        self.net.optimizer.backward_step(&loss)?;
-        Ok(f64::from(loss.to_scalar::<f32>()?))
+        self.net.optimizer.step(&grads)?;
+        Ok(loss)
     }
 
     fn validate(&mut self) -> anyhow::Result<f64> {
         self.net.sync()?;
-        let mut sum = 0.0;
-        for &i in self.valid {
-            sum += f64::from(self.loss(i)?.to_scalar::<f32>()?);
-        }
-        Ok(sum / self.valid.len().max(1) as f64)
+        let (net, inputs, targets, ce) = (&self.net, self.inputs, self.targets, self.ce_weight);
+        let losses: Vec<f64> = self
+            .valid
+            .par_iter()
+            .map(|&i| {
+                let loss = forced_loss(
+                    &mut net.ops.share(),
+                    &net.weights,
+                    &inputs[i],
+                    &targets[i],
+                    ce,
+                )?;
+                Ok(f64::from(loss.to_scalar::<f32>()?))
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(losses.iter().sum::<f64>() / self.valid.len().max(1) as f64)
     }
 
     fn keep_best(&mut self) -> anyhow::Result<()> {

@@ -6,7 +6,7 @@
 
 use super::{Evaluator, Prefix, RequestScorer};
 use crate::offline::logs::LoggedRequest;
-use crate::offline::search::ListModel;
+use crate::offline::search::{self, ListModel};
 
 pub struct Ensemble {
     pub members: Vec<Evaluator>,
@@ -97,5 +97,19 @@ impl ListModel for EnsembleScorer {
 
     fn push(&self, state: &mut Prefix, a: usize) {
         state.items.push(a);
+    }
+
+    /// The members' mean difference minus `pessimism` times its spread: departing from
+    /// the incumbent needs evaluators that agree it pays, not one that over-values a list.
+    fn advantage(&self, list: &[usize], incumbent: &[usize]) -> f64 {
+        let d: Vec<f64> = self
+            .members
+            .iter()
+            .map(|m| search::value(m, list) - search::value(m, incumbent))
+            .collect();
+        let n = d.len() as f64;
+        let mean = d.iter().sum::<f64>() / n;
+        let variance = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        mean - self.pessimism * variance.sqrt()
     }
 }

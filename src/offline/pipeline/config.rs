@@ -52,6 +52,9 @@ pub struct MiningSettings {
     /// slot's reward: 1 searches a single evaluator as it is.
     pub evaluators: usize,
     pub pessimism: f64,
+    /// Keep the `ranking_score` order wherever the evaluators do not agree that the
+    /// searched list beats it (docs/offline.md, "Trust region").
+    pub trust_region: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +96,7 @@ impl Default for MiningSettings {
             max_requests: 0,
             evaluators: 3,
             pessimism: 1.0,
+            trust_region: true,
         }
     }
 }

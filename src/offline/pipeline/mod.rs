@@ -30,6 +30,8 @@ pub struct SeedRun {
     /// Wall time of each stage, seconds.
     pub stage_seconds: Vec<(String, f64)>,
     pub mining_requests_per_second: f64,
+    /// Share of mined requests whose teacher list is the `ranking_score` order (trust region).
+    pub kept_incumbent: f64,
     pub evaluator_training: Option<evaluator::TrainSummary>,
 }
 
@@ -134,6 +136,7 @@ fn run_seed(
             &requests,
             &ensemble,
             width,
+            config.mining.trust_region,
             mine_slots,
             &dir.join(file),
             progress,
@@ -198,6 +201,8 @@ fn run_seed(
         gate,
         stage_seconds: clock.laps,
         mining_requests_per_second: mining_rate,
+        kept_incumbent: mined.iter().filter(|m| m.kept_incumbent).count() as f64
+            / mined.len().max(1) as f64,
         evaluator_training: ensemble.first().spec.training.clone(),
     };
     Ok((run, generators.degre))

@@ -152,6 +152,7 @@ pub fn mine(
     requests: &[&LoggedRequest],
     evaluator: &Ensemble,
     width: usize,
+    trust_region: bool,
     slots: usize,
     path: &Path,
     progress: bool,
@@ -161,6 +162,7 @@ pub fn mine(
         evaluator,
         &MineConfig {
             width,
+            trust_region,
             slots,
             shard: Shard::ALL,
             resume: false,
@@ -227,6 +229,7 @@ pub fn mine_truth(
                 &r.request_id,
                 world.config.slots,
                 width,
+                None,
             ))
         })
         .collect()

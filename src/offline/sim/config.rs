@@ -29,6 +29,10 @@ pub struct SimConfig {
     /// Mean and spread of the per-item bias of the attractiveness logit.
     pub item_bias_mean: f64,
     pub item_bias_spread: f64,
+    /// The item's bias is one of its dense features. `false`: only the ranking stage knows
+    /// it (through its score), as when upstream models see signals the reranker does not;
+    /// then the incumbent's order is hard to beat without `ranking_score`.
+    pub item_bias_visible: bool,
     /// Spread of items around their category's centre (0: a category is one item).
     pub category_spread: f64,
     /// Redundancy: attractiveness times `redundancy^(items of the same category above)`.
@@ -70,6 +74,7 @@ impl Default for SimConfig {
             affinity_scale: 1.5,
             item_bias_mean: -2.0,
             item_bias_spread: 0.5,
+            item_bias_visible: true,
             category_spread: 0.5,
             redundancy: 0.5,
             complement_pairs: 12,

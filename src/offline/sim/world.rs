@@ -172,7 +172,9 @@ impl World {
     fn candidate(&self, index: usize, ranking_score: f64) -> Candidate {
         let item = &self.items[index];
         let mut dense: Vec<f32> = item.latent.iter().map(|&x| x as f32).collect();
-        dense.push(item.bias as f32);
+        if self.config.item_bias_visible {
+            dense.push(item.bias as f32);
+        }
         dense.push(item.price.ln() as f32);
         Candidate {
             item_id: item_id(index),
