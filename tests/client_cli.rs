@@ -47,6 +47,67 @@ async fn example_request_reranks_on_the_bundled_model() {
     server.stop().await;
 }
 
+/// What a caller needs to build requests comes from the server: over gRPC and from
+/// `degre model-info`, the bundled model's schema exactly as its manifest says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_info_gives_the_served_schema() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let server = TestServer::start(&root.join("models"), |a| a.max_candidates = Some(100)).await;
+    server.wait_serving().await;
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("models/degre/1/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let mut client = server.client().await;
+    let info = client
+        .get_model_info(degre::api::v1::GetModelInfoRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((info.model_version, info.serving_version), (1, 1));
+    assert_eq!(info.loaded_versions, [1]);
+    assert_eq!(
+        info.max_candidates, 100,
+        "the server's limit is the smaller"
+    );
+    assert_eq!(info.engine, "native");
+    assert_eq!(
+        info.objective,
+        manifest["provenance"]["objective"].as_str().unwrap()
+    );
+    let status = client
+        .get_model_info(degre::api::v1::GetModelInfoRequest {
+            model_version: Some(7),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "model-info",
+            "--addr",
+            &format!("http://{}", server.grpc_addr),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut schema = manifest["schema"].clone();
+    // The proto always carries the flag; the manifest omits it when false.
+    schema["ranking_score"] = schema.get("ranking_score").cloned().unwrap_or(false.into());
+    assert_eq!(printed["schema"], schema);
+    let provenance: serde_json::Value =
+        serde_json::from_str(printed["provenance_json"].as_str().unwrap()).unwrap();
+    assert_eq!(provenance, manifest["provenance"]);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_request_file_is_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -135,6 +135,17 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         ("context.dense[0]: inf is not a finite number", |r| {
             r.context.as_mut().unwrap().dense[0] = f32::INFINITY;
         }),
+        (
+            "candidates[7].ranking_score: missing: 9 of 10 candidates carry one; send it for \
+             all or none",
+            |r| r.candidates[7].ranking_score = None,
+        ),
+        (
+            "candidates[2].ranking_score: NaN is not a finite number",
+            |r| {
+                r.candidates[2].ranking_score = Some(f32::NAN);
+            },
+        ),
     ];
     for (expected, edit) in cases {
         let mut req = request(10, 5, 4);
@@ -153,6 +164,31 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
     assert!(status.message().starts_with("features: "), "{status:?}");
     // The server keeps serving after bad input.
     assert_serves(&mut client, request(10, 5, 4), 5).await;
+    server.stop().await;
+}
+
+/// The model reads the incumbent's order: from the scores when sent, else from the
+/// request's own order, and only the order and spread within the request matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ranking_score_or_else_the_request_order_is_the_incumbents_order() {
+    let (_dir, server) = serving_server(|_| {}).await;
+    let mut client = server.client().await;
+    let mut list = async |edit: &dyn Fn(usize) -> Option<f32>| {
+        let mut req = request(30, 10, 9);
+        for (i, c) in req.candidates.iter_mut().enumerate() {
+            c.ranking_score = edit(i);
+        }
+        let items = client.rerank(req).await.unwrap().into_inner().items;
+        items.iter().map(|i| i.candidate_index).collect::<Vec<_>>()
+    };
+    let by_request_order = list(&|_| None).await;
+    assert_eq!(list(&|i| Some(-(i as f32))).await, by_request_order);
+    // Any positive affine rescaling of the scores is the same input.
+    let scores = |i: usize| ((i * 37) % 30) as f32;
+    let scored = list(&|i| Some(scores(i))).await;
+    assert_eq!(list(&|i| Some(1000.0 * scores(i) - 7.0)).await, scored);
+    // The scores are read: reversing them changes the list.
+    assert_ne!(list(&|i| Some(-scores(i))).await, scored);
     server.stop().await;
 }
 

@@ -39,6 +39,14 @@ impl Reranker for Echo {
             unfilled: String::new(),
         }))
     }
+
+    /// No model: the load tester then sizes its requests from a manifest.
+    async fn get_model_info(
+        &self,
+        _: Request<v1::GetModelInfoRequest>,
+    ) -> Result<Response<v1::ModelInfo>, Status> {
+        Err(Status::unimplemented("the echo server serves no model"))
+    }
 }
 
 pub async fn serve(addr: SocketAddr) -> anyhow::Result<()> {

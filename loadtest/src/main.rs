@@ -71,7 +71,8 @@ pub struct RunArgs {
     /// Slots per request (`top_k`).
     #[arg(long, default_value_t = 20)]
     pub top_k: u32,
-    /// The served model's manifest, for feature sizes [default: newest version under models/]
+    /// A model manifest, for feature sizes [default: the server's, by GetModelInfo; for a
+    /// server without it (the echo server), the newest version under models/]
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// Replay the requests of a log in degre's format (.parquet or .jsonl, docs/data.md)
@@ -118,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
                 args.mode == Mode::Closed || args.rate > 0.0,
                 "--rate must be > 0"
             );
-            let pool = requests::pool(&args)?;
+            let pool = requests::pool(&args).await?;
             let report = drive::run(&args, pool).await?;
             report.print();
             if let Some(path) = &args.json {

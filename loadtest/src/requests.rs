@@ -1,11 +1,12 @@
 //! Requests to send, built once before the clock starts: random features sized by the
-//! served model's manifest, or the rows of a log replayed as they were logged.
+//! served model's schema (asked of the server, else read from a manifest), or the rows of a
+//! log replayed as they were logged.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use degre::api::v1;
-use degre::contract::manifest::Manifest;
+use degre::contract::manifest::{Categorical, FeatureSchema, Manifest};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::RunArgs;
@@ -13,18 +14,19 @@ use crate::RunArgs;
 /// Distinct requests cycled through while load runs.
 const POOL: usize = 64;
 
-pub fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
+pub async fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
     if let Some(path) = &args.replay {
         return replay(path, args.top_k);
     }
-    let path = match &args.manifest {
-        Some(path) => path.clone(),
-        None => newest_manifest(Path::new("models"))?,
+    let schema = match &args.manifest {
+        Some(path) => read_schema(path)?,
+        None => match served_schema(&args.addr).await {
+            Some(schema) => schema,
+            // The echo server has no model: size requests like the bundled one.
+            None => read_schema(&newest_manifest(Path::new("models"))?)?,
+        },
     };
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let manifest: Manifest = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a model manifest", path.display()))?;
-    let schema = &manifest.schema;
+    let schema = &schema;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let features = |dense: usize, vocabs: &[u64], rng: &mut StdRng| v1::Features {
         dense: (0..dense).map(|_| rng.random_range(-1.0..1.0)).collect(),
@@ -65,6 +67,41 @@ pub fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
             explain: false,
         })
         .collect())
+}
+
+/// The serving version's schema, by `GetModelInfo`; `None` if the server cannot say.
+async fn served_schema(addr: &str) -> Option<FeatureSchema> {
+    let mut client = v1::reranker_client::RerankerClient::connect(addr.to_string())
+        .await
+        .ok()?;
+    let info = client
+        .get_model_info(v1::GetModelInfoRequest::default())
+        .await
+        .ok()?
+        .into_inner();
+    let s = info.schema?;
+    let categorical = |c: Vec<v1::CategoricalFeature>| {
+        c.into_iter()
+            .map(|c| Categorical {
+                name: c.name,
+                vocab_size: c.vocab_size,
+            })
+            .collect()
+    };
+    Some(FeatureSchema {
+        context_dense: s.context_dense,
+        context_categorical: categorical(s.context_categorical),
+        candidate_dense: s.candidate_dense,
+        candidate_categorical: categorical(s.candidate_categorical),
+        ranking_score: s.ranking_score,
+    })
+}
+
+fn read_schema(path: &Path) -> anyhow::Result<FeatureSchema> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a model manifest", path.display()))?;
+    Ok(manifest.schema)
 }
 
 /// `<root>/<only model>/<newest version>/manifest.json`.

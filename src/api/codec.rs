@@ -37,13 +37,24 @@ impl<T, U> Default for RerankCodec<T, U> {
 /// client's error), on a client a response (decoded as prost does).
 pub trait Inbound {
     const REQUEST: bool;
+    /// The repeated field counted against `--max-candidates` before decoding.
+    const CANDIDATES: Option<u32> = None;
 }
 
 impl Inbound for super::v1::RerankRequest {
     const REQUEST: bool = true;
+    const CANDIDATES: Option<u32> = Some(CANDIDATES_FIELD);
 }
 
 impl Inbound for super::v1::RerankResponse {
+    const REQUEST: bool = false;
+}
+
+impl Inbound for super::v1::GetModelInfoRequest {
+    const REQUEST: bool = true;
+}
+
+impl Inbound for super::v1::ModelInfo {
     const REQUEST: bool = false;
 }
 
@@ -79,8 +90,8 @@ impl<U: Message + Default + Inbound> Decoder for LimitedDecoder<U> {
         }
         let limit = MAX_CANDIDATES.load(Ordering::Relaxed);
         let bytes = Buf::chunk(buf);
-        if bytes.len() == Buf::remaining(buf) {
-            let candidates = count_field(bytes, CANDIDATES_FIELD);
+        if let Some(field) = U::CANDIDATES.filter(|_| bytes.len() == Buf::remaining(buf)) {
+            let candidates = count_field(bytes, field);
             if candidates > limit {
                 return Err(Status::invalid_argument(format!(
                     "candidates: {candidates} candidates exceed the limit of {limit}"

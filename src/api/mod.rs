@@ -12,6 +12,47 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("degr
 use crate::contract::manifest::FeatureSchema;
 use crate::rerank::{Constraints, GroupCap, InputBuilder, InvalidField, Pick, RerankInput, Rules};
 
+/// What `GetModelInfo` says of `model`, as served with `loaded` versions.
+pub fn model_info(
+    model: &crate::runtime::LoadedModel,
+    serving: u64,
+    loaded: Vec<u64>,
+    server_limit: usize,
+) -> v1::ModelInfo {
+    let manifest = &model.manifest;
+    let categorical = |features: &[crate::contract::Categorical]| {
+        features
+            .iter()
+            .map(|c| v1::CategoricalFeature {
+                name: c.name.clone(),
+                vocab_size: c.vocab_size,
+            })
+            .collect()
+    };
+    let schema = &manifest.schema;
+    let objective = manifest
+        .provenance
+        .get("objective")
+        .and_then(|o| o.as_str());
+    v1::ModelInfo {
+        model_name: model.name.clone(),
+        model_version: model.version,
+        serving_version: serving,
+        loaded_versions: loaded,
+        schema: Some(v1::FeatureSchema {
+            context_dense: schema.context_dense.clone(),
+            context_categorical: categorical(&schema.context_categorical),
+            candidate_dense: schema.candidate_dense.clone(),
+            candidate_categorical: categorical(&schema.candidate_categorical),
+            ranking_score: schema.ranking_score,
+        }),
+        max_candidates: u32::try_from(model.max_candidates(server_limit)).unwrap_or(u32::MAX),
+        objective: objective.unwrap_or_default().to_string(),
+        engine: model.engine().name().to_string(),
+        provenance_json: manifest.provenance.to_string(),
+    }
+}
+
 /// Validates a request against the serving schema. Destructured field by field, so a new
 /// proto field fails to compile until it is handled here.
 pub fn rerank_input(

@@ -36,6 +36,9 @@ pub enum Command {
     /// 0 on OK, 20 + the gRPC code on any other answer (23 INVALID_ARGUMENT, 34 UNAVAILABLE,
     /// …), 1 if it could not ask.
     Rerank(rerank::RerankArgs),
+    /// Print what a running server serves (GetModelInfo) as JSON: loaded versions, the
+    /// feature schema a request must follow, limits, objective. Exit codes as `rerank`.
+    ModelInfo(rerank::ModelInfoArgs),
     /// Exit 0 if a server reports SERVING on grpc.health.v1 (for container health checks).
     Health(health::HealthArgs),
     /// Write an UNTRAINED generator (random weights; ONNX graphs + manifest) into a
@@ -75,6 +78,7 @@ impl Command {
             self,
             Command::Serve(_)
                 | Command::Rerank(_)
+                | Command::ModelInfo(_)
                 | Command::Health(_)
                 | Command::Export(_)
                 | Command::Publish(_)
@@ -87,6 +91,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Rerank(args) => rerank::run(args).await,
+        Command::ModelInfo(args) => rerank::model_info(args).await,
         Command::Health(args) => health::run(args).await,
         Command::Export(args) => export::export(args),
         Command::Publish(args) => export::publish(args),

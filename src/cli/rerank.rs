@@ -36,6 +36,43 @@ pub struct RerankArgs {
     pub timeout_ms: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct ModelInfoArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// The loaded version to describe [default: the serving one].
+    #[arg(long)]
+    pub model_version: Option<u64>,
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+}
+
+/// `degre model-info`: what a running server serves (GetModelInfo), as JSON.
+pub async fn model_info(args: ModelInfoArgs) -> anyhow::Result<()> {
+    let mut client = v1::reranker_client::RerankerClient::connect(args.addr.clone())
+        .await
+        .with_context(|| format!("cannot connect to {}", args.addr))?;
+    let mut request = tonic::Request::new(v1::GetModelInfoRequest {
+        model_version: args.model_version,
+    });
+    request.set_timeout(Duration::from_millis(args.timeout_ms));
+    let info = client
+        .get_model_info(request)
+        .await
+        .map_err(|s| RerankFailed(s.code(), s.message().to_string()))?
+        .into_inner();
+    print_json(&info)
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    // A reader that stops early (`| head`) is not an error worth a panic.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestJson {
@@ -215,10 +252,5 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
             .collect(),
         unfilled: response.unfilled,
     };
-    let text = serde_json::to_string_pretty(&out)? + "\n";
-    // A reader that stops early (`| head`) is not an error worth a panic.
-    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
+    print_json(&out)
 }

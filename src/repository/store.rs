@@ -61,6 +61,16 @@ impl ModelStore {
         })
     }
 
+    /// The serving version and every loaded one, the serving one first.
+    pub fn versions(&self) -> Option<(u64, Vec<u64>)> {
+        let guard = self.snapshot.load();
+        let snapshot = guard.as_ref()?;
+        Some((
+            snapshot.current.version,
+            snapshot.all().map(|g| g.version).collect(),
+        ))
+    }
+
     /// Makes a fully validated model the serving one.
     pub fn swap_in(&self, model: Arc<LoadedModel>) {
         let old = self.snapshot.load_full();

@@ -33,6 +33,15 @@ pub enum Engine {
     TractGeneric,
 }
 
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Native => "native",
+            Engine::Tract | Engine::TractGeneric => "tract",
+        }
+    }
+}
+
 /// A loaded, validated model version, ready to serve.
 pub struct LoadedModel {
     pub name: String,

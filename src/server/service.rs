@@ -108,4 +108,22 @@ impl v1::reranker_server::Reranker for RerankService {
         .await;
         result.map(Response::new).map_err(Status::from)
     }
+
+    async fn get_model_info(
+        &self,
+        request: Request<v1::GetModelInfoRequest>,
+    ) -> Result<Response<v1::ModelInfo>, Status> {
+        let model = self
+            .store
+            .get(request.into_inner().model_version)
+            .map_err(|e| Status::from(ServeError::from(e)))?;
+        // The versions are read after the model: a swap in between lists the newer ones.
+        let (serving, loaded) = self.store.versions().unwrap_or((model.version, vec![]));
+        Ok(Response::new(api::model_info(
+            &model,
+            serving,
+            loaded,
+            self.max_candidates,
+        )))
+    }
 }
