@@ -126,6 +126,72 @@ fn a_generator_reading_ranking_score_reproduces_the_upstream_order_on_new_reques
     );
 }
 
+/// Requests of different sizes and list lengths (one fills every slot), padded into one
+/// batch: the batched loss is the sum of the one-request losses, so training on batches
+/// optimises the same objective.
+#[test]
+fn the_batched_loss_is_the_sum_of_the_per_request_losses() {
+    let (small, large) = (
+        sample_split(&world(6), "a", 3),
+        sample_split(&world(9), "b", 3),
+    );
+    let rows: Vec<&LoggedRequest> = small.iter().chain(&large).collect();
+    let map = FeatureMap::fit(&rows, &LogShape::of(&large).unwrap(), true);
+    let weights = Weights::init(
+        &schema_of(&map),
+        Dims {
+            hidden: 16,
+            embed: 4,
+        },
+        3,
+    );
+    let inputs: Vec<Inputs> = rows.iter().map(|r| Inputs::new(&map, r)).collect();
+    let targets: Vec<Forced> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let k = [2, 3, r.candidates.len()][i % 3];
+            let list = r.upstream_list(k);
+            // Soft targets over the first few candidates not yet placed, as mining gives.
+            let targets = (0..k)
+                .map(|t| {
+                    let open: Vec<usize> = (0..r.candidates.len())
+                        .filter(|a| !list[..t].contains(a))
+                        .take(3)
+                        .collect();
+                    open.iter().map(|&a| (a, 1.0 / open.len() as f32)).collect()
+                })
+                .collect();
+            Forced { list, targets }
+        })
+        .collect();
+    let mut ops = CandleOps::new(&weights).unwrap();
+    let one_by_one: f32 = inputs
+        .iter()
+        .zip(&targets)
+        .map(|(i, f)| {
+            distill::forced_loss(&mut ops, &weights, i, f, 0.5)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .sum();
+    let batched = distill::forced_loss_sum(
+        &ops,
+        &weights,
+        &inputs.iter().collect::<Vec<_>>(),
+        &targets.iter().collect::<Vec<_>>(),
+        0.5,
+    )
+    .unwrap()
+    .to_scalar::<f32>()
+    .unwrap();
+    assert!(
+        (batched - one_by_one).abs() <= 1e-4 * one_by_one.abs(),
+        "batched {batched}, one by one {one_by_one}"
+    );
+}
+
 #[test]
 fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
     for n in [2, 7, 20] {
@@ -162,8 +228,8 @@ fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
                 .unwrap();
             // The training forward: candle ops, standardised inputs, unfolded weights.
             let mut ops = CandleOps::new(&trained).unwrap();
-            let inputs = Inputs::new(&map, row).unwrap();
-            let encoded = inputs.encode(&mut ops, &trained);
+            let inputs = Inputs::new(&map, row);
+            let encoded = inputs.encode(&mut ops, &trained).unwrap();
             let mut state = encoded.state.clone();
             let mut prev =
                 Tensor::zeros((1, 16), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();

@@ -7,9 +7,11 @@
 //! The network sees standardised dense features while training; [`TrainedGenerator::fold`]
 //! folds the standardisation into the first layers so the exported graph takes raw features.
 
+mod batched;
 mod ops;
 mod reinforce;
 
+pub use batched::forced_loss_sum;
 pub use ops::{CandleOps, Ids};
 pub use reinforce::reinforce;
 
@@ -72,7 +74,7 @@ impl Default for DistillConfig {
         DistillConfig {
             hidden: 32,
             embed: 8,
-            epochs: 24,
+            epochs: 48,
             batch_size: 32,
             learning_rate: 3e-3,
             temperature: 0.02,
@@ -140,59 +142,70 @@ pub fn schema_of(map: &FeatureMap) -> FeatureSchema {
     }
 }
 
-/// One request as the generator's training inputs (standardised dense features).
+/// One request as the generator's training inputs (standardised dense features), row-major.
 pub struct Inputs {
-    ctx_dense: Option<Tensor>,
-    ctx_ids: Option<Ids>,
-    cand_dense: Option<Tensor>,
-    upstream: Option<Tensor>,
-    cand_ids: Option<Ids>,
+    ctx_dense: Vec<f32>,
+    ctx_ids: Vec<u32>,
+    cand_dense: Vec<f32>,
+    upstream: Vec<f32>,
+    cand_ids: Vec<u32>,
     pub candidates: usize,
 }
 
 impl Inputs {
-    pub fn new(map: &FeatureMap, request: &LoggedRequest) -> candle_core::Result<Inputs> {
-        let n = request.candidates.len();
-        let (mut ctx, mut ctx_ids, mut cand, mut cand_ids) = (vec![], vec![], vec![], vec![]);
-        let mut upstream = vec![];
-        map.upstream(request, &mut upstream);
-        map.context_dense(&request.context.dense, &mut ctx);
-        map.context_ids(&request.context.categorical, &mut ctx_ids);
+    pub fn new(map: &FeatureMap, request: &LoggedRequest) -> Inputs {
+        let mut inputs = Inputs {
+            ctx_dense: vec![],
+            ctx_ids: vec![],
+            cand_dense: vec![],
+            upstream: vec![],
+            cand_ids: vec![],
+            candidates: request.candidates.len(),
+        };
+        map.upstream(request, &mut inputs.upstream);
+        map.context_dense(&request.context.dense, &mut inputs.ctx_dense);
+        map.context_ids(&request.context.categorical, &mut inputs.ctx_ids);
         for c in &request.candidates {
-            map.candidate_dense(&c.features.dense, &mut cand);
-            map.candidate_ids(&c.features.categorical, &mut cand_ids);
+            map.candidate_dense(&c.features.dense, &mut inputs.cand_dense);
+            map.candidate_ids(&c.features.categorical, &mut inputs.cand_ids);
         }
-        let dense = |data: Vec<f32>, rows: usize| -> candle_core::Result<Option<Tensor>> {
-            let cols = data.len() / rows;
-            (cols > 0)
-                .then(|| Tensor::from_vec(data, (rows, cols), &Device::Cpu))
-                .transpose()
-        };
-        let ids = |data: Vec<u32>, rows: usize| {
-            let cols = data.len() / rows;
-            (cols > 0).then_some(Ids { rows, cols, data })
-        };
-        Ok(Inputs {
-            ctx_dense: dense(ctx, 1)?,
-            ctx_ids: ids(ctx_ids, 1),
-            cand_dense: dense(cand, n)?,
-            upstream: dense(upstream, n)?,
-            cand_ids: ids(cand_ids, n),
-            candidates: n,
-        })
+        inputs
     }
 
-    pub fn encode(&self, ops: &mut CandleOps, weights: &Weights) -> Encoded<Tensor> {
-        weights.encode(
+    /// The encoder's outputs for this request alone.
+    pub fn encode(
+        &self,
+        ops: &mut CandleOps,
+        weights: &Weights,
+    ) -> candle_core::Result<Encoded<Tensor>> {
+        let n = self.candidates;
+        let dense = |data: &[f32], rows: usize| -> candle_core::Result<Option<Tensor>> {
+            let cols = data.len() / rows;
+            (cols > 0)
+                .then(|| Tensor::from_slice(data, (rows, cols), &Device::Cpu))
+                .transpose()
+        };
+        let ids = |data: &[u32], rows: usize| {
+            let cols = data.len() / rows;
+            (cols > 0).then(|| Ids {
+                rows,
+                cols,
+                data: data.to_vec(),
+            })
+        };
+        let (ctx_dense, ctx_ids) = (dense(&self.ctx_dense, 1)?, ids(&self.ctx_ids, 1));
+        let (cand_dense, cand_ids) = (dense(&self.cand_dense, n)?, ids(&self.cand_ids, n));
+        let upstream = dense(&self.upstream, n)?;
+        Ok(weights.encode(
             ops,
             EncoderInputs {
-                ctx_dense: self.ctx_dense.as_ref(),
-                ctx_ids: self.ctx_ids.as_ref(),
-                cand_dense: self.cand_dense.as_ref(),
-                upstream: self.upstream.as_ref(),
-                cand_ids: self.cand_ids.as_ref(),
+                ctx_dense: ctx_dense.as_ref(),
+                ctx_ids: ctx_ids.as_ref(),
+                cand_dense: cand_dense.as_ref(),
+                upstream: upstream.as_ref(),
+                cand_ids: cand_ids.as_ref(),
             },
-        )
+        ))
     }
 }
 
@@ -207,7 +220,7 @@ pub fn decode_steps(
     mut choose: impl FnMut(usize, &Tensor) -> candle_core::Result<usize>,
 ) -> candle_core::Result<(Vec<usize>, Vec<Tensor>)> {
     let n = inputs.candidates;
-    let encoded = inputs.encode(ops, weights);
+    let encoded = inputs.encode(ops, weights)?;
     let mut state = encoded.state;
     let mut prev = Tensor::zeros(
         (1, weights.dims.hidden),
@@ -332,29 +345,37 @@ struct ForcedTrainee<'a> {
     ce_weight: f64,
 }
 
-/// A batch's requests are split into this many shards, each differentiated on its own core
-/// and the gradients summed in shard order: a fixed count, so a run gives the same numbers
-/// on any machine. Teacher forcing is a chain of tiny ops; one core would sit idle.
+/// A batch's requests are split into this many shards, each run as one padded batch on
+/// its own core and the gradients summed in shard order: a fixed count, so a run gives the
+/// same numbers on any machine.
 const GRADIENT_SHARDS: usize = 4;
+
+/// Requests per padded batch when validating.
+const VALIDATION_CHUNK: usize = 64;
+
+impl ForcedTrainee<'_> {
+    /// Σ of the requests' losses, as one padded batch.
+    fn loss_sum(&self, requests: &[usize]) -> candle_core::Result<Tensor> {
+        let inputs: Vec<&Inputs> = requests.iter().map(|&i| &self.inputs[i]).collect();
+        let targets: Vec<&Forced> = requests.iter().map(|&i| &self.targets[i]).collect();
+        batched::forced_loss_sum(
+            &self.net.ops,
+            &self.net.weights,
+            &inputs,
+            &targets,
+            self.ce_weight,
+        )
+    }
+}
 
 impl training::Trainee for ForcedTrainee<'_> {
     fn step(&mut self, batch: &[usize]) -> anyhow::Result<f64> {
         anyhow::ensure!(!batch.is_empty(), "empty batch");
-        let (net, inputs, targets, ce) = (&self.net, self.inputs, self.targets, self.ce_weight);
         let scale = batch.len() as f64;
         let shards: Vec<(f64, GradStore)> = batch
             .par_chunks(batch.len().div_ceil(GRADIENT_SHARDS))
             .map(|shard| {
-                let mut ops = net.ops.share();
-                let mut total: Option<Tensor> = None;
-                for &i in shard {
-                    let loss = forced_loss(&mut ops, &net.weights, &inputs[i], &targets[i], ce)?;
-                    total = Some(match total {
-                        Some(sum) => (sum + loss)?,
-                        None => loss,
-                    });
-                }
-                let loss = (total.expect("shards are not empty") / scale)?;
+                let loss = (self.loss_sum(shard)? / scale)?;
                 Ok((f64::from(loss.to_scalar::<f32>()?), loss.backward()?))
             })
             .collect::<candle_core::Result<_>>()?;
@@ -362,7 +383,7 @@ impl training::Trainee for ForcedTrainee<'_> {
         let (mut loss, mut grads) = shards.next().expect("a non-empty batch has a shard");
         for (shard_loss, shard_grads) in shards {
             loss += shard_loss;
-            for var in net.ops.vars.values() {
+            for var in self.net.ops.vars.values() {
                 if let Some(add) = shard_grads.get(var.as_tensor()) {
                     let sum = match grads.remove(var.as_tensor()) {
                         Some(acc) => (acc + add)?,
@@ -378,22 +399,12 @@ impl training::Trainee for ForcedTrainee<'_> {
 
     fn validate(&mut self) -> anyhow::Result<f64> {
         self.net.sync()?;
-        let (net, inputs, targets, ce) = (&self.net, self.inputs, self.targets, self.ce_weight);
-        let losses: Vec<f64> = self
+        let sums: Vec<f64> = self
             .valid
-            .par_iter()
-            .map(|&i| {
-                let loss = forced_loss(
-                    &mut net.ops.share(),
-                    &net.weights,
-                    &inputs[i],
-                    &targets[i],
-                    ce,
-                )?;
-                Ok(f64::from(loss.to_scalar::<f32>()?))
-            })
+            .par_chunks(VALIDATION_CHUNK)
+            .map(|chunk| Ok(f64::from(self.loss_sum(chunk)?.to_scalar::<f32>()?)))
             .collect::<candle_core::Result<_>>()?;
-        Ok(losses.iter().sum::<f64>() / self.valid.len().max(1) as f64)
+        Ok(sums.iter().sum::<f64>() / self.valid.len().max(1) as f64)
     }
 
     fn keep_best(&mut self) -> anyhow::Result<()> {
@@ -414,10 +425,7 @@ pub fn distill(
         requests.len() == targets.len() && requests.len() >= 2,
         "{label}: need targets for at least 2 requests"
     );
-    let inputs: Vec<Inputs> = requests
-        .iter()
-        .map(|r| Inputs::new(map, r))
-        .collect::<candle_core::Result<_>>()?;
+    let inputs: Vec<Inputs> = requests.iter().map(|r| Inputs::new(map, r)).collect();
     let split = training::split(requests.len(), config.valid_fraction, config.seed);
     let mut trainee = ForcedTrainee {
         net: Trainable::new(&schema_of(map), config)?,

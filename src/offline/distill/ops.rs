@@ -88,13 +88,6 @@ impl CandleOps {
         Ok(CandleOps { vars })
     }
 
-    /// The same variables, for another thread's forward pass (a `Var` is shared, not copied).
-    pub fn share(&self) -> CandleOps {
-        CandleOps {
-            vars: self.vars.clone(),
-        }
-    }
-
     pub fn all(&self) -> Vec<Var> {
         self.vars.values().cloned().collect()
     }

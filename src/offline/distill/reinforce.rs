@@ -132,10 +132,7 @@ pub fn reinforce(
 ) -> anyhow::Result<(TrainedGenerator, DistillSummary)> {
     anyhow::ensure!(requests.len() >= 2, "reinforce: need at least 2 requests");
     let map = &evaluator.spec.features;
-    let inputs: Vec<Inputs> = requests
-        .iter()
-        .map(|r| Inputs::new(map, r))
-        .collect::<candle_core::Result<_>>()?;
+    let inputs: Vec<Inputs> = requests.iter().map(|r| Inputs::new(map, r)).collect();
     let scorers: Vec<RequestScorer> = requests
         .iter()
         .map(|r| evaluator.scorer(r))

@@ -1,0 +1,245 @@
+//! Teacher forcing for many requests at once. The generator's forward pass is a chain of
+//! tiny matrix ops; run one request at a time, candle spends its time on per-op overhead
+//! (issue 11: ~290 s a seed). Here a batch's requests are padded to the longest and every
+//! op runs once for the batch: the same network code ([`Weights::encode`]/[`Weights::step`])
+//! over `[B, rows, cols]` tensors, with the padding masked where the network mixes rows
+//! (attention, the set's mean). `tests/distill.rs` holds its loss equal to the sum of the
+//! per-request losses.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::{CandleOps, Forced, Inputs};
+use crate::network::{EncoderInputs, Ops, Param, Weights};
+
+/// Logit of a padded or already placed candidate.
+const MASKED: f32 = -1e9;
+
+/// Categorical ids of `batch × rows` rows, `cols` features each.
+pub struct BatchIds {
+    batch: usize,
+    rows: usize,
+    cols: usize,
+    data: Vec<u32>,
+}
+
+/// [`Ops`] over `[B, rows, cols]` tensors. `softmax_rows` (the set's attention) ignores
+/// padded candidates and `mean_rows` (the set's summary) averages the real ones only.
+struct BatchOps<'a> {
+    vars: &'a HashMap<&'static str, Var>,
+    /// `[B, 1, N]`: 0 for a real candidate, [`MASKED`] for padding.
+    key_mask: Tensor,
+    /// `[B, N, 1]`: 1/n for each of a request's n real candidates, 0 for padding.
+    row_weights: Tensor,
+}
+
+fn ok(result: candle_core::Result<Tensor>) -> Tensor {
+    result.expect("batched generator ops on consistent shapes")
+}
+
+impl Ops for BatchOps<'_> {
+    type Mat = Tensor;
+    type Ids = BatchIds;
+
+    fn param(&mut self, p: &Param) -> Tensor {
+        self.vars[p.name].as_tensor().clone()
+    }
+    fn matmul(&mut self, a: &Tensor, b: &Tensor) -> Tensor {
+        if b.rank() != 2 {
+            return ok(a.matmul(b));
+        }
+        // A weight: one 2-D product over every row of the batch.
+        let product = || {
+            let (batch, rows, cols) = a.dims3()?;
+            a.reshape((batch * rows, cols))?
+                .matmul(b)?
+                .reshape((batch, rows, b.dim(1)?))
+        };
+        ok(product())
+    }
+    fn matmul_t(&mut self, a: &Tensor, b: &Tensor) -> Tensor {
+        ok(b.transpose(1, 2).and_then(|bt| a.matmul(&bt)))
+    }
+    fn add(&mut self, a: &Tensor, b: &Tensor) -> Tensor {
+        ok(a.broadcast_add(b))
+    }
+    fn scale(&mut self, a: &Tensor, factor: f32) -> Tensor {
+        ok(a * f64::from(factor))
+    }
+    fn relu(&mut self, a: &Tensor) -> Tensor {
+        ok(a.relu())
+    }
+    fn tanh(&mut self, a: &Tensor) -> Tensor {
+        ok(a.tanh())
+    }
+    fn softmax_rows(&mut self, a: &Tensor) -> Tensor {
+        ok(a.broadcast_add(&self.key_mask)
+            .and_then(|masked| candle_nn::ops::softmax(&masked, 2)))
+    }
+    fn mean_rows(&mut self, a: &Tensor) -> Tensor {
+        ok(a.broadcast_mul(&self.row_weights)
+            .and_then(|w| w.sum_keepdim(1)))
+    }
+    fn concat_cols(&mut self, parts: &[Tensor]) -> Tensor {
+        ok(Tensor::cat(parts, 2))
+    }
+    fn embed(&mut self, ids: &BatchIds, table: &Param, offsets: &[i64]) -> Tensor {
+        let rows: Vec<u32> = ids
+            .data
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (i64::from(id) + offsets[i % ids.cols]) as u32)
+            .collect();
+        let width = ids.cols * table.cols;
+        let table = self.param(table);
+        ok(Tensor::from_vec(rows, ids.data.len(), &Device::Cpu)
+            .and_then(|index| table.index_select(&index, 0))
+            .and_then(|e| e.reshape((ids.batch, ids.rows, width))))
+    }
+}
+
+/// Requests padded to the longest, as `[B, rows, cols]` inputs.
+struct Padded {
+    batch: usize,
+    n: usize,
+    ctx_dense: Option<Tensor>,
+    ctx_ids: Option<BatchIds>,
+    cand_dense: Option<Tensor>,
+    upstream: Option<Tensor>,
+    cand_ids: Option<BatchIds>,
+    key_mask: Tensor,
+    row_weights: Tensor,
+}
+
+impl Padded {
+    fn new(requests: &[&Inputs]) -> candle_core::Result<Padded> {
+        let batch = requests.len();
+        let n = requests.iter().map(|r| r.candidates).max().unwrap_or(1);
+        let per_row = |len: usize, rows: usize| len / rows.max(1);
+        let first = requests[0];
+        let (dc, fc) = (first.ctx_dense.len(), first.ctx_ids.len());
+        let d = per_row(first.cand_dense.len(), first.candidates);
+        let u = per_row(first.upstream.len(), first.candidates);
+        let f = per_row(first.cand_ids.len(), first.candidates);
+        let dense = |get: fn(&Inputs) -> &[f32], rows: usize, cols: usize| {
+            (cols > 0)
+                .then(|| {
+                    let data = padded(requests, get, rows, cols);
+                    Tensor::from_vec(data, (batch, rows, cols), &Device::Cpu)
+                })
+                .transpose()
+        };
+        let ids = |get: fn(&Inputs) -> &[u32], rows: usize, cols: usize| {
+            (cols > 0).then(|| BatchIds {
+                batch,
+                rows,
+                cols,
+                data: padded(requests, get, rows, cols),
+            })
+        };
+        let mut key_mask = Vec::with_capacity(batch * n);
+        let mut row_weights = Vec::with_capacity(batch * n);
+        for r in requests {
+            let real = r.candidates;
+            key_mask.extend((0..n).map(|i| if i < real { 0.0 } else { MASKED }));
+            row_weights.extend((0..n).map(|i| if i < real { 1.0 / real as f32 } else { 0.0 }));
+        }
+        Ok(Padded {
+            batch,
+            n,
+            ctx_dense: dense(|r| &r.ctx_dense, 1, dc)?,
+            ctx_ids: ids(|r| &r.ctx_ids, 1, fc),
+            cand_dense: dense(|r| &r.cand_dense, n, d)?,
+            upstream: dense(|r| &r.upstream, n, u)?,
+            cand_ids: ids(|r| &r.cand_ids, n, f),
+            key_mask: Tensor::from_vec(key_mask, (batch, 1, n), &Device::Cpu)?,
+            row_weights: Tensor::from_vec(row_weights, (batch, n, 1), &Device::Cpu)?,
+        })
+    }
+}
+
+/// Each request's rows (`cols` values each) followed by zero rows up to `rows`.
+fn padded<T: Copy + Default>(
+    requests: &[&Inputs],
+    get: fn(&Inputs) -> &[T],
+    rows: usize,
+    cols: usize,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(requests.len() * rows * cols);
+    for r in requests {
+        let start = out.len();
+        out.extend_from_slice(get(r));
+        out.resize(start + rows * cols, T::default());
+    }
+    out
+}
+
+/// Σ over the requests of their [`super::forced_loss`]: teacher forcing along each
+/// request's target list, the target's cross-entropy averaged over its steps.
+pub fn forced_loss_sum(
+    ops: &CandleOps,
+    weights: &Weights,
+    requests: &[&Inputs],
+    targets: &[&Forced],
+    ce_weight: f64,
+) -> candle_core::Result<Tensor> {
+    let p = Padded::new(requests)?;
+    let (b, n, h) = (p.batch, p.n, weights.dims.hidden);
+    let mut o = BatchOps {
+        vars: &ops.vars,
+        key_mask: p.key_mask.clone(),
+        row_weights: p.row_weights.clone(),
+    };
+    let encoded = weights.encode(
+        &mut o,
+        EncoderInputs {
+            ctx_dense: p.ctx_dense.as_ref(),
+            ctx_ids: p.ctx_ids.as_ref(),
+            cand_dense: p.cand_dense.as_ref(),
+            upstream: p.upstream.as_ref(),
+            cand_ids: p.cand_ids.as_ref(),
+        },
+    );
+    let values = encoded.values.reshape((b * n, h))?;
+    let steps = targets.iter().map(|f| f.list.len()).max().unwrap_or(0);
+    // Padding is never chosen; placed candidates are masked as they are placed.
+    let mut mask: Vec<f32> = p.key_mask.flatten_all()?.to_vec1()?;
+    let mut state = encoded.state;
+    let mut prev = Tensor::zeros((b, 1, h), DType::F32, &Device::Cpu)?;
+    let (mut log_probs, mut weight) = (Vec::with_capacity(steps), vec![0f32; steps * b * n]);
+    for t in 0..steps {
+        let (query, next) = weights.step(&mut o, &state, &prev);
+        let logits = encoded
+            .keys
+            .matmul(&query.transpose(1, 2)?)?
+            .reshape((b, n))?;
+        let logits = (logits + Tensor::from_slice(&mask, (b, n), &Device::Cpu)?)?;
+        log_probs.push(candle_nn::ops::log_softmax(&logits, 1)?);
+        let mut chosen = Vec::with_capacity(b);
+        for (r, forced) in targets.iter().enumerate() {
+            let Some(&a) = forced.list.get(t) else {
+                // This request's list has ended: any row will do, its weight is 0.
+                chosen.push((r * n) as u32);
+                continue;
+            };
+            let per_step = 1.0 / forced.list.len() as f32;
+            let row = &mut weight[(t * b + r) * n..(t * b + r + 1) * n];
+            for &(c, q) in &forced.targets[t] {
+                row[c] += q * per_step;
+            }
+            row[a] += ce_weight as f32 * per_step;
+            mask[r * n + a] = MASKED;
+            chosen.push((r * n + a) as u32);
+        }
+        let chosen = Tensor::from_vec(chosen, b, &Device::Cpu)?;
+        prev = values.index_select(&chosen, 0)?.reshape((b, 1, h))?;
+        state = next;
+    }
+    if steps == 0 {
+        return Tensor::new(0f32, &Device::Cpu);
+    }
+    let log_probs = Tensor::stack(&log_probs, 0)?;
+    let weight = Tensor::from_vec(weight, (steps, b, n), &Device::Cpu)?;
+    (log_probs * weight)?.sum_all()?.neg()
+}
