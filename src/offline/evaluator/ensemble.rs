@@ -64,27 +64,32 @@ pub struct EnsembleScorer {
 
 impl EnsembleScorer {
     /// Each member's gain of `a` after `state`.
-    pub fn member_gains(&self, state: &Prefix, a: usize) -> Vec<f64> {
-        self.members.iter().map(|m| m.gain(state, a)).collect()
+    pub fn member_gains(&self, state: &[Prefix], a: usize) -> Vec<f64> {
+        self.members
+            .iter()
+            .zip(state)
+            .map(|(m, s)| m.gain(s, a))
+            .collect()
     }
 }
 
 impl ListModel for EnsembleScorer {
-    type State = Prefix;
+    /// Each member's prefix state.
+    type State = Vec<Prefix>;
 
     fn candidates(&self) -> usize {
         self.members[0].candidates()
     }
 
-    fn initial(&self) -> Prefix {
-        Prefix::default()
+    fn initial(&self) -> Vec<Prefix> {
+        vec![Prefix::default(); self.members.len()]
     }
 
     /// The members' mean gain minus `pessimism` times their (population) spread. Called
     /// for every candidate of every prefix while mining: one pass, no allocation.
-    fn gain(&self, state: &Prefix, a: usize) -> f64 {
+    fn gain(&self, state: &Vec<Prefix>, a: usize) -> f64 {
         let (mut sum, mut sum_sq) = (0.0, 0.0);
-        for member in &self.members {
+        for (member, state) in self.members.iter().zip(state) {
             let g = member.gain(state, a);
             sum += g;
             sum_sq += g * g;
@@ -95,8 +100,10 @@ impl ListModel for EnsembleScorer {
         mean - self.pessimism * variance.sqrt()
     }
 
-    fn push(&self, state: &mut Prefix, a: usize) {
-        state.items.push(a);
+    fn push(&self, state: &mut Vec<Prefix>, a: usize) {
+        for (member, state) in self.members.iter().zip(state) {
+            member.push(state, a);
+        }
     }
 
     /// The members' mean difference minus `pessimism` times its spread: departing from

@@ -1,6 +1,8 @@
 //! The evaluator's network evaluated incrementally in plain Rust, for search: everything
-//! that does not depend on the prefix is computed once per request, so the value of
-//! appending a candidate costs one pass over the prefix plus one small MLP.
+//! that does not depend on the prefix is computed once per request, and what the prefix
+//! adds to each candidate's output layer (its interaction sum, its same-id counts) is
+//! accumulated as items are placed, so the value of appending a candidate costs one
+//! hidden-layer row and a dot product.
 //! `tests/evaluator.rs` holds it equal to the training forward (`model::slot_outputs`).
 
 use super::{Evaluator, Params};
@@ -67,12 +69,14 @@ pub struct RequestScorer {
     base: Vec<Vec<f32>>,
     keys: Vec<Vec<f32>>,
     queries: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
     /// Per slot: the position's contribution to the output pre-activation.
     positions: Vec<Vec<f32>>,
-    /// Rows of the output layer that read the interaction sum `m`, and the same-id counts.
-    interaction: Matrix,
+    /// Per candidate j: what `v_j` adds to the output pre-activation through the
+    /// interaction sum, `Σ_i v_j[i]·W_m[i]` (the sum is linear in the values).
+    interaction_rows: Vec<Vec<f32>>,
+    /// Per categorical feature: the output layer's row reading its same-id count.
     same_above: Matrix,
+    hidden: usize,
     /// Each candidate's categorical ids, for the same-id counts.
     ids: Vec<Vec<i64>>,
     out_w2: Vec<f32>,
@@ -82,10 +86,12 @@ pub struct RequestScorer {
     reward_of_click: Vec<f32>,
 }
 
-/// A prefix: the candidates placed so far, in order.
+/// A prefix: the candidates placed so far, in order, and for every candidate what they add
+/// to its output layer's pre-activation (`N × H`, empty before the first item).
 #[derive(Debug, Clone, Default)]
 pub struct Prefix {
     pub items: Vec<usize>,
+    above: Vec<f32>,
 }
 
 impl RequestScorer {
@@ -177,14 +183,23 @@ impl RequestScorer {
             .collect();
         let fields = map.candidate_vocab.len();
         let (interaction, same_above) = (rows(m_rows, a), rows(5 * h + a, fields));
+        let values = project("att.v")?;
+        let interaction_rows = values
+            .iter()
+            .map(|v| {
+                let mut out = vec![0.0; h];
+                interaction.add_product(v, 0, &mut out);
+                out
+            })
+            .collect();
         Ok(RequestScorer {
             base,
             keys: project("att.k")?,
             queries: project("att.q")?,
-            values: project("att.v")?,
             positions,
-            interaction,
+            interaction_rows,
             same_above,
+            hidden: h,
             ids: request
                 .candidates
                 .iter()
@@ -199,38 +214,15 @@ impl RequestScorer {
 
     /// Click probability of candidate `a` in the slot after `prefix`. Slots past the
     /// longest logged list reuse the last position.
-    pub fn click_probability(&self, prefix: &[usize], a: usize) -> f32 {
-        let mut pre = self.base[a].clone();
-        let t = prefix.len().min(self.positions.len() - 1);
-        pre.iter_mut()
-            .zip(&self.positions[t])
-            .for_each(|(p, x)| *p += x);
-        if !prefix.is_empty() {
-            let mut m = vec![0.0; self.interaction.rows];
-            for &j in prefix {
-                let weight =
-                    sigmoid(f64::from(dot(&self.queries[a], &self.keys[j]) * self.scale)) as f32;
-                m.iter_mut()
-                    .zip(&self.values[j])
-                    .for_each(|(m, v)| *m += weight * v);
-            }
-            self.interaction.add_product(&m, 0, &mut pre);
-            let same: Vec<f32> = (0..self.same_above.rows)
-                .map(|j| {
-                    prefix
-                        .iter()
-                        .filter(|&&k| self.ids[k][j] == self.ids[a][j])
-                        .count() as f32
-                })
-                .collect();
-            self.same_above.add_product(&same, 0, &mut pre);
+    pub fn click_probability(&self, prefix: &Prefix, a: usize) -> f32 {
+        let h = self.hidden;
+        let t = prefix.items.len().min(self.positions.len() - 1);
+        let above = prefix.above.get(a * h..(a + 1) * h);
+        let mut logit = self.out_b2;
+        for i in 0..h {
+            let pre = self.base[a][i] + self.positions[t][i] + above.map_or(0.0, |x| x[i]);
+            logit += pre.max(0.0) * self.out_w2[i];
         }
-        let logit: f32 = pre
-            .iter()
-            .zip(&self.out_w2)
-            .map(|(p, w)| p.max(0.0) * w)
-            .sum::<f32>()
-            + self.out_b2;
         sigmoid(f64::from(logit)) as f32
     }
 }
@@ -248,10 +240,31 @@ impl ListModel for RequestScorer {
 
     /// The slot's expected reward: P(click) times the reward of a click on `a`.
     fn gain(&self, state: &Prefix, a: usize) -> f64 {
-        f64::from(self.click_probability(&state.items, a) * self.reward_of_click[a])
+        f64::from(self.click_probability(state, a) * self.reward_of_click[a])
     }
 
-    fn push(&self, state: &mut Prefix, a: usize) {
-        state.items.push(a);
+    /// Adds what `j`, placed next, contributes to every candidate below it: its value
+    /// through the causal interaction sum (weight `σ(q_a·k_j/√A)`), and one to each
+    /// categorical feature whose id it shares.
+    fn push(&self, state: &mut Prefix, j: usize) {
+        let (n, h) = (self.base.len(), self.hidden);
+        state.above.resize(n * h, 0.0);
+        for (a, above) in state.above.chunks_exact_mut(h).enumerate() {
+            let weight =
+                sigmoid(f64::from(dot(&self.queries[a], &self.keys[j]) * self.scale)) as f32;
+            above
+                .iter_mut()
+                .zip(&self.interaction_rows[j])
+                .for_each(|(x, v)| *x += weight * v);
+            for (f, (id_a, id_j)) in self.ids[a].iter().zip(&self.ids[j]).enumerate() {
+                if id_a == id_j {
+                    above
+                        .iter_mut()
+                        .zip(self.same_above.row(f))
+                        .for_each(|(x, w)| *x += w);
+                }
+            }
+        }
+        state.items.push(j);
     }
 }
