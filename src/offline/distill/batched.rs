@@ -175,15 +175,18 @@ fn padded<T: Copy + Default>(
     out
 }
 
-/// Σ over the requests of their [`super::forced_loss`]: teacher forcing along each
-/// request's target list, the target's cross-entropy averaged over its steps.
-pub fn forced_loss_sum(
+/// The decoder stepped over a padded batch: `choose(t, r, log_probs)` gives request `r`'s
+/// item for slot `t` (`log_probs`: its row of log-probabilities when `sampled`, else
+/// empty), or `None` once its list has ended. Returns every step's log-probabilities,
+/// `[steps, B, N]` (padding and placed candidates at about -1e9), and each request's list.
+fn decode(
     ops: &CandleOps,
     weights: &Weights,
     requests: &[&Inputs],
-    targets: &[&Forced],
-    ce_weight: f64,
-) -> candle_core::Result<Tensor> {
+    steps: usize,
+    sampled: bool,
+    mut choose: impl FnMut(usize, usize, &[f32]) -> Option<usize>,
+) -> candle_core::Result<(Tensor, Vec<Vec<usize>>)> {
     let p = Padded::new(requests)?;
     let (b, n, h) = (p.batch, p.n, weights.dims.hidden);
     let mut o = BatchOps {
@@ -202,12 +205,12 @@ pub fn forced_loss_sum(
         },
     );
     let values = encoded.values.reshape((b * n, h))?;
-    let steps = targets.iter().map(|f| f.list.len()).max().unwrap_or(0);
     // Padding is never chosen; placed candidates are masked as they are placed.
     let mut mask: Vec<f32> = p.key_mask.flatten_all()?.to_vec1()?;
     let mut state = encoded.state;
     let mut prev = Tensor::zeros((b, 1, h), DType::F32, &Device::Cpu)?;
-    let (mut log_probs, mut weight) = (Vec::with_capacity(steps), vec![0f32; steps * b * n]);
+    let mut lists = vec![Vec::with_capacity(steps); b];
+    let mut log_probs = Vec::with_capacity(steps);
     for t in 0..steps {
         let (query, next) = weights.step(&mut o, &state, &prev);
         let logits = encoded
@@ -215,31 +218,99 @@ pub fn forced_loss_sum(
             .matmul(&query.transpose(1, 2)?)?
             .reshape((b, n))?;
         let logits = (logits + Tensor::from_slice(&mask, (b, n), &Device::Cpu)?)?;
-        log_probs.push(candle_nn::ops::log_softmax(&logits, 1)?);
+        let lp = candle_nn::ops::log_softmax(&logits, 1)?;
+        let rows: Vec<f32> = if sampled {
+            lp.flatten_all()?.to_vec1()?
+        } else {
+            Vec::new()
+        };
         let mut chosen = Vec::with_capacity(b);
-        for (r, forced) in targets.iter().enumerate() {
-            let Some(&a) = forced.list.get(t) else {
-                // This request's list has ended: any row will do, its weight is 0.
-                chosen.push((r * n) as u32);
-                continue;
-            };
-            let per_step = 1.0 / forced.list.len() as f32;
-            let row = &mut weight[(t * b + r) * n..(t * b + r + 1) * n];
-            for &(c, q) in &forced.targets[t] {
-                row[c] += q * per_step;
-            }
-            row[a] += ce_weight as f32 * per_step;
-            mask[r * n + a] = MASKED;
+        for (r, list) in lists.iter_mut().enumerate() {
+            let row = rows.get(r * n..(r + 1) * n).unwrap_or(&[]);
+            // A request whose list has ended feeds any row on; its steps weigh nothing.
+            let a = choose(t, r, row).map_or(0, |a| {
+                mask[r * n + a] = MASKED;
+                list.push(a);
+                a
+            });
             chosen.push((r * n + a) as u32);
         }
+        log_probs.push(lp);
         let chosen = Tensor::from_vec(chosen, b, &Device::Cpu)?;
         prev = values.index_select(&chosen, 0)?.reshape((b, 1, h))?;
         state = next;
     }
+    Ok((Tensor::stack(&log_probs, 0)?, lists))
+}
+
+/// `−Σ log_probs · weight` over every step, request and candidate.
+fn weighted_nll(log_probs: &Tensor, weight: Vec<f32>) -> candle_core::Result<Tensor> {
+    let weight = Tensor::from_vec(weight, log_probs.dims3()?, &Device::Cpu)?;
+    (log_probs * weight)?.sum_all()?.neg()
+}
+
+/// Σ over the requests of their [`super::forced_loss`]: teacher forcing along each
+/// request's target list, the target's cross-entropy averaged over its steps.
+pub fn forced_loss_sum(
+    ops: &CandleOps,
+    weights: &Weights,
+    requests: &[&Inputs],
+    targets: &[&Forced],
+    ce_weight: f64,
+) -> candle_core::Result<Tensor> {
+    let steps = targets.iter().map(|f| f.list.len()).max().unwrap_or(0);
     if steps == 0 {
         return Tensor::new(0f32, &Device::Cpu);
     }
-    let log_probs = Tensor::stack(&log_probs, 0)?;
-    let weight = Tensor::from_vec(weight, (steps, b, n), &Device::Cpu)?;
-    (log_probs * weight)?.sum_all()?.neg()
+    let (log_probs, _) = decode(ops, weights, requests, steps, false, |t, r, _| {
+        targets[r].list.get(t).copied()
+    })?;
+    let (_, b, n) = log_probs.dims3()?;
+    let mut weight = vec![0f32; steps * b * n];
+    for (r, forced) in targets.iter().enumerate() {
+        let per_step = 1.0 / forced.list.len() as f32;
+        for (t, (&a, step)) in forced.list.iter().zip(&forced.targets).enumerate() {
+            let row = &mut weight[(t * b + r) * n..(t * b + r + 1) * n];
+            for &(c, q) in step {
+                row[c] += q * per_step;
+            }
+            row[a] += ce_weight as f32 * per_step;
+        }
+    }
+    weighted_nll(&log_probs, weight)
+}
+
+/// Lists sampled from the generator for a padded batch, `slots` each (fewer for requests
+/// with fewer candidates), and a function that turns per-list weights into the loss
+/// `−Σ weight_r · log π(list_r)`.
+pub fn sample_lists(
+    ops: &CandleOps,
+    weights: &Weights,
+    requests: &[&Inputs],
+    slots: usize,
+    mut draw: impl FnMut(&[f32]) -> usize,
+) -> candle_core::Result<(
+    Vec<Vec<usize>>,
+    impl FnOnce(&[f32]) -> candle_core::Result<Tensor>,
+)> {
+    let steps = requests
+        .iter()
+        .map(|r| r.candidates.min(slots))
+        .max()
+        .unwrap_or(0);
+    let (log_probs, lists) = decode(ops, weights, requests, steps, true, |t, r, row| {
+        (t < requests[r].candidates.min(slots)).then(|| draw(row))
+    })?;
+    let chosen = lists.clone();
+    let loss = move |list_weights: &[f32]| {
+        let (steps, b, n) = log_probs.dims3()?;
+        let mut weight = vec![0f32; steps * b * n];
+        for (r, list) in chosen.iter().enumerate() {
+            for (t, &a) in list.iter().enumerate() {
+                weight[(t * b + r) * n + a] = list_weights[r];
+            }
+        }
+        weighted_nll(&log_probs, weight)
+    };
+    Ok((lists, loss))
 }

@@ -3,14 +3,12 @@
 //! the log-probability of lists that beat the other samples of the same request
 //! (leave-one-out baseline). No per-step signal: that is the contrast with DeGRe.
 
-use anyhow::Context;
-use candle_core::Tensor;
 use candle_nn::Optimizer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::{
-    decode_steps, schema_of, DistillConfig, DistillSummary, Inputs, Trainable, TrainedGenerator,
+    batched, schema_of, DistillConfig, DistillSummary, Inputs, Trainable, TrainedGenerator,
 };
 use crate::offline::evaluator::{Evaluator, FeatureMap, RequestScorer};
 use crate::offline::logs::LoggedRequest;
@@ -20,21 +18,21 @@ use crate::offline::training::{self, Schedule};
 /// Lists sampled per request and update.
 const SAMPLES: usize = 4;
 
-/// Draws an index from log-probabilities.
-fn sample(log_probs: &Tensor, rng: &mut StdRng) -> candle_core::Result<usize> {
-    let p: Vec<f32> = log_probs.exp()?.to_vec1()?;
+/// Draws an index from a row of log-probabilities.
+fn draw(log_probs: &[f32], rng: &mut StdRng) -> usize {
+    let p: Vec<f32> = log_probs.iter().map(|lp| lp.exp()).collect();
     let mut u = rng.random::<f32>() * p.iter().sum::<f32>();
     for (i, &pi) in p.iter().enumerate() {
         if u < pi {
-            return Ok(i);
+            return i;
         }
         u -= pi;
     }
     // Rounding left u past the end: the most likely item.
-    Ok(p.iter()
+    p.iter()
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i))
+        .map_or(0, |(i, _)| i)
 }
 
 /// REINFORCE with a leave-one-out baseline, as the training loop sees it. Validation loss
@@ -51,53 +49,42 @@ struct SparseTrainee<'a> {
     rng: StdRng,
 }
 
-impl SparseTrainee<'_> {
-    /// Sampled lists of request `i`, each with its reward and summed log-probability.
-    fn samples(&mut self, i: usize) -> anyhow::Result<Vec<(f64, Tensor)>> {
-        let mut samples = Vec::with_capacity(SAMPLES);
-        for _ in 0..SAMPLES {
-            let (net, rng) = (&mut self.net, &mut self.rng);
-            let (list, log_probs) = decode_steps(
-                &mut net.ops,
-                &net.weights,
-                &self.inputs[i],
-                self.slots,
-                |_, lp| sample(lp, rng),
-            )?;
-            // In units of an average click's reward: one learning rate fits any objective.
-            let reward = search::value(&self.scorers[i], &list) / self.reward_unit;
-            let mut log_prob: Option<Tensor> = None;
-            for (lp, &a) in log_probs.iter().zip(&list) {
-                let term = lp.narrow(0, a, 1)?;
-                log_prob = Some(match log_prob {
-                    Some(s) => (s + term)?,
-                    None => term,
-                });
-            }
-            samples.push((reward, log_prob.context("no slot to sample")?));
-        }
-        Ok(samples)
-    }
-}
-
 impl training::Trainee for SparseTrainee<'_> {
+    /// Every request of the batch sampled `SAMPLES` times, all in one padded batch.
     fn step(&mut self, batch: &[usize]) -> anyhow::Result<f64> {
-        let mut total: Option<Tensor> = None;
+        anyhow::ensure!(!batch.is_empty(), "empty batch");
+        let copies: Vec<usize> = batch
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(i, SAMPLES))
+            .collect();
+        let inputs: Vec<&Inputs> = copies.iter().map(|&i| &self.inputs[i]).collect();
+        let rng = &mut self.rng;
+        let (lists, loss_of) = batched::sample_lists(
+            &self.net.ops,
+            &self.net.weights,
+            &inputs,
+            self.slots,
+            |row| draw(row, rng),
+        )?;
+        // In units of an average click's reward: one learning rate fits any objective.
+        let rewards: Vec<f64> = copies
+            .iter()
+            .zip(&lists)
+            .map(|(&i, list)| search::value(&self.scorers[i], list) / self.reward_unit)
+            .collect();
+        let mut list_weights = Vec::with_capacity(rewards.len());
         let mut reward_sum = 0.0;
-        for &i in batch {
-            let samples = self.samples(i)?;
-            let sum: f64 = samples.iter().map(|s| s.0).sum();
+        let lists_in_batch = rewards.len() as f64;
+        for group in rewards.chunks(SAMPLES) {
+            let sum: f64 = group.iter().sum();
             reward_sum += sum / SAMPLES as f64;
-            for (reward, log_prob) in samples {
+            for &reward in group {
+                // Leave-one-out: the other samples of the same request are the baseline.
                 let baseline = (sum - reward) / (SAMPLES - 1) as f64;
-                let term = (log_prob * -(reward - baseline))?;
-                total = Some(match total {
-                    Some(s) => (s + term)?,
-                    None => term,
-                });
+                list_weights.push(((reward - baseline) / lists_in_batch) as f32);
             }
         }
-        let loss = (total.context("empty batch")?.sum_all()? / (batch.len() * SAMPLES) as f64)?;
+        let loss = loss_of(&list_weights)?;
         self.net.optimizer.backward_step(&loss)?;
         // Reported as a loss: minus the mean sampled V.
         Ok(-reward_sum / batch.len() as f64)
