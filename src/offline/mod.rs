@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod progress;
 pub mod report;
+pub mod rules;
 pub mod search;
 pub mod sim;
 pub mod training;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::offline::distill::TrainedGenerator;
 use crate::offline::evaluator::EnsembleScorer;
 use crate::offline::logs::LoggedRequest;
+use crate::offline::rules;
 use crate::offline::search::{self, ListModel};
 use crate::offline::sim::Truth;
 
@@ -38,6 +39,13 @@ pub enum Policy {
     Generator {
         name: String,
         generator: Arc<TrainedGenerator>,
+    },
+    /// A generator under the simulated business rules (`offline::rules`): enforced inside
+    /// its decoding pass, or (`after`) by a rule engine on its unconstrained ranking.
+    Ruled {
+        name: String,
+        generator: Arc<TrainedGenerator>,
+        after: bool,
     },
     /// An exported model version (ONNX graphs + manifest) run by the server's runtime.
     Served {
@@ -98,6 +106,7 @@ impl Policy {
             Policy::EvaluatorGreedy => "evaluator-greedy".into(),
             Policy::EvaluatorBeam(width) => format!("evaluator-beam:{width}"),
             Policy::Generator { name, .. }
+            | Policy::Ruled { name, .. }
             | Policy::Served { name, .. }
             | Policy::Lists { name, .. } => name.clone(),
         }
@@ -143,6 +152,17 @@ impl Policy {
                 search::beam(scorer, k, *width).swap_remove(0).list
             }
             Policy::Generator { generator, .. } => generator.rerank(cx.request, k)?,
+            Policy::Ruled {
+                generator, after, ..
+            } => {
+                let (rules, slots) = rules::of(cx.request, k)?;
+                if *after {
+                    let ranking = generator.rerank(cx.request, n)?;
+                    rules::applied_after(&ranking, &rules, slots)
+                } else {
+                    generator.rerank_under(cx.request, slots, &rules)?
+                }
+            }
             Policy::Served { model, .. } => {
                 let input = cx
                     .request

@@ -29,7 +29,7 @@ use crate::offline::evaluator::FeatureMap;
 use crate::offline::logs::LoggedRequest;
 use crate::offline::mine::Mined;
 use crate::offline::training::{self, Schedule, Split};
-use crate::rerank::decode;
+use crate::rerank::{decode, Rules};
 
 /// Sizes, schedule and targets of the generator's training; the pipeline's `[distill]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -495,9 +495,20 @@ impl TrainedGenerator {
 
     /// One greedy pass, exactly as served (the reference forward the exported graph matches).
     pub fn rerank(&self, request: &LoggedRequest, slots: usize) -> Result<Vec<usize>, String> {
-        let input = request
+        self.rerank_under(request, slots, &Rules::default())
+    }
+
+    /// [`TrainedGenerator::rerank`] with business rules enforced inside the pass.
+    pub fn rerank_under(
+        &self,
+        request: &LoggedRequest,
+        slots: usize,
+        rules: &Rules,
+    ) -> Result<Vec<usize>, String> {
+        let mut input = request
             .rerank_input(&self.schema, slots)
             .map_err(|e| e.to_string())?;
+        input.rules = rules.clone();
         let mut steps = ReferenceSteps::new(&self.weights, &self.schema, &input);
         decode::decode_request(&mut steps, &input)
             .map(|picks| picks.iter().map(|p| p.index).collect())

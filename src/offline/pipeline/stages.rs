@@ -18,6 +18,7 @@ use crate::offline::logs::{write_logs, LoggedRequest};
 use crate::offline::mine::{self, MineConfig, Mined, Shard};
 use crate::offline::objective::Objective;
 use crate::offline::policy::Policy;
+use crate::offline::rules;
 use crate::offline::sim::{sample_split, World};
 use crate::offline::training;
 
@@ -389,6 +390,16 @@ pub fn compare(
         Policy::EvaluatorBeam(beam),
     ]);
     policies.extend(generator_policies(generators));
+    if data.world.is_some() {
+        // Business rules inside the pass, and applied after it (docs/constraints.md).
+        for after in [false, true] {
+            policies.push(Policy::Ruled {
+                name: if after { rules::AFTER } else { rules::INSIDE }.into(),
+                generator: Arc::new(generators.degre.clone()),
+                after,
+            });
+        }
+    }
     let sweep = config.mining.sweep.iter().filter(|&&w| w != beam);
     policies.extend(sweep.map(|&w| Policy::EvaluatorBeam(w)));
     evaluate(&EvalInputs {
