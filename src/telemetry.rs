@@ -88,9 +88,12 @@ fn describe() {
     describe_gauge!(MODEL_VERSION, "The serving model version.");
 }
 
-pub fn request_done(code: tonic::Code, seconds: f64) {
-    counter!(REQUESTS, "code" => code_label(code)).increment(1);
-    histogram!(REQUEST_DURATION).record(seconds);
+/// An answer, by gRPC code and the model version that gave it (`none` when no model did:
+/// refused or failed before a model answered), so two versions compare during a swap.
+pub fn request_done(code: tonic::Code, version: Option<u64>, seconds: f64) {
+    let version = version.map_or_else(|| "none".to_string(), |v| v.to_string());
+    counter!(REQUESTS, "code" => code_label(code), "version" => version.clone()).increment(1);
+    histogram!(REQUEST_DURATION, "version" => version).record(seconds);
 }
 
 pub fn request_compute(candidates: usize, seconds: f64) {
@@ -167,7 +170,9 @@ pub fn init_tracing(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in files or pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = if json {
         builder
             .json()

@@ -28,10 +28,11 @@ async fn metrics_are_prometheus_text_with_histograms() {
     for line in [
         "# TYPE degre_request_duration_seconds histogram",
         "# TYPE degre_model_compute_duration_seconds histogram",
-        "degre_request_duration_seconds_bucket{le=\"0.001\"}",
+        "degre_request_duration_seconds_bucket{version=\"1\",le=\"0.001\"}",
         "degre_request_candidates_bucket{le=\"20\"} 1",
-        "degre_requests_total{code=\"OK\"}",
-        "degre_requests_total{code=\"INVALID_ARGUMENT\"} 1",
+        // By the version that answered; `none` when no model did.
+        "degre_requests_total{code=\"OK\",version=\"1\"} 1",
+        "degre_requests_total{code=\"INVALID_ARGUMENT\",version=\"none\"} 1",
         "degre_model_loads_total{result=\"success\",reason=\"none\"} 1",
         "degre_model_version 1",
     ] {
@@ -116,7 +117,7 @@ async fn answers_tonic_gives_before_the_service_are_counted_too() {
     let status = raw_rerank(server.grpc_addr, &[]).await;
     assert_eq!(status, (tonic::Code::InvalidArgument as i32).to_string());
     let text = server.metrics().await;
-    let line = "degre_requests_total{code=\"INVALID_ARGUMENT\"} 2";
+    let line = "degre_requests_total{code=\"INVALID_ARGUMENT\",version=\"none\"} 2";
     assert!(text.contains(line), "{line} missing:\n{text}");
     server.stop().await;
 }

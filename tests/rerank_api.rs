@@ -275,7 +275,7 @@ async fn a_request_that_would_queue_too_long_is_refused_at_once() {
     // Refusals are counted like any answer, and the server keeps serving.
     let metrics = server.metrics().await;
     assert!(
-        metrics.contains("degre_requests_total{code=\"RESOURCE_EXHAUSTED\"}"),
+        metrics.contains("degre_requests_total{code=\"RESOURCE_EXHAUSTED\",version=\"none\"}"),
         "{metrics}"
     );
     assert_serves(&mut server.client().await, request(10, 5, 4), 5).await;
@@ -316,7 +316,7 @@ async fn deadline_is_deadline_exceeded() {
         "{status:?}"
     );
     // Either way the server stopped the request and said why.
-    let answered = "degre_requests_total{code=\"DEADLINE_EXCEEDED\"}";
+    let answered = "degre_requests_total{code=\"DEADLINE_EXCEEDED\",version=\"none\"}";
     let metrics = server.metrics_with(&[answered.to_string()]).await;
     assert!(
         metrics.contains(answered),

@@ -16,6 +16,11 @@ use crate::telemetry;
 
 const RERANK_PATH: &str = "/degre.v1.Reranker/Rerank";
 
+/// The model version that answered, set by the service on its response so that the
+/// answer's metrics carry it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServedBy(pub u64);
+
 /// The tower layer: wraps every service of the server; only Rerank calls are counted.
 /// `in_flight` holds the Rerank calls not answered yet (a drain waits for these only).
 #[derive(Debug, Clone, Default)]
@@ -60,6 +65,7 @@ where
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             Answer {
                 started,
+                version: None,
                 done: false,
                 in_flight: self.in_flight.clone(),
             }
@@ -70,6 +76,7 @@ where
             let Some(mut answer) = answer else {
                 return Ok(response);
             };
+            answer.version = response.extensions().get::<ServedBy>().map(|s| s.0);
             // A trailers-only answer (an error before any message) carries its status in
             // the headers; any other carries it in the trailers at the end of the body.
             if let Some(code) = grpc_status(response.headers()) {
@@ -84,6 +91,8 @@ where
 /// before a status was sent (the client reset the stream or went away).
 struct Answer {
     started: Instant,
+    /// The version that computed it; `None` for answers no model gave (errors).
+    version: Option<u64>,
     done: bool,
     in_flight: Arc<AtomicUsize>,
 }
@@ -93,7 +102,8 @@ impl Answer {
         if !self.done {
             self.done = true;
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            telemetry::request_done(code, self.started.elapsed().as_secs_f64());
+            let seconds = self.started.elapsed().as_secs_f64();
+            telemetry::request_done(code, self.version, seconds);
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use super::answers::ServedBy;
 use super::deadline;
 use super::queue::ComputeQueue;
 use super::status::ServeError;
@@ -94,19 +95,33 @@ impl v1::reranker_server::Reranker for RerankService {
             let result = tokio::time::timeout(budget, self.handle(request, started + budget))
                 .await
                 .unwrap_or(Err(ServeError::DeadlineExceeded));
+            let ms = started.elapsed().as_secs_f64() * 1e3;
             match &result {
                 Ok(response) => tracing::debug!(
                     items = response.items.len(),
                     version = response.model_version,
                     "reranked"
                 ),
-                Err(err) => tracing::debug!(%err, "rerank failed"),
+                // The server's own failures: an operator must see these without debug logs.
+                Err(err) if err.is_server_fault() => {
+                    tracing::warn!(code = ?err.code(), latency_ms = ms, %err, "rerank failed")
+                }
+                Err(err) => {
+                    tracing::debug!(code = ?err.code(), latency_ms = ms, %err, "rerank refused")
+                }
             }
             result
         }
         .instrument(span)
         .await;
-        result.map(Response::new).map_err(Status::from)
+        result
+            .map(|answer| {
+                let version = answer.model_version;
+                let mut response = Response::new(answer);
+                response.extensions_mut().insert(ServedBy(version));
+                response
+            })
+            .map_err(Status::from)
     }
 
     async fn get_model_info(

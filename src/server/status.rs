@@ -38,16 +38,30 @@ impl From<DecodeError<InferenceError>> for ServeError {
     }
 }
 
-impl From<ServeError> for Status {
-    fn from(err: ServeError) -> Status {
-        let code = match &err {
+impl ServeError {
+    pub fn code(&self) -> Code {
+        match self {
             ServeError::InvalidArgument(_) | ServeError::Overflow { .. } => Code::InvalidArgument,
             ServeError::Store(StoreError::NoModel) => Code::Unavailable,
             ServeError::Store(StoreError::VersionNotLoaded { .. }) => Code::NotFound,
             ServeError::Overloaded(_) | ServeError::QueueFull { .. } => Code::ResourceExhausted,
             ServeError::DeadlineExceeded => Code::DeadlineExceeded,
             ServeError::Decode(_) | ServeError::Task(_) => Code::Internal,
-        };
-        Status::new(code, err.to_string())
+        }
+    }
+
+    /// Not the client's doing: a broken model, no model, or a deadline the server missed.
+    /// Overload is left to the metrics: a log line per shed request would add to it.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(
+            self.code(),
+            Code::Internal | Code::Unavailable | Code::DeadlineExceeded
+        )
+    }
+}
+
+impl From<ServeError> for Status {
+    fn from(err: ServeError) -> Status {
+        Status::new(err.code(), err.to_string())
     }
 }
