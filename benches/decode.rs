@@ -37,6 +37,7 @@ fn request(schema: &FeatureSchema, n: usize, k: u32) -> v1::RerankRequest {
         model_version: None,
         constraints: None,
         explain: false,
+        routing_key: String::new(),
     }
 }
 

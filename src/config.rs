@@ -70,6 +70,15 @@ pub struct ServeArgs {
     /// Serve gRPC reflection (v1 and v1alpha), which lets any client list the API [default: true]
     #[arg(long, env = "DEGRE_REFLECTION")]
     pub reflection: Option<bool>,
+    /// Share of requests (by routing key) the newest version answers; the version it
+    /// replaced answers the rest. Below 1, every newly published version starts as a
+    /// canary [default: 1]
+    #[arg(long, env = "DEGRE_CANARY_SHARE")]
+    pub canary_share: Option<f64>,
+    /// Share of requests also decoded by the other of the two newest versions, off the
+    /// request's path, to export how their lists differ [default: 0]
+    #[arg(long, env = "DEGRE_SHADOW_SHARE")]
+    pub shadow_share: Option<f64>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DEGRE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -102,6 +111,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub keep_previous_versions: usize,
     pub reflection: bool,
+    pub canary_share: f64,
+    pub shadow_share: f64,
     pub log_format: LogFormat,
 }
 
@@ -175,6 +186,8 @@ impl ServeArgs {
                 .or(file.keep_previous_versions)
                 .unwrap_or(1),
             reflection: self.reflection.or(file.reflection).unwrap_or(true),
+            canary_share: self.canary_share.or(file.canary_share).unwrap_or(1.0),
+            shadow_share: self.shadow_share.or(file.shadow_share).unwrap_or(0.0),
             log_format: self
                 .log_format
                 .or(file.log_format)
@@ -209,6 +222,23 @@ impl Config {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError(format!("{name} must be > 0")));
+        }
+        for (name, share) in [
+            ("canary_share", self.canary_share),
+            ("shadow_share", self.shadow_share),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(ConfigError(format!(
+                    "{name} must be within [0, 1], not {share}"
+                )));
+            }
+        }
+        if (self.canary_share < 1.0 || self.shadow_share > 0.0) && self.keep_previous_versions == 0
+        {
+            return Err(ConfigError(
+                "canary_share below 1 or shadow_share above 0 need keep_previous_versions >= 1"
+                    .into(),
+            ));
         }
         if self.compute_threads > self.max_in_flight {
             return Err(ConfigError(format!(

@@ -17,6 +17,10 @@ pub const IN_FLIGHT: &str = "degre_requests_in_flight";
 pub const MODEL_LOADS: &str = "degre_model_loads_total";
 pub const MODEL_INFO: &str = "degre_model_info";
 pub const MODEL_VERSION: &str = "degre_model_version";
+pub const SHADOW_OVERLAP: &str = "degre_shadow_overlap";
+pub const SHADOW_RANK_CORRELATION: &str = "degre_shadow_rank_correlation";
+pub const SHADOW_DURATION: &str = "degre_shadow_compute_duration_seconds";
+pub const SHADOW_SKIPPED: &str = "degre_shadow_skipped_total";
 
 /// Every metric name, for checks that a dashboard or alert only queries what exists.
 pub const ALL: [&str; 8] = [
@@ -34,6 +38,10 @@ const LATENCY_BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0,
 ];
+/// Shares and correlations, 0 to 1 (-1 to 1 for a correlation).
+const AGREEMENT_BUCKETS: [f64; 12] = [
+    -0.5, 0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0,
+];
 const CANDIDATE_BUCKETS: [f64; 10] = [
     5.0, 10.0, 20.0, 50.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0,
 ];
@@ -50,6 +58,13 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             )
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(CANDIDATES.into()), &CANDIDATE_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(SHADOW_OVERLAP.into()), &AGREEMENT_BUCKETS)
+            })
+            .and_then(|b| {
+                let tau = Matcher::Full(SHADOW_RANK_CORRELATION.into());
+                b.set_buckets_for_metric(tau, &AGREEMENT_BUCKETS)
             })
             .expect("bucket lists are non-empty")
             .install_recorder()
@@ -86,6 +101,23 @@ fn describe() {
         "1 for the serving model name and version, 0 for versions served before."
     );
     describe_gauge!(MODEL_VERSION, "The serving model version.");
+    describe_histogram!(
+        SHADOW_OVERLAP,
+        "Shadow-decoded requests: share of the answered list's items the other version's list holds."
+    );
+    describe_histogram!(
+        SHADOW_RANK_CORRELATION,
+        "Shadow-decoded requests: Kendall's tau of the two versions' order of their common items."
+    );
+    describe_histogram!(
+        SHADOW_DURATION,
+        Unit::Seconds,
+        "Compute time of the shadow decode, by the shadow version."
+    );
+    describe_counter!(
+        SHADOW_SKIPPED,
+        "Requests sampled for shadowing but not shadowed (busy: one already running)."
+    );
 }
 
 /// An answer, by gRPC code and the model version that gave it (`none` when no model did:
@@ -99,6 +131,35 @@ pub fn request_done(code: tonic::Code, version: Option<u64>, seconds: f64) {
 pub fn request_compute(candidates: usize, seconds: f64) {
     histogram!(CANDIDATES).record(candidates as f64);
     histogram!(COMPUTE_DURATION).record(seconds);
+}
+
+/// A request decoded by the other version too: how much of the answered list the shadow
+/// list shares, how it orders the common items (Kendall's tau), and its compute time.
+pub fn shadow_compared(
+    version: u64,
+    answered_by: u64,
+    overlap: f64,
+    rank_correlation: Option<f64>,
+    seconds: f64,
+) {
+    let labels = [
+        ("version", version.to_string()),
+        ("answered_by", answered_by.to_string()),
+    ];
+    histogram!(SHADOW_OVERLAP, &labels).record(overlap);
+    if let Some(tau) = rank_correlation {
+        histogram!(SHADOW_RANK_CORRELATION, &labels).record(tau);
+    }
+    histogram!(SHADOW_DURATION, "version" => version.to_string()).record(seconds);
+}
+
+/// A sampled request not shadowed: the one shadow slot was busy.
+pub fn shadow_skipped() {
+    counter!(SHADOW_SKIPPED, "reason" => "busy").increment(1);
+}
+
+pub fn shadow_failed(version: u64) {
+    counter!(SHADOW_SKIPPED, "reason" => "failed", "version" => version.to_string()).increment(1);
 }
 
 /// Counts a request in flight until the guard drops.

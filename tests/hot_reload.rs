@@ -339,3 +339,64 @@ async fn removing_the_serving_versions_folder_does_not_roll_back() {
     wait_for_version(&server, 3).await;
     server.stop().await;
 }
+
+/// Canary: a newly published version answers its share of the requests, by routing key,
+/// and one key always lands on the same version; shadow: the other version decodes the
+/// sampled requests too, and how the lists differ reaches /metrics by version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_answers_its_canary_share_and_the_other_shadows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |a| {
+        a.canary_share = Some(0.2);
+        a.shadow_share = Some(1.0);
+    })
+    .await;
+    server.wait_serving().await;
+    publish(dir.path(), 2);
+    let mut client = server.client().await;
+    for _ in 0..400 {
+        let info = client
+            .get_model_info(degre::api::v1::GetModelInfoRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if info.serving_version == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut answer = async |request_id: String, routing_key: &str, pin: Option<u64>| {
+        let mut r = request(10, 5, 3);
+        r.request_id = request_id;
+        r.routing_key = routing_key.into();
+        r.model_version = pin;
+        client.rerank(r).await.unwrap().into_inner().model_version
+    };
+    let n = 600;
+    let mut on_new = 0;
+    for i in 0..n {
+        on_new += usize::from(answer(format!("user-{i}"), "", None).await == 2);
+    }
+    let share = on_new as f64 / n as f64;
+    assert!(
+        (share - 0.2).abs() < 4.0 * (0.16 / n as f64).sqrt(),
+        "share {share}"
+    );
+    // The routing key decides, whatever the request id; a pin overrides the split.
+    for key in ["a", "b", "c", "d", "e"] {
+        let first = answer("x".into(), key, None).await;
+        assert_eq!(answer("y".into(), key, None).await, first);
+        assert_eq!(answer("z".into(), key, Some(1)).await, 1);
+    }
+    let both = [
+        "version=\"1\",answered_by=\"2\"",
+        "version=\"2\",answered_by=\"1\"",
+    ]
+    .map(|labels| format!("degre_shadow_overlap_count{{{labels}}}"));
+    let text = server.metrics_with(&both).await;
+    for line in &both {
+        assert!(text.contains(line.as_str()), "{line} missing:\n{text}");
+    }
+    server.stop().await;
+}

@@ -229,6 +229,7 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
         model_version: None,
         constraints: None,
         explain: false,
+        routing_key: String::new(),
     };
     let response = server
         .client()

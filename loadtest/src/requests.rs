@@ -65,6 +65,7 @@ pub async fn pool(args: &RunArgs) -> anyhow::Result<Vec<v1::RerankRequest>> {
             model_version: None,
             constraints: None,
             explain: false,
+            routing_key: String::new(),
         })
         .collect())
 }
@@ -145,6 +146,7 @@ fn replay(path: &Path, top_k: u32) -> anyhow::Result<Vec<v1::RerankRequest>> {
             model_version: None,
             constraints: None,
             explain: false,
+            routing_key: String::new(),
         })
         .collect())
 }

@@ -68,6 +68,7 @@ pub fn rerank_input(
         model_version: _,
         constraints,
         explain,
+        routing_key: _,
     } = request;
     let mut input = InputBuilder::new(schema, candidates.len(), max_candidates)?;
     let v1::Features { dense, categorical } = context.unwrap_or_default();

@@ -89,6 +89,8 @@ struct RequestJson {
     constraints: Option<ConstraintsJson>,
     #[serde(default)]
     explain: bool,
+    #[serde(default)]
+    routing_key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +219,7 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
             exclude_item_ids: c.exclude_item_ids,
         }),
         explain: json.explain,
+        routing_key: json.routing_key,
     };
     let mut client = v1::reranker_client::RerankerClient::connect(args.addr.clone())
         .await

@@ -61,6 +61,22 @@ impl ModelStore {
         })
     }
 
+    /// The version the serving one replaced, if it is still loaded.
+    pub fn previous(&self) -> Option<Arc<LoadedModel>> {
+        self.snapshot.load().as_ref()?.previous.first().cloned()
+    }
+
+    /// The other of the two newest loaded versions: the serving one, or for the serving
+    /// one the version it replaced.
+    pub fn other_than(&self, version: u64) -> Option<Arc<LoadedModel>> {
+        let guard = self.snapshot.load();
+        let snapshot = guard.as_ref()?;
+        if snapshot.current.version != version {
+            return Some(snapshot.current.clone());
+        }
+        snapshot.previous.first().cloned()
+    }
+
     /// The serving version and every loaded one, the serving one first.
     pub fn versions(&self) -> Option<(u64, Vec<u64>)> {
         let guard = self.snapshot.load();

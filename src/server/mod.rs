@@ -5,6 +5,7 @@ mod answers;
 mod deadline;
 mod metrics_http;
 mod queue;
+mod routing;
 mod service;
 pub mod status;
 

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::answers::ServedBy;
 use super::deadline;
 use super::queue::ComputeQueue;
+use super::routing::Routing;
 use super::status::ServeError;
 use crate::api::{self, v1};
 use crate::config::Config;
@@ -31,6 +32,7 @@ pub struct RerankService {
     max_in_flight: usize,
     max_candidates: usize,
     request_timeout: Duration,
+    routing: Routing,
 }
 
 impl RerankService {
@@ -42,6 +44,7 @@ impl RerankService {
             max_in_flight: config.max_in_flight,
             max_candidates: config.max_candidates,
             request_timeout: config.request_timeout,
+            routing: Routing::new(config.canary_share, config.shadow_share),
         }
     }
 
@@ -56,7 +59,10 @@ impl RerankService {
             .try_acquire()
             .map_err(|_| ServeError::Overloaded(self.max_in_flight))?;
         let _in_flight = telemetry::InFlight::enter();
-        let model = self.store.get(request.model_version)?;
+        let draw = self.routing.draw(&request);
+        let model = self
+            .routing
+            .answering(&self.store, request.model_version, &draw)?;
         let limit = model.max_candidates(self.max_candidates);
         let input = api::rerank_input(request, &model.manifest.schema, limit)?;
         let slot = self
@@ -67,8 +73,12 @@ impl RerankService {
         let picks = model.rerank(&input);
         telemetry::request_compute(input.candidates(), started.elapsed().as_secs_f64());
         drop(slot);
+        let picks = picks?;
+        let answered: Vec<usize> = picks.iter().map(|p| p.index).collect();
+        self.routing
+            .shadow(&self.store, &draw, model.version, &input, &answered);
         Ok(api::rerank_response(
-            picks?,
+            picks,
             input,
             model.name.clone(),
             model.version,

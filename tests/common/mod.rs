@@ -209,6 +209,7 @@ pub fn request(n: usize, top_k: u32, seed: u64) -> v1::RerankRequest {
         model_version: None,
         constraints: None,
         explain: false,
+        routing_key: String::new(),
     }
 }
 
