@@ -12,14 +12,16 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("degr
 use crate::contract::manifest::FeatureSchema;
 use crate::rerank::{Constraints, GroupCap, InputBuilder, InvalidField, Pick, RerankInput, Rules};
 
-/// What `GetModelInfo` says of `model`, as served with `loaded` versions.
+/// What `GetModelInfo` says of a loaded version: its manifest, the engine computing it and
+/// the candidate limit it serves under; `serving` and `loaded` are the store's versions.
 pub fn model_info(
-    model: &crate::runtime::LoadedModel,
+    version: u64,
+    manifest: &crate::contract::Manifest,
+    engine: &str,
+    max_candidates: usize,
     serving: u64,
     loaded: Vec<u64>,
-    server_limit: usize,
 ) -> v1::ModelInfo {
-    let manifest = &model.manifest;
     let categorical = |features: &[crate::contract::Categorical]| {
         features
             .iter()
@@ -35,8 +37,8 @@ pub fn model_info(
         .get("objective")
         .and_then(|o| o.as_str());
     v1::ModelInfo {
-        model_name: model.name.clone(),
-        model_version: model.version,
+        model_name: manifest.model_name.clone(),
+        model_version: version,
         serving_version: serving,
         loaded_versions: loaded,
         schema: Some(v1::FeatureSchema {
@@ -46,9 +48,9 @@ pub fn model_info(
             candidate_categorical: categorical(&schema.candidate_categorical),
             ranking_score: schema.ranking_score,
         }),
-        max_candidates: u32::try_from(model.max_candidates(server_limit)).unwrap_or(u32::MAX),
+        max_candidates: u32::try_from(max_candidates).unwrap_or(u32::MAX),
         objective: objective.unwrap_or_default().to_string(),
-        engine: model.engine().name().to_string(),
+        engine: engine.to_string(),
         provenance_json: manifest.provenance.to_string(),
     }
 }

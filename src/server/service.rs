@@ -145,10 +145,12 @@ impl v1::reranker_server::Reranker for RerankService {
         // The versions are read after the model: a swap in between lists the newer ones.
         let (serving, loaded) = self.store.versions().unwrap_or((model.version, vec![]));
         Ok(Response::new(api::model_info(
-            &model,
+            model.version,
+            &model.manifest,
+            model.engine().name(),
+            model.max_candidates(self.max_candidates),
             serving,
             loaded,
-            self.max_candidates,
         )))
     }
 }
