@@ -280,37 +280,42 @@ pub fn forced_loss_sum(
     weighted_nll(&log_probs, weight)
 }
 
-/// Lists sampled from the generator for a padded batch, `slots` each (fewer for requests
-/// with fewer candidates), and a function that turns per-list weights into the loss
-/// `−Σ weight_r · log π(list_r)`.
-pub fn sample_lists(
-    ops: &CandleOps,
-    weights: &Weights,
-    requests: &[&Inputs],
-    slots: usize,
-    mut draw: impl FnMut(&[f32]) -> usize,
-) -> candle_core::Result<(
-    Vec<Vec<usize>>,
-    impl FnOnce(&[f32]) -> candle_core::Result<Tensor>,
-)> {
-    let steps = requests
-        .iter()
-        .map(|r| r.candidates.min(slots))
-        .max()
-        .unwrap_or(0);
-    let (log_probs, lists) = decode(ops, weights, requests, steps, true, |t, r, row| {
-        (t < requests[r].candidates.min(slots)).then(|| draw(row))
-    })?;
-    let chosen = lists.clone();
-    let loss = move |list_weights: &[f32]| {
-        let (steps, b, n) = log_probs.dims3()?;
+/// Lists sampled from the generator for a padded batch, with what their loss needs.
+pub struct Sampled {
+    pub lists: Vec<Vec<usize>>,
+    log_probs: Tensor,
+}
+
+impl Sampled {
+    /// Samples `slots` items per request (fewer where a request has fewer candidates),
+    /// `draw` picking each from a row of log-probabilities.
+    pub fn new(
+        ops: &CandleOps,
+        weights: &Weights,
+        requests: &[&Inputs],
+        slots: usize,
+        mut draw: impl FnMut(&[f32]) -> usize,
+    ) -> candle_core::Result<Sampled> {
+        let steps = requests
+            .iter()
+            .map(|r| r.candidates.min(slots))
+            .max()
+            .unwrap_or(0);
+        let (log_probs, lists) = decode(ops, weights, requests, steps, true, |t, r, row| {
+            (t < requests[r].candidates.min(slots)).then(|| draw(row))
+        })?;
+        Ok(Sampled { lists, log_probs })
+    }
+
+    /// `−Σ_r weight_r · log π(list_r)`.
+    pub fn loss(&self, list_weights: &[f32]) -> candle_core::Result<Tensor> {
+        let (steps, b, n) = self.log_probs.dims3()?;
         let mut weight = vec![0f32; steps * b * n];
-        for (r, list) in chosen.iter().enumerate() {
+        for (r, list) in self.lists.iter().enumerate() {
             for (t, &a) in list.iter().enumerate() {
                 weight[(t * b + r) * n + a] = list_weights[r];
             }
         }
-        weighted_nll(&log_probs, weight)
-    };
-    Ok((lists, loss))
+        weighted_nll(&self.log_probs, weight)
+    }
 }

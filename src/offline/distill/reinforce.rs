@@ -59,7 +59,7 @@ impl training::Trainee for SparseTrainee<'_> {
             .collect();
         let inputs: Vec<&Inputs> = copies.iter().map(|&i| &self.inputs[i]).collect();
         let rng = &mut self.rng;
-        let (lists, loss_of) = batched::sample_lists(
+        let sampled = batched::Sampled::new(
             &self.net.ops,
             &self.net.weights,
             &inputs,
@@ -69,7 +69,7 @@ impl training::Trainee for SparseTrainee<'_> {
         // In units of an average click's reward: one learning rate fits any objective.
         let rewards: Vec<f64> = copies
             .iter()
-            .zip(&lists)
+            .zip(&sampled.lists)
             .map(|(&i, list)| search::value(&self.scorers[i], list) / self.reward_unit)
             .collect();
         let mut list_weights = Vec::with_capacity(rewards.len());
@@ -84,7 +84,7 @@ impl training::Trainee for SparseTrainee<'_> {
                 list_weights.push(((reward - baseline) / lists_in_batch) as f32);
             }
         }
-        let loss = loss_of(&list_weights)?;
+        let loss = sampled.loss(&list_weights)?;
         self.net.optimizer.backward_step(&loss)?;
         // Reported as a loss: minus the mean sampled V.
         Ok(-reward_sum / batch.len() as f64)
