@@ -17,13 +17,19 @@ pub const IN_FLIGHT: &str = "degre_requests_in_flight";
 pub const MODEL_LOADS: &str = "degre_model_loads_total";
 pub const MODEL_INFO: &str = "degre_model_info";
 pub const MODEL_VERSION: &str = "degre_model_version";
+pub const QUEUE_WAIT: &str = "degre_queue_wait_seconds";
+pub const LOAD_DURATION: &str = "degre_model_load_duration_seconds";
+pub const BUILD_INFO: &str = "degre_build_info";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_FDS: &str = "process_open_fds";
 pub const SHADOW_OVERLAP: &str = "degre_shadow_overlap";
 pub const SHADOW_RANK_CORRELATION: &str = "degre_shadow_rank_correlation";
 pub const SHADOW_DURATION: &str = "degre_shadow_compute_duration_seconds";
 pub const SHADOW_SKIPPED: &str = "degre_shadow_skipped_total";
 
 /// Every metric name, for checks that a dashboard or alert only queries what exists.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 14] = [
     REQUESTS,
     REQUEST_DURATION,
     COMPUTE_DURATION,
@@ -32,6 +38,12 @@ pub const ALL: [&str; 8] = [
     MODEL_LOADS,
     MODEL_INFO,
     MODEL_VERSION,
+    QUEUE_WAIT,
+    LOAD_DURATION,
+    BUILD_INFO,
+    PROCESS_RSS,
+    PROCESS_CPU,
+    PROCESS_FDS,
 ];
 
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -60,6 +72,9 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
                 b.set_buckets_for_metric(Matcher::Full(CANDIDATES.into()), &CANDIDATE_BUCKETS)
             })
             .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), &LATENCY_BUCKETS)
+            })
+            .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(SHADOW_OVERLAP.into()), &AGREEMENT_BUCKETS)
             })
             .and_then(|b| {
@@ -70,6 +85,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
             .install_recorder()
             .expect("the recorder is installed only here, once");
         describe();
+        gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle
     })
 }
@@ -102,6 +118,24 @@ fn describe() {
     );
     describe_gauge!(MODEL_VERSION, "The serving model version.");
     describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time an admitted request waited for a compute slot."
+    );
+    describe_gauge!(
+        LOAD_DURATION,
+        Unit::Seconds,
+        "Time the serving version took to load, check and warm up."
+    );
+    describe_gauge!(BUILD_INFO, "1, labelled with the degre version serving.");
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process.");
+    describe_counter!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time of the process, user and system."
+    );
+    describe_gauge!(PROCESS_FDS, "Open file descriptors of the process.");
+    describe_histogram!(
         SHADOW_OVERLAP,
         "Shadow-decoded requests: share of the answered list's items the other version's list holds."
     );
@@ -126,6 +160,43 @@ pub fn request_done(code: tonic::Code, version: Option<u64>, seconds: f64) {
     let version = version.map_or_else(|| "none".to_string(), |v| v.to_string());
     counter!(REQUESTS, "code" => code_label(code), "version" => version.clone()).increment(1);
     histogram!(REQUEST_DURATION, "version" => version).record(seconds);
+}
+
+pub fn queue_wait(seconds: f64) {
+    histogram!(QUEUE_WAIT).record(seconds);
+}
+
+/// Reads the process's resident memory, CPU time and open descriptors (Linux `/proc`;
+/// elsewhere they are left as they were), for the scrape about to be rendered.
+pub fn update_process_metrics() {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let Some(fields) = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace())
+    else {
+        return;
+    };
+    let fields: Vec<&str> = fields.collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime (fields 14 and 15), in clock ticks: USER_HZ, 100 on Linux.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    if let (Some(user), Some(system)) = (number(11), number(12)) {
+        counter!(PROCESS_CPU).absolute(((user + system) / TICKS_PER_SECOND) as u64);
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    if let Some(kib) = rss_kib {
+        gauge!(PROCESS_RSS).set(kib * 1024.0);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        gauge!(PROCESS_FDS).set(fds.count() as f64);
+    }
 }
 
 pub fn request_compute(candidates: usize, seconds: f64) {
@@ -180,7 +251,8 @@ impl Drop for InFlight {
 
 static SERVING: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
 
-pub fn model_loaded(model: &str, version: u64) {
+pub fn model_loaded(model: &str, version: u64, load_seconds: f64) {
+    gauge!(LOAD_DURATION).set(load_seconds);
     counter!(MODEL_LOADS, "result" => "success", "reason" => "none").increment(1);
     let labels = (model.to_string(), version.to_string());
     let mut serving = SERVING.lock().unwrap_or_else(|e| e.into_inner());

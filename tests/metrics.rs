@@ -35,9 +35,24 @@ async fn metrics_are_prometheus_text_with_histograms() {
         "degre_requests_total{code=\"INVALID_ARGUMENT\",version=\"none\"} 1",
         "degre_model_loads_total{result=\"success\",reason=\"none\"} 1",
         "degre_model_version 1",
+        "degre_queue_wait_seconds_bucket{le=\"0.001\"}",
+        concat!(
+            "degre_build_info{version=\"",
+            env!("CARGO_PKG_VERSION"),
+            "\"} 1"
+        ),
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
+        line.and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    // This test process: tens of MB resident, some sockets open, a load that took time.
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") > 3.0);
+    assert!(value("degre_model_load_duration_seconds") > 0.0);
     promtool_accepts(&text);
     server.stop().await;
 }

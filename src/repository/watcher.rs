@@ -140,7 +140,7 @@ impl Watcher {
                     engine = ?model.engine(), provenance = %model.manifest.provenance,
                     "serving model version"
                 );
-                telemetry::model_loaded(&model.name, version);
+                telemetry::model_loaded(&model.name, version, started.elapsed().as_secs_f64());
                 self.store.swap_in(model);
                 (self.on_swap)(version);
                 true

@@ -23,6 +23,7 @@ pub async fn serve(
     let app = Router::new().route(
         "/metrics",
         get(move || async move {
+            crate::telemetry::update_process_metrics();
             ([(header::CONTENT_TYPE, CONTENT_TYPE)], handle.render()).into_response()
         }),
     );

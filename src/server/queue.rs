@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::status::ServeError;
+use crate::telemetry;
 
 pub struct ComputeQueue {
     permits: Semaphore,
@@ -41,6 +42,7 @@ impl ComputeQueue {
     /// the limit or than `budget` (RESOURCE_EXHAUSTED at once). A wait that reaches the
     /// limit anyway ends the same way, or as DEADLINE_EXCEEDED if `budget` ran out first.
     pub async fn enter(&self, budget: Duration) -> Result<Slot<'_>, ServeError> {
+        let arrived = Instant::now();
         let ahead = self.queued.fetch_add(1, Ordering::AcqRel);
         let guard = Leave(self);
         let per_request = Duration::from_nanos(self.compute_ns.load(Ordering::Relaxed));
@@ -71,10 +73,12 @@ impl ComputeQueue {
             .map_err(|_| timed_out())?
             .map_err(|e| ServeError::Task(e.to_string()))?;
         std::mem::forget(guard); // the slot leaves the queue instead
+        let started = Instant::now();
+        telemetry::queue_wait(started.duration_since(arrived).as_secs_f64());
         Ok(Slot {
             queue: self,
             _permit: permit,
-            started: Instant::now(),
+            started,
         })
     }
 }
