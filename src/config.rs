@@ -51,6 +51,14 @@ pub struct ServeArgs {
     /// client, so long-lived channels spread over new replicas [default: 600]
     #[arg(long, env = "DEGRE_MAX_CONNECTION_AGE_S")]
     pub max_connection_age_s: Option<u64>,
+    /// Connections open at once; one more is closed on accept [default: half the process's
+    /// open-files limit, at most 10000]
+    #[arg(long, env = "DEGRE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a connection may send nothing (not even the HTTP/2 preface or a ping's
+    /// acknowledgement) before it is closed [default: 300]
+    #[arg(long, env = "DEGRE_IDLE_TIMEOUT_S")]
+    pub idle_timeout_s: Option<u64>,
     /// Requests that run model compute at once [default: number of CPUs]
     #[arg(long, env = "DEGRE_COMPUTE_THREADS")]
     pub compute_threads: Option<usize>,
@@ -105,6 +113,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub max_streams_per_connection: u32,
     pub max_connection_age: Duration,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
     pub compute_threads: usize,
     pub max_queue: Duration,
     pub request_timeout: Duration,
@@ -114,6 +124,19 @@ pub struct Config {
     pub canary_share: f64,
     pub shadow_share: f64,
     pub log_format: LogFormat,
+}
+
+/// Half the open-files limit (the rest for model files, the metrics listener and
+/// headroom), at most 10,000; 512 where the limit cannot be read.
+fn default_max_connections() -> usize {
+    open_files_limit().map_or(512, |n| (n / 2).clamp(16, 10_000))
+}
+
+/// The process's soft limit of open files (Linux `/proc/self/limits`), if known.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +191,13 @@ impl ServeArgs {
                     .or(file.max_connection_age_s)
                     .unwrap_or(600),
             ),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or_else(default_max_connections),
+            idle_timeout: Duration::from_secs(
+                self.idle_timeout_s.or(file.idle_timeout_s).unwrap_or(300),
+            ),
             compute_threads: self
                 .compute_threads
                 .or(file.compute_threads)
@@ -215,6 +245,8 @@ impl Config {
                 self.max_connection_age.as_secs() as usize,
             ),
             ("max_queue_ms", self.max_queue.as_millis() as usize),
+            ("max_connections", self.max_connections),
+            ("idle_timeout_s", self.idle_timeout.as_secs() as usize),
             (
                 "request_timeout_ms",
                 self.request_timeout.as_millis() as usize,

@@ -23,6 +23,7 @@ pub const BUILD_INFO: &str = "degre_build_info";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_FDS: &str = "process_open_fds";
+pub const CONNECTIONS_REFUSED: &str = "degre_connections_refused_total";
 pub const SHADOW_OVERLAP: &str = "degre_shadow_overlap";
 pub const SHADOW_RANK_CORRELATION: &str = "degre_shadow_rank_correlation";
 pub const SHADOW_DURATION: &str = "degre_shadow_compute_duration_seconds";
@@ -128,6 +129,10 @@ fn describe() {
         "Time the serving version took to load, check and warm up."
     );
     describe_gauge!(BUILD_INFO, "1, labelled with the degre version serving.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed on accept because --max-connections were open."
+    );
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process.");
     describe_counter!(
         PROCESS_CPU,
@@ -160,6 +165,11 @@ pub fn request_done(code: tonic::Code, version: Option<u64>, seconds: f64) {
     let version = version.map_or_else(|| "none".to_string(), |v| v.to_string());
     counter!(REQUESTS, "code" => code_label(code), "version" => version.clone()).increment(1);
     histogram!(REQUEST_DURATION, "version" => version).record(seconds);
+}
+
+/// A connection closed on accept: the server already holds `--max-connections`.
+pub fn connection_refused() {
+    counter!(CONNECTIONS_REFUSED).increment(1);
 }
 
 pub fn queue_wait(seconds: f64) {

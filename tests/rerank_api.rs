@@ -552,3 +552,62 @@ async fn millions_of_empty_candidates_are_refused_before_decoding() {
     assert_serves(&mut client, request(10, 5, 4), 5).await;
     server.stop().await;
 }
+
+/// Connections are bounded: beyond `--max-connections` one is closed on accept (and
+/// counted), a silent one is closed after `--idle-timeout-s`, which frees its slot, and a
+/// client in use is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_and_silent_ones_closed() {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    let (_dir, server) = serving_server(|a| {
+        a.max_connections = Some(3);
+        a.idle_timeout_s = Some(1);
+    })
+    .await;
+    // The health check's connection is gone before the slots are counted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut busy = server.client().await;
+    assert_serves(&mut busy, request(10, 5, 1), 5).await;
+    let keep_busy = tokio::spawn(async move {
+        for _ in 0..15 {
+            assert_serves(&mut busy, request(10, 5, 1), 5).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let silent: Vec<TcpStream> = connect_many(server.grpc_addr, 2).await;
+    // A fourth connection is closed at once: its first read sees the end of the stream.
+    let mut extra = TcpStream::connect(server.grpc_addr).await.unwrap();
+    let closed_at_once = tokio::time::timeout(Duration::from_millis(500), extra.read(&mut [0; 64]))
+        .await
+        .expect("a connection beyond the limit is closed at once");
+    assert!(
+        matches!(closed_at_once, Ok(0) | Err(_)),
+        "{closed_at_once:?}"
+    );
+    // The silent ones (they read the server's HTTP/2 settings, never answer) are closed
+    // after a second of silence.
+    for mut s in silent {
+        let until_closed = async { while let Ok(1..) = s.read(&mut [0; 64]).await {} };
+        tokio::time::timeout(Duration::from_secs(3), until_closed)
+            .await
+            .expect("a silent connection is closed");
+    }
+    // Their slots are free again, and the busy client never noticed.
+    let mut fresh = server.client().await;
+    assert_serves(&mut fresh, request(10, 5, 2), 5).await;
+    keep_busy.await.unwrap();
+    let refused = "degre_connections_refused_total 1";
+    let text = server.metrics_with(&[refused.to_string()]).await;
+    assert!(text.contains(refused), "{text}");
+    server.stop().await;
+}
+
+async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    out
+}

@@ -2,6 +2,7 @@
 //! serves Rerank, health and reflection, and drains on shutdown within a grace period.
 
 mod answers;
+mod connections;
 mod deadline;
 mod metrics_http;
 mod queue;
@@ -141,6 +142,7 @@ impl BoundServer {
         let incoming = TcpIncoming::from(grpc)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
+        let incoming = connections::bounded(incoming, config.max_connections, config.idle_timeout);
         let (drain, draining) = tokio::sync::oneshot::channel::<()>();
         let answers = answers::CountAnswers::default();
         let in_flight = answers.in_flight.clone();
