@@ -16,11 +16,13 @@ use degre::offline::sim::{oracle, sample_split};
 mod common;
 use common::sim::small_world;
 
-/// The gate with `degre` replaced by fixed lists, one per test request.
+/// The gate with `degre` replaced by fixed lists, one per test request, asking for a gain
+/// of `min_gain` of upstream's judged value.
 fn gate_with(
     judge: &evaluator::Evaluator,
     test: &[LoggedRequest],
     lists: impl Fn(&LoggedRequest) -> Vec<usize>,
+    min_gain: f64,
 ) -> GateReport {
     let degre = Policy::Lists {
         name: gate::CANDIDATE.into(),
@@ -30,7 +32,14 @@ fn gate_with(
             .collect::<HashMap<_, _>>(),
     };
     let policies = [Policy::Logged, Policy::Upstream, degre];
-    gate::judge(std::slice::from_ref(judge), test, &policies, Some(5)).unwrap()
+    gate::judge(
+        std::slice::from_ref(judge),
+        test,
+        &policies,
+        Some(5),
+        min_gain,
+    )
+    .unwrap()
 }
 
 fn upstream(request: &LoggedRequest) -> Vec<usize> {
@@ -72,7 +81,7 @@ fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
 
     // Worse than the incumbent: the ranking stage's order read from the bottom.
     let worst_first = |r: &LoggedRequest| upstream(r).into_iter().rev().take(5).collect();
-    let worse = gate_with(&judge, &test, worst_first);
+    let worse = gate_with(&judge, &test, worst_first, 0.0);
     assert!(!worse.passed, "{}", worse.verdict());
     assert!(truth_difference(&worst_first) < 0.0);
 
@@ -81,11 +90,21 @@ fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
         let truth = world.truth(r, Objective::VALUE).unwrap();
         oracle(&truth, &world.config).0.list
     };
-    let better = gate_with(&judge, &test, best);
+    let better = gate_with(&judge, &test, &best, 0.01);
     assert!(better.passed, "{}", better.verdict());
     assert!(truth_difference(&best) > 0.0);
     let (mean, half) = better.degre_vs_incumbent;
     assert!(mean > half && half > 0.0);
+    // Ahead, but not by the gain asked for: refused, and the reason says so.
+    let upstream_value = better.judged_value("upstream").unwrap();
+    let out_of_reach = (mean - half) / upstream_value + 0.01;
+    let not_enough = gate_with(&judge, &test, &best, out_of_reach);
+    assert!(!not_enough.passed);
+    assert!(
+        not_enough.verdict().contains("gate_min_gain"),
+        "{}",
+        not_enough.verdict()
+    );
 
     // The judge knows lists like the logged ones: its estimate of what they earned is close
     // to what they did earn.

@@ -93,7 +93,7 @@ fn mining_resumes_after_an_interruption_and_splits_into_shards() {
     let evaluator = Ensemble::single(evaluator);
     let config = |shard, resume| MineConfig {
         width: 4,
-        trust_region: false,
+        trust_margin: None,
         slots: 0,
         shard,
         resume,
@@ -198,7 +198,7 @@ fn the_teacher_departs_from_the_incumbent_only_where_the_evaluators_agree() {
         assert!(c.advantage(&best, &incumbent) <= b.advantage(&best, &incumbent) + 1e-12);
         assert!(c.advantage(&incumbent, &incumbent).abs() < 1e-12);
         for (scorer, kept) in [(&b, &mut kept_bold), (&c, &mut kept_cautious)] {
-            let mined = mine_request(scorer, &row.request_id, 3, 8, Some(&incumbent));
+            let mined = mine_request(scorer, &row.request_id, 3, 8, Some((&incumbent, 0.0)));
             if mined.kept_incumbent {
                 *kept += 1;
                 assert_eq!(mined.list, incumbent);
@@ -210,6 +210,9 @@ fn the_teacher_departs_from_the_incumbent_only_where_the_evaluators_agree() {
                 assert!(scorer.advantage(&mined.list, &incumbent) > 0.0);
             }
         }
+        // A margin beyond any gain keeps the incumbent everywhere.
+        let mined = mine_request(&b, &row.request_id, 3, 8, Some((&incumbent, 1e9)));
+        assert!(mined.kept_incumbent && mined.list == incumbent);
     }
     assert!(
         kept_cautious > kept_bold,

@@ -34,9 +34,12 @@ pub struct MineArgs {
     /// Beam width B.
     #[arg(long, default_value_t = 16)]
     pub beam_width: usize,
-    /// Keep the `ranking_score` order unless the evaluators agree a list beats it.
+    /// Keep the `ranking_score` order unless the evaluators agree a list beats it ...
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub trust_region: bool,
+    /// ... by more than this share of its value.
+    #[arg(long, default_value_t = 0.01)]
+    pub trust_margin: f64,
     /// Slots per list; 0: each request's logged list length.
     #[arg(long, default_value_t = 0)]
     pub slots: usize,
@@ -64,7 +67,7 @@ pub fn mine(args: MineArgs) -> anyhow::Result<()> {
         &evaluators,
         &MineConfig {
             width: args.beam_width,
-            trust_region: args.trust_region,
+            trust_margin: args.trust_region.then_some(args.trust_margin),
             slots: args.slots,
             shard: args.shard,
             resume: args.resume,

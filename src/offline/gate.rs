@@ -64,11 +64,13 @@ pub struct JudgedMethod {
 /// Scores `policies` (which must include `degre`, `upstream` and `logged`) on `test` with
 /// `judges`.
 /// `slots`: list length, or each request's logged length when `None`.
+/// `min_gain`: the share of upstream's judged value DeGRe must be ahead by.
 pub fn judge(
     judges: &[Evaluator],
     test: &[LoggedRequest],
     policies: &[Policy],
     slots: Option<usize>,
+    min_gain: f64,
 ) -> anyhow::Result<GateReport> {
     anyhow::ensure!(!judges.is_empty(), "the gate needs a judge");
     let names: Vec<String> = policies.iter().map(Policy::name).collect();
@@ -160,6 +162,12 @@ pub fn judge(
         .sum::<f64>()
         / n;
     let ratio = judged_logged / logged_reward;
+    let judged_upstream = values
+        .iter()
+        .map(|v| mean_over_judges(v, incumbent))
+        .sum::<f64>()
+        / n;
+    let required = min_gain * judged_upstream.abs();
     let refusal = if !(1.0 / CALIBRATION_TOLERANCE..=CALIBRATION_TOLERANCE).contains(&ratio) {
         Some(format!(
             "the judges value the logged lists at {judged_logged:.4} but they earned \
@@ -170,8 +178,12 @@ pub fn judge(
         Some(format!(
             "the judges disagree: degre − upstream per judge {per_judge:.4?}"
         ))
-    } else if degre_vs_incumbent.0 - degre_vs_incumbent.1 <= 0.0 {
-        Some("the 95% interval of degre − upstream does not lie above zero".into())
+    } else if degre_vs_incumbent.0 - degre_vs_incumbent.1 <= required {
+        Some(format!(
+            "the 95% interval of degre − upstream does not lie above {required:.4} \
+             ({:.1}% of upstream's judged value, `gate_min_gain`)",
+            100.0 * min_gain
+        ))
     } else {
         None
     };

@@ -8,9 +8,11 @@
 //! **Trust region.** The ranking stage's list is strong evidence of a good list, and the
 //! evaluator is least reliable far from the lists it learnt from. So, given the incumbent
 //! (the `ranking_score` order), the teacher departs from it only when the model's
-//! [`ListModel::advantage`] of the best list over it is positive (for an ensemble: the
-//! members agree, `mean − c·sd` of their differences); otherwise the teacher's list is
-//! the incumbent, marked `kept_incumbent`, and the generator learns to keep it.
+//! [`ListModel::advantage`] of the best list over it (for an ensemble: what the members
+//! agree on, `mean − c·sd` of their differences) exceeds `margin` times the incumbent's
+//! value: a gain smaller than the evaluator's typical error is not evidence. Otherwise the
+//! teacher's list is the incumbent, marked `kept_incumbent`, and the generator learns to
+//! keep it.
 //!
 //! Output is JSON Lines, one [`Mined`] per request, written in input order chunk by chunk so
 //! a run can be resumed (`--resume` skips requests already written) and split across
@@ -67,19 +69,19 @@ impl MinedStep {
 }
 
 /// Mines one request: beam of `width` over lists of `k` slots, within the trust region
-/// around `incumbent` when one is given.
+/// around an incumbent list when one is given with its relative margin.
 pub fn mine_request<M: ListModel>(
     model: &M,
     request_id: &str,
     k: usize,
     width: usize,
-    incumbent: Option<&[usize]>,
+    incumbent: Option<(&[usize], f64)>,
 ) -> Mined {
     let mut beam = search::beam(model, k, width);
     let mut kept_incumbent = false;
-    if let Some(incumbent) = incumbent.filter(|i| i.len() == beam[0].list.len()) {
-        if model.advantage(&beam[0].list, incumbent) <= 0.0 {
-            let value = search::value(model, incumbent);
+    if let Some((incumbent, margin)) = incumbent.filter(|(i, _)| i.len() == beam[0].list.len()) {
+        let value = search::value(model, incumbent);
+        if model.advantage(&beam[0].list, incumbent) <= margin * value.abs() {
             // The incumbent is a found completion of its own prefixes.
             beam.insert(
                 0,
@@ -163,8 +165,9 @@ impl Shard {
 
 pub struct MineConfig {
     pub width: usize,
-    /// Depart from the `ranking_score` order only where the evaluators agree it pays.
-    pub trust_region: bool,
+    /// Depart from the `ranking_score` order only where the evaluators agree it pays more
+    /// than this share of its value (`None`: no trust region).
+    pub trust_margin: Option<f64>,
     /// Slots per list; 0: each request's logged list length.
     pub slots: usize,
     pub shard: Shard,
@@ -246,13 +249,13 @@ pub fn mine<'a>(
                     0 => request.exposed.len(),
                     k => k,
                 };
-                let incumbent = config.trust_region.then(|| request.upstream_list(k));
+                let incumbent = config.trust_margin.map(|m| (request.upstream_list(k), m));
                 Ok(mine_request(
                     &scorer,
                     &request.request_id,
                     k,
                     config.width,
-                    incumbent.as_deref(),
+                    incumbent.as_ref().map(|(list, m)| (&list[..], *m)),
                 ))
             })
             .collect::<anyhow::Result<_>>()?;

@@ -33,6 +33,9 @@ pub struct PipelineConfig {
     /// Judges, each trained on a bootstrap sample of those requests with its own seed: their
     /// disagreement widens the gate's interval.
     pub judges: usize,
+    /// The publish gate needs DeGRe ahead of the `ranking_score` order by at least this
+    /// share of the order's judged value (the lower end of the 95% interval).
+    pub gate_min_gain: f64,
     /// Also train the ablations and baseline generators (hard labels, B = 1, heuristic
     /// labels, sparse reward): the benchmark's comparison, ~4× the distillation time.
     /// Unset: on with the simulator, off on user logs.
@@ -55,6 +58,9 @@ pub struct MiningSettings {
     /// Keep the `ranking_score` order wherever the evaluators do not agree that the
     /// searched list beats it (docs/offline.md, "Trust region").
     pub trust_region: bool,
+    /// How much more than the `ranking_score` order a list must be worth, as a share of
+    /// its value, for the teacher to depart from it.
+    pub trust_margin: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +89,7 @@ impl Default for PipelineConfig {
             test_fraction: 0.1,
             judge_fraction: 0.25,
             judges: 3,
+            gate_min_gain: 0.01,
             baselines: None,
         }
     }
@@ -97,6 +104,7 @@ impl Default for MiningSettings {
             evaluators: 3,
             pessimism: 1.0,
             trust_region: true,
+            trust_margin: 0.01,
         }
     }
 }
@@ -124,6 +132,12 @@ impl PipelineConfig {
         }
         if !(self.mining.pessimism >= 0.0 && self.mining.pessimism.is_finite()) {
             return Err("`mining.pessimism` must be finite and >= 0".into());
+        }
+        if !(self.mining.trust_margin >= 0.0 && self.mining.trust_margin.is_finite()) {
+            return Err("`mining.trust_margin` must be finite and >= 0".into());
+        }
+        if !(self.gate_min_gain >= 0.0 && self.gate_min_gain.is_finite()) {
+            return Err("`gate_min_gain` must be finite and >= 0".into());
         }
         if self.mining.beam_width == 0 {
             return Err("`mining.beam_width` must be > 0".into());

@@ -136,7 +136,10 @@ fn run_seed(
             &requests,
             &ensemble,
             width,
-            config.mining.trust_region,
+            config
+                .mining
+                .trust_region
+                .then_some(config.mining.trust_margin),
             mine_slots,
             &dir.join(file),
             progress,
@@ -182,7 +185,7 @@ fn run_seed(
 
     let eval = stages::compare(config, &data, &ensemble, &generators, seed)?;
     clock.lap("eval");
-    let gate = stages::gate(&judges, &data, &generators)?;
+    let gate = stages::gate(&judges, &data, &generators, config.gate_min_gain)?;
     clock.lap("gate");
     if progress {
         eprintln!("seed {seed}: {}", gate.verdict());

@@ -153,7 +153,7 @@ pub fn mine(
     requests: &[&LoggedRequest],
     evaluator: &Ensemble,
     width: usize,
-    trust_region: bool,
+    trust_margin: Option<f64>,
     slots: usize,
     path: &Path,
     progress: bool,
@@ -163,7 +163,7 @@ pub fn mine(
         evaluator,
         &MineConfig {
             width,
-            trust_region,
+            trust_margin,
             slots,
             shard: Shard::ALL,
             resume: false,
@@ -352,11 +352,12 @@ pub fn gate(
     judges: &[Evaluator],
     data: &Data,
     generators: &Generators,
+    min_gain: f64,
 ) -> anyhow::Result<GateReport> {
     let mut policies = vec![Policy::Logged, Policy::Upstream];
     policies.extend(generator_policies(generators));
     let slots = data.world.as_ref().map(|w| w.config.slots);
-    gate::judge(judges, &data.test, &policies, slots)
+    gate::judge(judges, &data.test, &policies, slots, min_gain)
 }
 
 /// Seq2Slate-style labels: clicked items first, each group in its logged order.
