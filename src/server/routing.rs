@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use crate::api::v1;
 use crate::repository::store::StoreError;
 use crate::repository::ModelStore;
-use crate::rerank::RerankInput;
+use crate::rerank::{Pick, RerankInput};
 use crate::runtime::LoadedModel;
 use crate::telemetry;
 
@@ -91,7 +91,7 @@ impl Routing {
         draw: &Draw,
         answered_by: u64,
         input: &RerankInput,
-        answered: &[usize],
+        answered: &[Pick],
     ) {
         if draw.shadow >= self.shadow_share {
             return;
@@ -103,7 +103,8 @@ impl Routing {
             telemetry::shadow_skipped();
             return;
         };
-        let (input, answered) = (input.clone(), answered.to_vec());
+        let input = input.clone();
+        let answered: Vec<usize> = answered.iter().map(|p| p.index).collect();
         tokio::spawn(async move {
             let _slot = slot;
             let started = Instant::now();

@@ -74,9 +74,8 @@ impl RerankService {
         telemetry::request_compute(input.candidates(), started.elapsed().as_secs_f64());
         drop(slot);
         let picks = picks?;
-        let answered: Vec<usize> = picks.iter().map(|p| p.index).collect();
         self.routing
-            .shadow(&self.store, &draw, model.version, &input, &answered);
+            .shadow(&self.store, &draw, model.version, &input, &picks);
         Ok(api::rerank_response(
             picks,
             input,
