@@ -90,7 +90,7 @@ fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
         let truth = world.truth(r, Objective::VALUE).unwrap();
         oracle(&truth, &world.config).0.list
     };
-    let better = gate_with(&judge, &test, &best, 0.01);
+    let better = gate_with(&judge, &test, best, 0.01);
     assert!(better.passed, "{}", better.verdict());
     assert!(truth_difference(&best) > 0.0);
     let (mean, half) = better.degre_vs_incumbent;
@@ -98,7 +98,7 @@ fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
     // Ahead, but not by the gain asked for: refused, and the reason says so.
     let upstream_value = better.judged_value("upstream").unwrap();
     let out_of_reach = (mean - half) / upstream_value + 0.01;
-    let not_enough = gate_with(&judge, &test, &best, out_of_reach);
+    let not_enough = gate_with(&judge, &test, best, out_of_reach);
     assert!(!not_enough.passed);
     assert!(
         not_enough.verdict().contains("gate_min_gain"),
