@@ -9,23 +9,27 @@ use common::TestServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_degre");
 
+/// Runs a `degre` client command against `server`.
+async fn degre(
+    server: &TestServer,
+    command: &str,
+    args: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    tokio::process::Command::new(BIN)
+        .args([command, "--addr", &format!("http://{}", server.grpc_addr)])
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_request_reranks_on_the_bundled_model() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let example = root.join("docs/examples/rerank_request.json");
     let server = TestServer::start(&root.join("models"), |_| {}).await;
     server.wait_serving().await;
-    let out = tokio::process::Command::new(BIN)
-        .args([
-            "rerank",
-            "--addr",
-            &format!("http://{}", server.grpc_addr),
-            "--request",
-        ])
-        .arg(&example)
-        .output()
-        .await
-        .unwrap();
+    let out = degre(&server, "rerank", &["--request".as_ref(), example.as_ref()]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -83,15 +87,7 @@ async fn model_info_gives_the_served_schema() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
 
-    let out = tokio::process::Command::new(BIN)
-        .args([
-            "model-info",
-            "--addr",
-            &format!("http://{}", server.grpc_addr),
-        ])
-        .output()
-        .await
-        .unwrap();
+    let out = degre(&server, "model-info", &[]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -195,13 +191,7 @@ async fn a_refused_request_exits_with_its_grpc_code() {
     let dir = tempfile::tempdir().unwrap();
     let request = dir.path().join("empty.json");
     std::fs::write(&request, r#"{"candidates": []}"#).unwrap();
-    let out = tokio::process::Command::new(BIN)
-        .args(["rerank", "--addr", &format!("http://{}", server.grpc_addr)])
-        .arg("--request")
-        .arg(&request)
-        .output()
-        .await
-        .unwrap();
+    let out = degre(&server, "rerank", &["--request".as_ref(), request.as_ref()]).await;
     // 20 + INVALID_ARGUMENT (3).
     assert_eq!(out.status.code(), Some(23), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -355,17 +355,20 @@ async fn a_new_version_answers_its_canary_share_and_the_other_shadows_it() {
     server.wait_serving().await;
     publish(dir.path(), 2);
     let mut client = server.client().await;
+    let mut serving = 0;
     for _ in 0..400 {
         let info = client
             .get_model_info(degre::api::v1::GetModelInfoRequest::default())
             .await
             .unwrap()
             .into_inner();
-        if info.serving_version == 2 {
+        serving = info.serving_version;
+        if serving == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(serving, 2, "version 2 never loaded");
     let mut answer = async |request_id: String, routing_key: &str, pin: Option<u64>| {
         let mut r = request(10, 5, 3);
         r.request_id = request_id;

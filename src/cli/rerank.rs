@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 
 use crate::api::v1;
+use crate::api::v1::reranker_client::RerankerClient;
 
 /// The server answered a gRPC status other than OK; `degre rerank` exits with
 /// [`RerankFailed::exit_code`].
@@ -24,11 +26,9 @@ impl RerankFailed {
     }
 }
 
+/// Where the server is and how long to wait for it, for every client command.
 #[derive(Debug, Args)]
-pub struct RerankArgs {
-    /// JSON request file; `-` reads standard input.
-    #[arg(long)]
-    pub request: PathBuf,
+pub struct ServerArgs {
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// Deadline sent with the request.
@@ -36,27 +36,47 @@ pub struct RerankArgs {
     pub timeout_ms: u64,
 }
 
+impl ServerArgs {
+    async fn client(&self) -> anyhow::Result<RerankerClient<Channel>> {
+        RerankerClient::connect(self.addr.clone())
+            .await
+            .with_context(|| format!("cannot connect to {}", self.addr))
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(Duration::from_millis(self.timeout_ms));
+        request
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RerankArgs {
+    /// JSON request file; `-` reads standard input.
+    #[arg(long)]
+    pub request: PathBuf,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct ModelInfoArgs {
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
     /// The loaded version to describe [default: the serving one].
     #[arg(long)]
     pub model_version: Option<u64>,
-    #[arg(long, default_value_t = 1000)]
-    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// `degre model-info`: what a running server serves (GetModelInfo), as JSON.
 pub async fn model_info(args: ModelInfoArgs) -> anyhow::Result<()> {
-    let mut client = v1::reranker_client::RerankerClient::connect(args.addr.clone())
-        .await
-        .with_context(|| format!("cannot connect to {}", args.addr))?;
-    let mut request = tonic::Request::new(v1::GetModelInfoRequest {
+    let request = args.server.request(v1::GetModelInfoRequest {
         model_version: args.model_version,
     });
-    request.set_timeout(Duration::from_millis(args.timeout_ms));
-    let info = client
+    let info = args
+        .server
+        .client()
+        .await?
         .get_model_info(request)
         .await
         .map_err(|s| RerankFailed(s.code(), s.message().to_string()))?
@@ -221,12 +241,11 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
         explain: json.explain,
         routing_key: json.routing_key,
     };
-    let mut client = v1::reranker_client::RerankerClient::connect(args.addr.clone())
-        .await
-        .with_context(|| format!("cannot connect to {}", args.addr))?;
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(Duration::from_millis(args.timeout_ms));
-    let response = client
+    let request = args.server.request(request);
+    let response = args
+        .server
+        .client()
+        .await?
         .rerank(request)
         .await
         .map_err(|s| RerankFailed(s.code(), s.message().to_string()))?

@@ -70,7 +70,8 @@ impl InvalidField {
 pub struct InputBuilder<'a> {
     schema: &'a FeatureSchema,
     input: RerankInput,
-    /// The candidates' `ranking_score`s, how many carried one and the first that did not.
+    /// The candidates' `ranking_score`s (kept only for a model that reads them), how many
+    /// carried one and the first that did not.
     scores: Vec<f32>,
     scored: usize,
     first_unscored: Option<usize>,
@@ -107,7 +108,7 @@ impl<'a> InputBuilder<'a> {
                 rules: Rules::default(),
                 explain: false,
             },
-            scores: Vec::with_capacity(candidates),
+            scores: Vec::with_capacity(if schema.ranking_score { candidates } else { 0 }),
             scored: 0,
             first_unscored: None,
         })
@@ -166,7 +167,9 @@ impl<'a> InputBuilder<'a> {
         } else {
             self.first_unscored.get_or_insert(index);
         }
-        self.scores.push(ranking_score.unwrap_or(0.0));
+        if self.schema.ranking_score {
+            self.scores.push(ranking_score.unwrap_or(0.0));
+        }
         self.input.item_ids.push(item_id);
         Ok(())
     }

@@ -55,6 +55,13 @@ impl Routing {
 
     /// The request's place in `[0, 1)` for each split.
     pub fn draw(&self, request: &v1::RerankRequest) -> Draw {
+        if self.canary_share >= 1.0 && self.shadow_share <= 0.0 {
+            // Neither split is on (the default): nothing to hash on the request path.
+            return Draw {
+                canary: 0.0,
+                shadow: 1.0,
+            };
+        }
         let key = match (&request.routing_key, &request.request_id) {
             (k, _) if !k.is_empty() => fnv1a(k.as_bytes()),
             (_, id) if !id.is_empty() => fnv1a(id.as_bytes()),
