@@ -87,6 +87,17 @@ pub struct ServeArgs {
     /// request's path, to export how their lists differ [default: 0]
     #[arg(long, env = "DEGRE_SHADOW_SHARE")]
     pub shadow_share: Option<f64>,
+    /// PEM certificate chain the gRPC listener presents; with --tls-key, gRPC is served over
+    /// TLS only. Re-read when the file changes.
+    #[arg(long, env = "DEGRE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DEGRE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate one of them signed (mutual
+    /// TLS). Needs --tls-cert.
+    #[arg(long, env = "DEGRE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DEGRE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -124,6 +135,16 @@ pub struct Config {
     pub canary_share: f64,
     pub shadow_share: f64,
     pub log_format: LogFormat,
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files the gRPC listener's TLS is configured from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With it, clients must present a certificate this CA signed (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Half the open-files limit (the rest for model files, the metrics listener and
@@ -222,9 +243,33 @@ impl ServeArgs {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
+            tls: tls_files(
+                self.tls_cert.or(file.tls_cert),
+                self.tls_key.or(file.tls_key),
+                self.tls_client_ca.or(file.tls_client_ca),
+            )?,
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// TLS is on with a certificate and its key; a client CA alone means nothing.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        _ => Err(ConfigError(
+            "tls_cert and tls_key go together, and tls_client_ca needs both".into(),
+        )),
     }
 }
 

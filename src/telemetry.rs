@@ -24,6 +24,8 @@ pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_FDS: &str = "process_open_fds";
 pub const CONNECTIONS_REFUSED: &str = "degre_connections_refused_total";
+pub const TLS_RELOADS: &str = "degre_tls_reloads_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "degre_tls_handshake_failures_total";
 pub const SHADOW_OVERLAP: &str = "degre_shadow_overlap";
 pub const SHADOW_RANK_CORRELATION: &str = "degre_shadow_rank_correlation";
 pub const SHADOW_DURATION: &str = "degre_shadow_compute_duration_seconds";
@@ -133,6 +135,14 @@ fn describe() {
         CONNECTIONS_REFUSED,
         "Connections closed on accept because --max-connections were open."
     );
+    describe_counter!(
+        TLS_RELOADS,
+        "TLS certificate reloads after the files changed, by result (failure keeps the old ones)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "Connections closed because their TLS handshake failed or timed out."
+    );
     describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process.");
     describe_counter!(
         PROCESS_CPU,
@@ -170,6 +180,15 @@ pub fn request_done(code: tonic::Code, version: Option<u64>, seconds: f64) {
 /// A connection closed on accept: the server already holds `--max-connections`.
 pub fn connection_refused() {
     counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+pub fn tls_reloaded(ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    counter!(TLS_RELOADS, "result" => result).increment(1);
+}
+
+pub fn tls_handshake_failed() {
+    counter!(TLS_HANDSHAKE_FAILURES).increment(1);
 }
 
 pub fn queue_wait(seconds: f64) {

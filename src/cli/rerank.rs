@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::api::v1;
 use crate::api::v1::reranker_client::RerankerClient;
@@ -29,18 +29,52 @@ impl RerankFailed {
 /// Where the server is and how long to wait for it, for every client command.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    /// Server address; `https://` with --tls-ca for a server that serves TLS.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// Deadline sent with the request.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+    /// PEM CA certificate(s) to verify the server's certificate with (turns TLS on).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Name the server's certificate must carry [default: the address's host].
+    #[arg(long, requires = "tls_ca")]
+    pub tls_domain: Option<String>,
+    /// PEM client certificate, for a server that requires mutual TLS.
+    #[arg(long, requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServerArgs {
     async fn client(&self) -> anyhow::Result<RerankerClient<Channel>> {
-        RerankerClient::connect(self.addr.clone())
+        let mut endpoint = Channel::from_shared(self.addr.clone())
+            .with_context(|| format!("--addr {}: not a URI", self.addr))?;
+        if let Some(ca) = &self.tls_ca {
+            endpoint = endpoint.tls_config(self.tls(ca)?)?;
+        }
+        let channel = endpoint
+            .connect()
             .await
-            .with_context(|| format!("cannot connect to {}", self.addr))
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        Ok(RerankerClient::new(channel))
+    }
+
+    fn tls(&self, ca: &std::path::Path) -> anyhow::Result<ClientTlsConfig> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some(domain) = &self.tls_domain {
+            tls = tls.domain_name(domain);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {

@@ -9,8 +9,10 @@ mod queue;
 mod routing;
 mod service;
 pub mod status;
+mod tls;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ pub struct BoundServer {
     repo: Repository,
     grpc: TcpListener,
     metrics: TcpListener,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl BoundServer {
@@ -53,6 +56,14 @@ impl BoundServer {
             ))
             .into());
         }
+        // Certificates are checked before binding: a typo exits 64 naming the file.
+        let tls = match &config.tls {
+            Some(files) => Some(
+                tls::Tls::load(files.clone())
+                    .map_err(|why| crate::config::ConfigError(format!("TLS: {why}")))?,
+            ),
+            None => None,
+        };
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -65,6 +76,7 @@ impl BoundServer {
             repo,
             grpc,
             metrics,
+            tls,
         })
     }
 
@@ -82,6 +94,7 @@ impl BoundServer {
             repo,
             grpc,
             metrics,
+            tls,
         } = self;
         let handle = crate::telemetry::metrics_handle();
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -162,13 +175,30 @@ impl BoundServer {
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)
-            .add_service(reranker)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = draining.await;
-            });
-        tokio::pin!(serving);
+            .add_service(reranker);
+        let draining = async {
+            let _ = draining.await;
+        };
+        let mut serving: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match &tls {
+                Some(tls) => {
+                    let incoming = tls.clone().accept(incoming);
+                    Box::pin(serving.serve_with_incoming_shutdown(incoming, draining))
+                }
+                None => Box::pin(serving.serve_with_incoming_shutdown(incoming, draining)),
+            };
+        let tls_reloader = tls.map(|tls| {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(poll_interval);
+                loop {
+                    tick.tick().await;
+                    tls.reload_if_changed();
+                }
+            })
+        });
         tracing::info!(
             grpc = %config.grpc_addr,
+            tls = tls_mode(&config),
             metrics = %config.metrics_addr,
             model,
             dir = %model_dir.display(),
@@ -214,9 +244,20 @@ impl BoundServer {
             }
         };
         let _ = stop_watcher.send(());
+        if let Some(reloader) = tls_reloader {
+            reloader.abort();
+        }
         let _ = metrics_stop.send(());
         tracing::info!("stopped");
         result
+    }
+}
+
+fn tls_mode(config: &Config) -> &'static str {
+    match &config.tls {
+        None => "off",
+        Some(files) if files.client_ca.is_some() => "mutual",
+        Some(_) => "on",
     }
 }
 
