@@ -135,34 +135,45 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
     let server = TestServer::start(dir.path(), |_| {}).await;
     server.wait_serving().await;
     let good = model_files(&default_schema(), 2);
+    let at = |name: &str| good.iter().position(|(f, _)| f == name).unwrap();
+    let (encoder, decoder, manifest_at) =
+        (at("encoder.onnx"), at("decoder.onnx"), at("manifest.json"));
 
     // Corrupt: one graph byte flipped after the checksum was taken.
     let mut corrupt = good.clone();
-    let last = corrupt[0].1.len() - 1;
-    corrupt[0].1[last] ^= 0xff;
+    let last = corrupt[encoder].1.len() - 1;
+    corrupt[encoder].1[last] ^= 0xff;
     write_version(dir.path(), 2, &corrupt);
     // Partial: the manifest arrived, a graph did not.
-    write_version(dir.path(), 3, &[good[1].clone(), good[2].clone()]);
+    write_version(
+        dir.path(),
+        3,
+        &[good[decoder].clone(), good[manifest_at].clone()],
+    );
     // Schema mismatch: a model that expects another candidate feature.
     let mut schema = default_schema();
     schema.candidate_dense.push("extra".into());
     write_version(dir.path(), 4, &model_files(&schema, 4));
     // Garbage graph with a matching checksum.
     let mut garbage = good.clone();
-    garbage[0].1 = b"not onnx".to_vec();
-    let mut manifest: serde_json::Value = serde_json::from_slice(&good[2].1).unwrap();
+    garbage[encoder].1 = b"not onnx".to_vec();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&good[manifest_at].1).unwrap();
     manifest["files"]["encoder.onnx"] = degre::contract::manifest::sha256_hex(b"not onnx").into();
-    garbage[2].1 = serde_json::to_vec(&manifest).unwrap();
+    garbage[manifest_at].1 = serde_json::to_vec(&manifest).unwrap();
     write_version(dir.path(), 5, &garbage);
     // Partial: graphs copied, manifest not yet.
-    write_version(dir.path(), 6, &good[..2]);
+    write_version(
+        dir.path(),
+        6,
+        &[good[encoder].clone(), good[decoder].clone()],
+    );
     // A manifest that is not one.
     write_version(
         dir.path(),
         7,
         &[
-            good[0].clone(),
-            good[1].clone(),
+            good[encoder].clone(),
+            good[decoder].clone(),
             ("manifest.json".into(), b"{".to_vec()),
         ],
     );
@@ -193,7 +204,21 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
         &model_files_edited(&default_schema(), 10, 256, poison(unknown)),
     );
 
+    // Graphs the runtime reads differently from what the exporter meant: one logit of the
+    // golden set moved (checksum recomputed, as a publisher would).
+    let mut drifted = good.clone();
+    let golden = at("golden.json");
+    let mut set: degre::contract::golden::Golden = serde_json::from_slice(&good[golden].1).unwrap();
+    set.cases[1].logits[2][3] += 0.01;
+    drifted[golden].1 = serde_json::to_vec(&set).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&good[manifest_at].1).unwrap();
+    manifest["files"]["golden.json"] =
+        degre::contract::manifest::sha256_hex(&drifted[golden].1).into();
+    drifted[manifest_at].1 = serde_json::to_vec(&manifest).unwrap();
+    write_version(dir.path(), 11, &drifted);
+
     let expected = [
+        ("golden", 1),
         ("checksum", 1),
         ("incomplete", 2),
         ("schema", 2),
@@ -217,9 +242,9 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
     assert_eq!(response.model_version, 1, "the good version keeps serving");
 
     // A good version published later is taken; the broken ones are not retried.
-    let v11 = publish_files(dir.path(), MODEL, &good).unwrap();
-    assert_eq!(v11, 11);
-    wait_for_version(&server, 11).await;
+    let v12 = publish_files(dir.path(), MODEL, &good).unwrap();
+    assert_eq!(v12, 12);
+    wait_for_version(&server, 12).await;
     server.stop().await;
 }
 

@@ -14,7 +14,9 @@ use degre::server::BoundServer;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
 }
 
 fn pem(name: &str) -> Vec<u8> {
@@ -67,7 +69,11 @@ async fn rerank_eventually(server: &TestServer, tls: impl Fn() -> ClientTlsConfi
     panic!("never answered over TLS: {last}");
 }
 
-fn with_tls(cert: PathBuf, key: PathBuf, client_ca: Option<PathBuf>) -> impl FnOnce(&mut ServeArgs) {
+fn with_tls(
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+) -> impl FnOnce(&mut ServeArgs) {
     move |args| {
         args.tls_cert = Some(cert);
         args.tls_key = Some(key);
@@ -106,15 +112,24 @@ async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_client_ca() 
     rerank_eventually(&server, || tls_client("ca1", Some("client1"))).await;
 
     let anonymous = rerank(&server, Some(tls_client("ca1", None))).await;
-    assert!(anonymous.is_err(), "a client without a certificate was served");
+    assert!(
+        anonymous.is_err(),
+        "a client without a certificate was served"
+    );
     let foreign = rerank(&server, Some(tls_client("ca1", Some("client2")))).await;
-    assert!(foreign.is_err(), "a certificate from another CA was accepted");
+    assert!(
+        foreign.is_err(),
+        "a certificate from another CA was accepted"
+    );
     let metrics = server.metrics().await;
     let failures = metrics
         .lines()
         .find_map(|l| l.strip_prefix("degre_tls_handshake_failures_total "))
         .and_then(|v| v.parse::<f64>().ok());
-    assert!(failures >= Some(2.0), "handshake failures counted: {failures:?}");
+    assert!(
+        failures >= Some(2.0),
+        "handshake failures counted: {failures:?}"
+    );
     server.stop().await;
 }
 
@@ -131,7 +146,9 @@ async fn a_rotated_certificate_serves_new_connections_and_a_broken_rotation_is_i
     install("server1");
     let server = TestServer::start(root.path(), with_tls(cert.clone(), key.clone(), None)).await;
     rerank_eventually(&server, || tls_client("ca1", None)).await;
-    assert!(rerank(&server, Some(tls_client("ca2", None))).await.is_err());
+    assert!(rerank(&server, Some(tls_client("ca2", None)))
+        .await
+        .is_err());
 
     // The rotation: a certificate from the second CA, picked up without a restart.
     install("server2");
@@ -142,7 +159,9 @@ async fn a_rotated_certificate_serves_new_connections_and_a_broken_rotation_is_i
     let failed = "degre_tls_reloads_total{result=\"failure\"}".to_string();
     let metrics = server.metrics_with(std::slice::from_ref(&failed)).await;
     assert!(metrics.contains(&failed), "broken rotation not counted");
-    rerank(&server, Some(tls_client("ca2", None))).await.unwrap();
+    rerank(&server, Some(tls_client("ca2", None)))
+        .await
+        .unwrap();
     server.stop().await;
 }
 
@@ -187,19 +206,34 @@ async fn the_client_commands_speak_mutual_tls() {
     rerank_eventually(&server, || tls_client("ca1", Some("client1"))).await;
     let model_info = |identity: Option<&'static str>| {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_degre"));
-        command.args(["model-info", "--addr", &format!("https://{}", server.grpc_addr)]);
+        command.args([
+            "model-info",
+            "--addr",
+            &format!("https://{}", server.grpc_addr),
+        ]);
         command.arg("--tls-ca").arg(fixture("ca1.pem"));
         command.args(["--tls-domain", "localhost"]);
         if let Some(name) = identity {
-            command.arg("--tls-cert").arg(fixture(&format!("{name}.pem")));
-            command.arg("--tls-key").arg(fixture(&format!("{name}.key")));
+            command
+                .arg("--tls-cert")
+                .arg(fixture(&format!("{name}.pem")));
+            command
+                .arg("--tls-key")
+                .arg(fixture(&format!("{name}.key")));
         }
         async move { command.output().await.unwrap() }
     };
     let out = model_info(Some("client1")).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["serving_version"], version);
-    assert!(!model_info(None).await.status.success(), "served without a client certificate");
+    assert!(
+        !model_info(None).await.status.success(),
+        "served without a client certificate"
+    );
     server.stop().await;
 }

@@ -12,7 +12,7 @@ use crate::repository::publish::{publish_files, write_version_dir};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Directory to write encoder.onnx, decoder.onnx and manifest.json into.
+    /// Directory to write encoder.onnx, decoder.onnx, golden.json and manifest.json into.
     #[arg(long)]
     pub out: PathBuf,
     /// Feature schema as JSON (the manifest's "schema" object); default: the bundled schema.

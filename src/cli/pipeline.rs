@@ -99,7 +99,7 @@ pub struct DistillArgs {
     /// The evaluator the lists were mined with (its feature map standardises the inputs).
     #[arg(long)]
     pub evaluator: PathBuf,
-    /// Directory for the exported version: encoder.onnx, decoder.onnx, manifest.json.
+    /// Directory for the exported version: encoder.onnx, decoder.onnx, golden.json, manifest.json.
     #[arg(long)]
     pub out: PathBuf,
     /// One-hot targets on the mined list instead of soft targets (an ablation).

@@ -3,6 +3,7 @@
 //! (`roles`). It imports nothing else of degre; everything that reads or writes a model
 //! version depends on it. Documented for producers in `models/README.md`.
 
+pub mod golden;
 pub mod manifest;
 pub mod roles;
 pub mod upstream;
@@ -26,11 +27,13 @@ pub enum LoadError {
     Weights(String),
     #[error("warm-up: {0}")]
     Warmup(String),
+    #[error("golden set: {0}")]
+    Golden(String),
 }
 
 impl LoadError {
     /// Every `reason()`, so each failure counter can start at 0.
-    pub const REASONS: [&'static str; 7] = [
+    pub const REASONS: [&'static str; 8] = [
         "manifest",
         "incomplete",
         "checksum",
@@ -38,6 +41,7 @@ impl LoadError {
         "schema",
         "weights",
         "warmup",
+        "golden",
     ];
 
     pub fn reason(&self) -> &'static str {
@@ -49,6 +53,7 @@ impl LoadError {
             LoadError::Schema(_) => "schema",
             LoadError::Weights(_) => "weights",
             LoadError::Warmup(_) => "warmup",
+            LoadError::Golden(_) => "golden",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod decode;
 pub mod input;
 pub mod math;
 pub mod rules;
+pub mod synthetic;
 
 pub use decode::{greedy, greedy_with, DecodeError, Pick, StepModel};
 pub use input::{vocab_id, Feed, InputBuilder, InvalidField, RerankInput};

@@ -16,6 +16,7 @@ mod warmup;
 use native::NativeModel;
 use tract::{Plans, TractModel};
 
+use crate::contract::golden::{Golden, GOLDEN_FILE};
 use crate::contract::manifest::{GraphSpec, Manifest};
 use crate::contract::LoadError;
 use crate::rerank::decode::{DecodeError, Pick};
@@ -77,6 +78,14 @@ impl LoadedModel {
             native,
         };
         warmup::check(&mut model)?;
+        if model.manifest.files.contains_key(GOLDEN_FILE) {
+            let path = dir.join(GOLDEN_FILE);
+            let golden: Golden = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+                .map_err(|e| LoadError::Golden(format!("{}: {e}", path.display())))?;
+            warmup::reproduce(&model, &golden)?;
+        }
         Ok(model)
     }
 

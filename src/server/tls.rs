@@ -74,7 +74,10 @@ impl Tls {
     }
 
     /// `incoming`'s connections after a successful TLS handshake, in the order they finish.
-    pub fn accept<S, C>(self: Arc<Self>, incoming: S) -> impl Stream<Item = io::Result<TlsStream<C>>>
+    pub fn accept<S, C>(
+        self: Arc<Self>,
+        incoming: S,
+    ) -> impl Stream<Item = io::Result<TlsStream<C>>>
     where
         S: Stream<Item = io::Result<C>> + Send + 'static,
         C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -117,7 +120,11 @@ impl Tls {
 }
 
 fn stamps(files: &TlsFiles) -> Vec<Stamp> {
-    let paths = [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()];
+    let paths = [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ];
     paths
         .into_iter()
         .flatten()
