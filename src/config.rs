@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// Time in-flight requests get to finish after SIGTERM/SIGINT [default: 10000]
     #[arg(long, env = "DEGRE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Longest a version may take to load, check and warm up; a slower one is refused
+    /// (reason `timeout`) and the serving version stays [default: 60000]
+    #[arg(long, env = "DEGRE_MODEL_LOAD_TIMEOUT_MS")]
+    pub model_load_timeout_ms: Option<u64>,
     /// Versions kept loaded after being replaced, for requests that pin them [default: 1]
     #[arg(long, env = "DEGRE_KEEP_PREVIOUS_VERSIONS")]
     pub keep_previous_versions: Option<usize>,
@@ -131,6 +135,7 @@ pub struct Config {
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub keep_previous_versions: usize,
+    pub model_load_timeout: Duration,
     pub reflection: bool,
     pub canary_share: f64,
     pub shadow_share: f64,
@@ -236,6 +241,10 @@ impl ServeArgs {
                 .keep_previous_versions
                 .or(file.keep_previous_versions)
                 .unwrap_or(1),
+            model_load_timeout: ms(self
+                .model_load_timeout_ms
+                .or(file.model_load_timeout_ms)
+                .unwrap_or(60_000)),
             reflection: self.reflection.or(file.reflection).unwrap_or(true),
             canary_share: self.canary_share.or(file.canary_share).unwrap_or(1.0),
             shadow_share: self.shadow_share.or(file.shadow_share).unwrap_or(0.0),
@@ -295,6 +304,10 @@ impl Config {
             (
                 "request_timeout_ms",
                 self.request_timeout.as_millis() as usize,
+            ),
+            (
+                "model_load_timeout_ms",
+                self.model_load_timeout.as_millis() as usize,
             ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {

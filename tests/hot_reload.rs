@@ -428,3 +428,125 @@ async fn a_new_version_answers_its_canary_share_and_the_other_shadows_it() {
     }
     server.stop().await;
 }
+
+/// The encoder of `files` with a node that folds into a `side × side` f32 tensor, multiplied
+/// by 0 into the state: the same model, and a memory bomb for a runtime that folds it.
+fn with_folding_bomb(files: &[(String, Vec<u8>)], side: i64) -> Vec<(String, Vec<u8>)> {
+    use degre::contract::manifest::sha256_hex;
+    use prost::Message;
+    use tract_onnx::pb::{attribute_proto::AttributeType, tensor_proto::DataType};
+    use tract_onnx::pb::{AttributeProto, ModelProto, NodeProto, TensorProto};
+    let mut files = files.to_vec();
+    let at = |name: &str| files.iter().position(|(f, _)| f == name).unwrap();
+    let (encoder, manifest_at) = (at("encoder.onnx"), at("manifest.json"));
+    let mut model = ModelProto::decode(files[encoder].1.as_slice()).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    graph.initializer.push(TensorProto {
+        name: "bomb_shape".into(),
+        dims: vec![2],
+        data_type: DataType::Int64 as i32,
+        int64_data: vec![side, side],
+        ..TensorProto::default()
+    });
+    graph.initializer.push(TensorProto {
+        name: "bomb_zero".into(),
+        data_type: DataType::Float as i32,
+        float_data: vec![0.0],
+        ..TensorProto::default()
+    });
+    let node =
+        |op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>| NodeProto {
+            name: output.into(),
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..NodeProto::default()
+        };
+    let keepdims = AttributeProto {
+        name: "keepdims".into(),
+        r#type: AttributeType::Int as i32,
+        i: 1,
+        ..AttributeProto::default()
+    };
+    let value = AttributeProto {
+        name: "value".into(),
+        r#type: AttributeType::Tensor as i32,
+        t: Some(TensorProto {
+            dims: vec![1],
+            data_type: DataType::Float as i32,
+            float_data: vec![1.0],
+            ..TensorProto::default()
+        }),
+        ..AttributeProto::default()
+    };
+    let last = graph
+        .node
+        .iter()
+        .position(|n| n.output == ["state"])
+        .unwrap();
+    let state_in = graph.node[last].input[0].clone();
+    graph.node[last].input[0] = "bombed_state".into();
+    let bomb = [
+        node("ConstantOfShape", &["bomb_shape"], "bomb", vec![value]),
+        node("ReduceMax", &["bomb"], "bomb_max", vec![keepdims]),
+        node("Mul", &["bomb_max", "bomb_zero"], "bomb_nothing", vec![]),
+        node("Add", &[&state_in, "bomb_nothing"], "bombed_state", vec![]),
+    ];
+    graph.node.splice(last..last, bomb);
+    files[encoder].1 = model.encode_to_vec();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&files[manifest_at].1).unwrap();
+    manifest["files"]["encoder.onnx"] = sha256_hex(&files[encoder].1).into();
+    files[manifest_at].1 = serde_json::to_vec(&manifest).unwrap();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_that_folds_into_a_huge_tensor_is_refused_before_it_takes_the_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    server.wait_serving().await;
+    let rss = |metrics: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "));
+        line.unwrap().parse().unwrap()
+    };
+    let before = rss(&server.metrics().await);
+
+    // The bomb is harmless when small: the model is the same, so it loads and serves.
+    let small = with_folding_bomb(&model_files(&default_schema(), 2), 4);
+    write_version(dir.path(), 2, &small);
+    wait_for_version(&server, 2).await;
+    // 16384² f32 is 1 GiB: far above what a version of these weights may take.
+    let huge = with_folding_bomb(&model_files(&default_schema(), 3), 16_384);
+    write_version(dir.path(), 3, &huge);
+    let refused = "degre_model_loads_total{result=\"failure\",reason=\"graph\"} 1".to_string();
+    let metrics = server.metrics_with(std::slice::from_ref(&refused)).await;
+    assert!(metrics.contains(&refused), "not refused:\n{metrics}");
+    let grown = rss(&metrics) - before;
+    assert!(grown < 256e6, "RSS grew by {grown} bytes while refusing it");
+    let mut client = server.client().await;
+    let response = client.rerank(request(20, 5, 1)).await.unwrap().into_inner();
+    assert_eq!(
+        response.model_version, 2,
+        "the serving version keeps serving"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_loads_too_slowly_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    // No version loads, checks and warms up within 1 ms.
+    let server = TestServer::start(dir.path(), |a| a.model_load_timeout_ms = Some(1)).await;
+    let timed_out = "degre_model_loads_total{result=\"failure\",reason=\"timeout\"} 1".to_string();
+    let metrics = server.metrics_with(std::slice::from_ref(&timed_out)).await;
+    assert!(metrics.contains(&timed_out), "no timeout counted:\n{metrics}");
+    let mut client = server.client().await;
+    let status = client.rerank(request(5, 5, 0)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    server.stop().await;
+}

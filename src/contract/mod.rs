@@ -29,11 +29,13 @@ pub enum LoadError {
     Warmup(String),
     #[error("golden set: {0}")]
     Golden(String),
+    #[error("timeout: {0}")]
+    Timeout(String),
 }
 
 impl LoadError {
     /// Every `reason()`, so each failure counter can start at 0.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "manifest",
         "incomplete",
         "checksum",
@@ -42,6 +44,7 @@ impl LoadError {
         "weights",
         "warmup",
         "golden",
+        "timeout",
     ];
 
     pub fn reason(&self) -> &'static str {
@@ -54,6 +57,7 @@ impl LoadError {
             LoadError::Weights(_) => "weights",
             LoadError::Warmup(_) => "warmup",
             LoadError::Golden(_) => "golden",
+            LoadError::Timeout(_) => "timeout",
         }
     }
 }

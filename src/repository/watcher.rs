@@ -23,6 +23,10 @@ pub struct Watcher {
     /// Whether the removal of the serving version's folder was already reported.
     warned_removed: bool,
     on_swap: Box<dyn Fn(u64) + Send>,
+    load_timeout: Duration,
+    /// A load given up on at its timeout, perhaps still running: no other starts until it
+    /// ends, so slow versions cannot pile up loads in memory.
+    abandoned: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Watcher {
@@ -30,6 +34,7 @@ impl Watcher {
         repo: Repository,
         store: Arc<ModelStore>,
         pin: Option<u64>,
+        load_timeout: Duration,
         on_swap: impl Fn(u64) + Send + 'static,
     ) -> Watcher {
         telemetry::model_load_reasons(&LoadError::REASONS);
@@ -40,6 +45,8 @@ impl Watcher {
             failed: HashMap::new(),
             warned_removed: false,
             on_swap: Box::new(on_swap),
+            load_timeout,
+            abandoned: None,
         }
     }
 
@@ -69,6 +76,14 @@ impl Watcher {
 
     /// One pass: the newest version not known to be bad, unless it already serves.
     pub fn poll(&mut self) {
+        if self
+            .abandoned
+            .as_ref()
+            .is_some_and(|load| !load.is_finished())
+        {
+            return;
+        }
+        self.abandoned = None;
         let versions = match self.repo.versions() {
             Ok(v) => v,
             Err(e) => {
@@ -122,16 +137,11 @@ impl Watcher {
 
     fn try_load(&mut self, version: u64) -> bool {
         let started = std::time::Instant::now();
-        // A graph that makes tract panic is one more bad version, not a dead watcher.
-        let load =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.repo.load(version)));
-        let result = load
-            .unwrap_or_else(|_| Err(LoadError::Graph("loading panicked".into())))
-            .and_then(|model| {
-                self.check_schema(&model)?;
-                self.prepare_like_serving(&model);
-                Ok(model)
-            });
+        let result = self.load_in_time(version).and_then(|model| {
+            self.check_schema(&model)?;
+            self.prepare_like_serving(&model);
+            Ok(model)
+        });
         match result {
             Ok(model) => {
                 let model = Arc::new(model);
@@ -149,6 +159,34 @@ impl Watcher {
                 tracing::warn!(model = %self.repo.name(), version, err = %e, "model version rejected, keeping the serving one");
                 telemetry::model_load_failed(e.reason());
                 false
+            }
+        }
+    }
+
+    /// Loads `version` on its own thread, given up on after the load timeout (the thread
+    /// then runs on to its end, its result dropped). A graph that makes tract panic is one
+    /// more bad version, not a dead watcher.
+    fn load_in_time(&mut self, version: u64) -> Result<LoadedModel, LoadError> {
+        let panicked = || LoadError::Graph("loading panicked".into());
+        let (done, loaded) = std::sync::mpsc::sync_channel(1);
+        let repo = self.repo.clone();
+        let load = std::thread::Builder::new()
+            .name("model-load".into())
+            .spawn(move || {
+                let load =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| repo.load(version)));
+                let _ = done.send(load.unwrap_or_else(|_| Err(panicked())));
+            })
+            .map_err(|e| LoadError::Graph(format!("cannot start a loading thread: {e}")))?;
+        match loaded.recv_timeout(self.load_timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Disconnected) => Err(panicked()),
+            Err(RecvTimeoutError::Timeout) => {
+                self.abandoned = Some(load);
+                Err(LoadError::Timeout(format!(
+                    "not loaded and warmed up within {} ms",
+                    self.load_timeout.as_millis()
+                )))
             }
         }
     }

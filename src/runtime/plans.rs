@@ -31,6 +31,7 @@ impl Bound {
         spec: &GraphSpec,
         inputs: &[(&str, DatumType, TVec<TDim>)],
         outputs: &[(&str, TVec<TDim>)],
+        budget: &Budget,
     ) -> Result<Bound, LoadError> {
         let file = &spec.file;
         let graph = |e: TractError| LoadError::Graph(format!("{file}: {e:#}"));
@@ -60,12 +61,14 @@ impl Bound {
             let fact = InferenceFact::dt_shape(*dt, shape.clone());
             model.set_input_fact(ix, fact).map_err(graph)?;
         }
-        let model = model
-            .into_typed()
-            .and_then(|m| m.into_decluttered())
-            .map_err(|e| {
-                LoadError::Schema(format!("{file} does not fit the manifest's schema: {e:#}"))
-            })?;
+        let misfit = |e: TractError| {
+            LoadError::Schema(format!("{file} does not fit the manifest's schema: {e:#}"))
+        };
+        let model = model.into_typed().map_err(misfit)?;
+        // Before decluttering, which folds constants: a graph that folds into a huge
+        // tensor is refused here, not after it took the memory.
+        within_budget(&model, file, budget)?;
+        let model = model.into_decluttered().map_err(misfit)?;
         for (ix, (role, expected)) in outputs.iter().enumerate() {
             let fact = model.output_fact(ix).map_err(graph)?;
             if fact.datum_type != f32::datum_type() || fact.shape.to_tvec() != *expected {
@@ -89,6 +92,54 @@ impl Bound {
         };
         model.into_optimized()?.into_runnable()
     }
+}
+
+/// The most bytes one tensor of a version's graphs may take: twice the version's weights
+/// plus 16 MiB, every per-candidate dimension at the version's candidate limit. A model's
+/// tensors are its weights, what derives from them, and per-request activations of a few
+/// MiB at most; one larger can only come from a graph built to exhaust memory.
+pub struct Budget {
+    pub bytes: usize,
+    pub max_candidates: usize,
+}
+
+impl Budget {
+    pub fn new(weight_bytes: usize, max_candidates: usize) -> Budget {
+        Budget {
+            bytes: weight_bytes.saturating_mul(2).saturating_add(16 << 20),
+            max_candidates,
+        }
+    }
+}
+
+fn within_budget(model: &TypedModel, file: &str, budget: &Budget) -> Result<(), LoadError> {
+    let at_limit =
+        SymbolValues::default().with(&model.symbols.sym(N), budget.max_candidates as i64);
+    for node in model.nodes() {
+        for output in &node.outputs {
+            let fact = &output.fact;
+            let bytes = fact
+                .shape
+                .iter()
+                .try_fold(fact.datum_type.size_of(), |bytes, dim| {
+                    let dim = dim
+                        .eval(&at_limit)
+                        .as_i64()
+                        .and_then(|d| usize::try_from(d).ok())?;
+                    bytes.checked_mul(dim)
+                });
+            match bytes {
+                Some(bytes) if bytes <= budget.bytes => {}
+                _ => {
+                    return Err(LoadError::Graph(format!(
+                        "{file}: node {:?} makes a {:?} tensor, more than the {} bytes a tensor of this version may take",
+                        node.name, fact.shape, budget.bytes
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Compiler {

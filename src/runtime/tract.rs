@@ -7,7 +7,7 @@ use std::path::Path;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
-use super::plans::{Bound, EncoderPlans, Plan, N};
+use super::plans::{Bound, Budget, EncoderPlans, Plan, N};
 use super::InferenceError;
 use crate::contract::manifest::{GraphSpec, Manifest};
 use crate::contract::roles::{self as role, EncoderInput};
@@ -46,6 +46,10 @@ impl TractModel {
         let h = manifest.hidden_size.to_dim();
         let (f32t, i64t) = (f32::datum_type(), i64::datum_type());
         let encoder_inputs = role::encoder_inputs(schema);
+        let budget = Budget::new(
+            weight_bytes(encoder) + weight_bytes(decoder),
+            manifest.limits.max_candidates,
+        );
         let encoder = {
             let model = parse(dir, &manifest.encoder, encoder)?;
             let n = model.symbols.sym(N).to_dim();
@@ -67,7 +71,7 @@ impl TractModel {
                 (role::VALUES, tvec![n, h.clone()]),
                 (role::STATE, tvec![one, h.clone()]),
             ];
-            Bound::new(model, &manifest.encoder, &inputs, &outputs)?
+            Bound::new(model, &manifest.encoder, &inputs, &outputs, &budget)?
         };
         let decoder = {
             let model = parse(dir, &manifest.decoder, decoder)?;
@@ -77,7 +81,7 @@ impl TractModel {
                 (role::PREV_VALUE, f32t, row.clone()),
             ];
             let outputs = [(role::QUERY, row.clone()), (role::NEXT_STATE, row)];
-            Bound::new(model, &manifest.decoder, &inputs, &outputs)?
+            Bound::new(model, &manifest.decoder, &inputs, &outputs, &budget)?
         };
         let optimise = |e: TractError| LoadError::Graph(format!("cannot optimise: {e:#}"));
         Ok(TractModel {
@@ -217,4 +221,16 @@ fn parse(dir: &Path, spec: &GraphSpec, proto: &ModelProto) -> Result<InferenceMo
         )));
     }
     Ok(parsed.model)
+}
+
+/// Bytes of a graph's initializers (its weights), in whichever field they are stored.
+fn weight_bytes(proto: &ModelProto) -> usize {
+    let initializers = proto.graph.iter().flat_map(|g| &g.initializer);
+    initializers
+        .map(|t| {
+            t.raw_data.len()
+                + 4 * (t.float_data.len() + t.int32_data.len())
+                + 8 * (t.int64_data.len() + t.double_data.len() + t.uint64_data.len())
+        })
+        .sum()
 }

@@ -107,9 +107,16 @@ impl BoundServer {
         let (model, model_dir) = (repo.name().to_string(), repo.model_dir());
         let store = Arc::new(ModelStore::new(config.keep_previous_versions));
         let (loaded_tx, mut loaded_rx) = tokio::sync::watch::channel(None::<u64>);
-        let watcher = Watcher::new(repo, store.clone(), config.model_version, move |v| {
-            let _ = loaded_tx.send(Some(v));
-        });
+        let pin = config.model_version;
+        let watcher = Watcher::new(
+            repo,
+            store.clone(),
+            pin,
+            config.model_load_timeout,
+            move |v| {
+                let _ = loaded_tx.send(Some(v));
+            },
+        );
         let (stop_watcher, stop_rx) = std::sync::mpsc::channel::<()>();
         let poll_interval = config.poll_interval;
         std::thread::Builder::new()
