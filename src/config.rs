@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// TLS). Needs --tls-cert.
     #[arg(long, env = "DEGRE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Log one line per Rerank answer (target `degre::access`: peer, code, latency,
+    /// version, candidates, items) [default: false]
+    #[arg(long, env = "DEGRE_ACCESS_LOG")]
+    pub access_log: Option<bool>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DEGRE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -140,6 +144,7 @@ pub struct Config {
     pub canary_share: f64,
     pub shadow_share: f64,
     pub log_format: LogFormat,
+    pub access_log: bool,
     pub tls: Option<TlsFiles>,
 }
 
@@ -252,6 +257,7 @@ impl ServeArgs {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
+            access_log: self.access_log.or(file.access_log).unwrap_or(false),
             tls: tls_files(
                 self.tls_cert.or(file.tls_cert),
                 self.tls_key.or(file.tls_key),

@@ -115,10 +115,6 @@ fn describe() {
         MODEL_LOADS,
         "Model version loads, by result and failure reason."
     );
-    describe_gauge!(
-        MODEL_INFO,
-        "1 for the serving model name and version, 0 for versions served before."
-    );
     describe_gauge!(MODEL_VERSION, "The serving model version.");
     describe_histogram!(
         QUEUE_WAIT,
@@ -197,7 +193,7 @@ pub fn queue_wait(seconds: f64) {
 
 /// Reads the process's resident memory, CPU time and open descriptors (Linux `/proc`;
 /// elsewhere they are left as they were), for the scrape about to be rendered.
-pub fn update_process_metrics() {
+fn update_process_metrics() {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return;
     };
@@ -278,17 +274,37 @@ impl Drop for InFlight {
     }
 }
 
-static SERVING: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+/// The serving model and version, for `degre_model_info`.
+static SERVING: std::sync::Mutex<Option<(String, u64)>> = std::sync::Mutex::new(None);
+
+/// The text of a scrape: the recorder's metrics, then `degre_model_info` for the serving
+/// version only. It is rendered here, not recorded, because the recorder cannot forget a
+/// series: a dashboard would list every version ever served.
+pub fn render(handle: &PrometheusHandle) -> String {
+    update_process_metrics();
+    let mut text = handle.render();
+    let serving = SERVING.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some((model, version)) = serving {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let model = model
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        text.push_str(&format!(
+            "# HELP {MODEL_INFO} 1 for the serving model name and version.\n\
+             # TYPE {MODEL_INFO} gauge\n\
+             {MODEL_INFO}{{model=\"{model}\",version=\"{version}\"}} 1\n"
+        ));
+    }
+    text
+}
 
 pub fn model_loaded(model: &str, version: u64, load_seconds: f64) {
     gauge!(LOAD_DURATION).set(load_seconds);
     counter!(MODEL_LOADS, "result" => "success", "reason" => "none").increment(1);
-    let labels = (model.to_string(), version.to_string());
-    let mut serving = SERVING.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((m, v)) = serving.replace(labels.clone()) {
-        gauge!(MODEL_INFO, "model" => m, "version" => v).set(0.0);
-    }
-    gauge!(MODEL_INFO, "model" => labels.0, "version" => labels.1).set(1.0);
+    *SERVING.lock().unwrap_or_else(|e| e.into_inner()) = Some((model.to_string(), version));
     gauge!(MODEL_VERSION).set(version as f64);
 }
 

@@ -161,3 +161,58 @@ async fn a_health_watch_does_not_hold_sigterm_for_the_grace_period() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("dropping requests"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_json_line_per_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let (grpc, metrics) = (free_port(), free_port());
+    let child = tokio::process::Command::new(BIN)
+        .args(["serve", "--models"])
+        .arg(dir.path())
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .args(["--access-log", "true", "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client = answering_client(&format!("http://127.0.0.1:{grpc}")).await;
+    let mut forged = request(5, 5, 1);
+    forged.request_id = "r-1\n{\"forged\": true}".into();
+    client.rerank(forged).await.unwrap();
+    let mut refused = request(5, 5, 2);
+    refused.candidates.clear();
+    client.rerank(refused).await.unwrap_err();
+    sigterm(&child);
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|l: &serde_json::Value| l["target"] == "degre::access")
+        .collect();
+    let of = |id: &str| -> Vec<&serde_json::Value> {
+        let id = format!("{id:?}");
+        lines
+            .iter()
+            .filter(|l| l["span"]["request_id"] == id.as_str())
+            .collect()
+    };
+    let answered = of("r-1\n{\"forged\": true}");
+    assert_eq!(answered.len(), 1, "{stderr}");
+    assert_eq!(answered[0]["code"], "Ok");
+    assert_eq!(answered[0]["items"], 5);
+    assert_eq!(answered[0]["version"], 1);
+    assert_eq!(answered[0]["candidates"], 5);
+    assert!(answered[0]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    let refused = of("req-2");
+    assert_eq!(refused.len(), 1, "{stderr}");
+    assert_eq!(refused[0]["code"], "InvalidArgument");
+    assert!(
+        !stderr.contains("\"forged\""),
+        "a request id forged a log line"
+    );
+}

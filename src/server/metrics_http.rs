@@ -23,8 +23,8 @@ pub async fn serve(
     let app = Router::new().route(
         "/metrics",
         get(move || async move {
-            crate::telemetry::update_process_metrics();
-            ([(header::CONTENT_TYPE, CONTENT_TYPE)], handle.render()).into_response()
+            let text = crate::telemetry::render(handle);
+            ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
         }),
     );
     if let Err(e) = axum::serve(listener, app)

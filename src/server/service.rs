@@ -33,6 +33,7 @@ pub struct RerankService {
     max_candidates: usize,
     request_timeout: Duration,
     routing: Routing,
+    access_log: bool,
 }
 
 impl RerankService {
@@ -45,6 +46,7 @@ impl RerankService {
             max_candidates: config.max_candidates,
             request_timeout: config.request_timeout,
             routing: Routing::new(config.canary_share, config.shadow_share),
+            access_log: config.access_log,
         }
     }
 
@@ -97,7 +99,9 @@ impl v1::reranker_server::Reranker for RerankService {
             .get::<deadline::ClientTimeout>()
             .copied();
         let budget = deadline::budget(client, self.request_timeout);
+        let peer = request.remote_addr();
         let request = request.into_inner();
+        let candidates = request.candidates.len();
         // Debug-formatted: a client's newline cannot forge a log line.
         let span = tracing::info_span!("rerank", request_id = ?request.request_id);
         let result = async {
@@ -118,6 +122,18 @@ impl v1::reranker_server::Reranker for RerankService {
                 Err(err) => {
                     tracing::debug!(code = ?err.code(), latency_ms = ms, %err, "rerank refused")
                 }
+            }
+            if self.access_log {
+                let (code, version, items) = match &result {
+                    Ok(r) => (tonic::Code::Ok, Some(r.model_version), r.items.len()),
+                    Err(err) => (err.code(), None, 0),
+                };
+                tracing::info!(
+                    target: "degre::access",
+                    peer = %peer.map_or_else(|| "unknown".into(), |p| p.to_string()),
+                    code = ?code, latency_ms = ms, version, candidates, items,
+                    "rerank"
+                );
             }
             result
         }
