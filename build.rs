@@ -11,14 +11,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
         .codec_path("crate::api::codec::RerankCodec")
-        // `degre model-info` prints these as JSON (the proto's field names).
-        .type_attribute(".degre.v1.ModelInfo", "#[derive(serde::Serialize)]")
-        .type_attribute(".degre.v1.FeatureSchema", "#[derive(serde::Serialize)]")
-        .type_attribute(
-            ".degre.v1.CategoricalFeature",
-            "#[derive(serde::Serialize)]",
-        )
-        .file_descriptor_set_path(descriptor)
+        .file_descriptor_set_path(&descriptor)
         .compile_with_config(config, &protos, &["proto"])?;
+    // Canonical proto3 JSON for every message (`degre rerank`, `degre model-info`):
+    // lowerCamelCase names out, either name in, 64-bit integers as strings, defaults shown.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptor)?)?
+        .emit_fields()
+        .build(&[".degre.v1"])?;
     Ok(())
 }

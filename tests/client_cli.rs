@@ -36,7 +36,9 @@ async fn example_request_reranks_on_the_bundled_model() {
         String::from_utf8_lossy(&out.stderr)
     );
     let response: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(response["model_name"], "degre");
+    // Canonical proto3 JSON: lowerCamelCase names, 64-bit integers as strings.
+    assert_eq!(response["modelName"], "degre");
+    assert_eq!(response["modelVersion"], "1");
     let request: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
     let candidates = request["candidates"].as_array().unwrap();
@@ -44,9 +46,9 @@ async fn example_request_reranks_on_the_bundled_model() {
     assert_eq!(items.len() as u64, request["top_k"].as_u64().unwrap());
     let mut shown = std::collections::HashSet::new();
     for item in items {
-        let index = item["candidate_index"].as_u64().unwrap() as usize;
+        let index = item["candidateIndex"].as_u64().unwrap() as usize;
         assert!(shown.insert(index), "candidate {index} shown twice");
-        assert_eq!(item["item_id"], candidates[index]["item_id"]);
+        assert_eq!(item["itemId"], candidates[index]["item_id"]);
     }
     server.stop().await;
 }
@@ -94,12 +96,34 @@ async fn model_info_gives_the_served_schema() {
         String::from_utf8_lossy(&out.stderr)
     );
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut schema = manifest["schema"].clone();
+    let (printed_schema, schema) = (&printed["schema"], &manifest["schema"]);
+    for (json, manifest) in [
+        ("contextDense", "context_dense"),
+        ("candidateDense", "candidate_dense"),
+    ] {
+        assert_eq!(printed_schema[json], schema[manifest], "{json}");
+    }
+    for (json, manifest) in [
+        ("contextCategorical", "context_categorical"),
+        ("candidateCategorical", "candidate_categorical"),
+    ] {
+        let printed = printed_schema[json].as_array().unwrap();
+        let declared = schema[manifest].as_array().unwrap();
+        assert_eq!(printed.len(), declared.len(), "{json}");
+        for (p, d) in printed.iter().zip(declared) {
+            assert_eq!(p["name"], d["name"]);
+            assert_eq!(
+                p["vocabSize"],
+                d["vocab_size"].to_string(),
+                "uint64 as a string"
+            );
+        }
+    }
     // The proto always carries the flag; the manifest omits it when false.
-    schema["ranking_score"] = schema.get("ranking_score").cloned().unwrap_or(false.into());
-    assert_eq!(printed["schema"], schema);
+    let ranking_score = schema.get("ranking_score").cloned().unwrap_or(false.into());
+    assert_eq!(printed_schema["rankingScore"], ranking_score);
     let provenance: serde_json::Value =
-        serde_json::from_str(printed["provenance_json"].as_str().unwrap()).unwrap();
+        serde_json::from_str(printed["provenanceJson"].as_str().unwrap()).unwrap();
     assert_eq!(provenance, manifest["provenance"]);
     server.stop().await;
 }
@@ -118,7 +142,8 @@ async fn bad_request_file_is_named() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("bad.json: not a rerank request") && stderr.contains("line 1"),
+        stderr.contains("bad.json: not a rerank request in proto3 JSON")
+            && stderr.contains("line 1"),
         "{stderr}"
     );
 }
@@ -196,5 +221,112 @@ async fn a_refused_request_exits_with_its_grpc_code() {
     assert_eq!(out.status.code(), Some(23), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("InvalidArgument: candidates"), "{stderr}");
+    server.stop().await;
+}
+
+/// Canonical proto3 JSON in (lowerCamelCase, 64-bit integers as strings) is read like the
+/// proto's own field names; what is printed parses back into the response message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_reads_and_writes_canonical_proto3_json() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let server = TestServer::start(&root.join("models"), |_| {}).await;
+    server.wait_serving().await;
+    let example: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/examples/rerank_request.json")).unwrap(),
+    )
+    .unwrap();
+    let snake: degre::api::v1::RerankRequest = serde_json::from_value(example).unwrap();
+    let canonical = serde_json::to_value(&snake).unwrap();
+    assert_eq!(canonical["topK"], snake.top_k, "lowerCamelCase names");
+    let mut pinned = canonical.clone();
+    pinned["modelVersion"] = "1".into();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("canonical.json");
+    std::fs::write(&file, serde_json::to_vec(&pinned).unwrap()).unwrap();
+    let out = degre(&server, "rerank", &["--request".as_ref(), file.as_ref()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let response: degre::api::v1::RerankResponse = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(response.model_version, 1);
+    assert_eq!(response.items.len(), snake.top_k as usize);
+
+    // The same request sent over gRPC gives the same list.
+    let direct = server
+        .client()
+        .await
+        .rerank(snake)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(direct.items, response.items);
+    server.stop().await;
+}
+
+/// protobuf's own JSON parser and printer (Python) on `json`, a `message`; `None` where Python's
+/// protobuf is missing, unless CI requires it (DEGRE_REQUIRE_ONNXRUNTIME: onnx brings it).
+fn protobuf_json(message: &str, json: &[u8]) -> Option<String> {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let descriptors = dir.path().join("degre.desc");
+    std::fs::write(&descriptors, degre::api::FILE_DESCRIPTOR_SET).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/proto3_json.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&descriptors)
+        .arg(message)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(json).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success()
+        && stderr.contains("ModuleNotFoundError")
+        && std::env::var_os("DEGRE_REQUIRE_ONNXRUNTIME").is_none()
+    {
+        eprintln!("protobuf JSON check not run: {stderr}");
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "protobuf's parse of {message}: {stderr}"
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+/// A request printed by protobuf's JSON printer is read by `degre rerank`, and its answer
+/// is valid proto3 JSON to protobuf's parser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_round_trips_json_from_protobufs_own_printer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read(root.join("docs/examples/rerank_request.json")).unwrap();
+    let Some(printed) = protobuf_json("degre.v1.RerankRequest", &example) else {
+        return;
+    };
+    assert!(printed.contains("\"topK\""), "{printed}");
+    let server = TestServer::start(&root.join("models"), |_| {}).await;
+    server.wait_serving().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("printed.json");
+    std::fs::write(&file, &printed).unwrap();
+    let out = degre(&server, "rerank", &["--request".as_ref(), file.as_ref()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed = protobuf_json("degre.v1.RerankResponse", &out.stdout).unwrap();
+    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&parsed).unwrap();
+    assert_eq!(
+        theirs, ours,
+        "protobuf prints degre's answer exactly as degre did"
+    );
+    assert_eq!(theirs["modelVersion"], "1");
     server.stop().await;
 }

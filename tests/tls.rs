@@ -230,7 +230,7 @@ async fn the_client_commands_speak_mutual_tls() {
         String::from_utf8_lossy(&out.stderr)
     );
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(info["serving_version"], version);
+    assert_eq!(info["servingVersion"], version.to_string());
     assert!(
         !model_info(None).await.status.success(),
         "served without a client certificate"

@@ -4,6 +4,8 @@ pub mod codec;
 
 pub mod v1 {
     tonic::include_proto!("degre.v1");
+    // serde in canonical proto3 JSON, generated from the same descriptors (pbjson).
+    include!(concat!(env!("OUT_DIR"), "/degre.v1.serde.rs"));
 }
 
 /// Encoded descriptors of the API, for server reflection.

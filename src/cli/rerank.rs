@@ -1,12 +1,12 @@
-//! `degre rerank`: a client that sends a JSON request file (the proto's field names) to a
-//! server and prints the response as JSON.
+//! `degre rerank`: a client that sends a request file in proto3 JSON to a server and prints
+//! the response in proto3 JSON; `degre model-info` prints what a server serves.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::api::v1;
@@ -86,7 +86,7 @@ impl ServerArgs {
 
 #[derive(Debug, Args)]
 pub struct RerankArgs {
-    /// JSON request file; `-` reads standard input.
+    /// Request file in proto3 JSON (either field-name style); `-` reads standard input.
     #[arg(long)]
     pub request: PathBuf,
     #[command(flatten)]
@@ -127,108 +127,6 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RequestJson {
-    #[serde(default)]
-    request_id: String,
-    #[serde(default)]
-    context: FeaturesJson,
-    candidates: Vec<CandidateJson>,
-    #[serde(default)]
-    top_k: u32,
-    #[serde(default)]
-    model_version: Option<u64>,
-    #[serde(default)]
-    constraints: Option<ConstraintsJson>,
-    #[serde(default)]
-    explain: bool,
-    #[serde(default)]
-    routing_key: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConstraintsJson {
-    #[serde(default)]
-    pins: Vec<PinJson>,
-    #[serde(default)]
-    group_caps: Vec<GroupCapJson>,
-    #[serde(default)]
-    exclude_item_ids: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PinJson {
-    item_id: String,
-    slot: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GroupCapJson {
-    categorical_feature: u32,
-    max_count: u32,
-    #[serde(default)]
-    window: u32,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FeaturesJson {
-    #[serde(default)]
-    dense: Vec<f32>,
-    #[serde(default)]
-    categorical: Vec<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CandidateJson {
-    item_id: String,
-    #[serde(default)]
-    features: FeaturesJson,
-    #[serde(default)]
-    ranking_score: Option<f32>,
-}
-
-#[derive(Debug, Serialize)]
-struct ResponseJson {
-    model_name: String,
-    model_version: u64,
-    items: Vec<ItemJson>,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    unfilled: String,
-}
-
-#[derive(Debug, Serialize)]
-struct ItemJson {
-    item_id: String,
-    candidate_index: u32,
-    score: f32,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    alternatives: Vec<AlternativeJson>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    masked_by: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct AlternativeJson {
-    item_id: String,
-    candidate_index: u32,
-    probability: f32,
-}
-
-impl From<FeaturesJson> for v1::Features {
-    fn from(f: FeaturesJson) -> Self {
-        v1::Features {
-            dense: f.dense,
-            categorical: f.categorical,
-        }
-    }
-}
-
 pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
     let name = args.request.display().to_string();
     let text = if name == "-" {
@@ -236,45 +134,10 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(&args.request).with_context(|| name.clone())?
     };
-    let json: RequestJson =
-        serde_json::from_str(&text).with_context(|| format!("{name}: not a rerank request"))?;
-    let request = v1::RerankRequest {
-        request_id: json.request_id,
-        context: Some(json.context.into()),
-        candidates: json
-            .candidates
-            .into_iter()
-            .map(|c| v1::Candidate {
-                item_id: c.item_id,
-                features: Some(c.features.into()),
-                ranking_score: c.ranking_score,
-            })
-            .collect(),
-        top_k: json.top_k,
-        model_version: json.model_version,
-        constraints: json.constraints.map(|c| v1::Constraints {
-            pins: c
-                .pins
-                .into_iter()
-                .map(|p| v1::Pin {
-                    item_id: p.item_id,
-                    slot: p.slot,
-                })
-                .collect(),
-            group_caps: c
-                .group_caps
-                .into_iter()
-                .map(|g| v1::GroupCap {
-                    categorical_feature: g.categorical_feature,
-                    max_count: g.max_count,
-                    window: g.window,
-                })
-                .collect(),
-            exclude_item_ids: c.exclude_item_ids,
-        }),
-        explain: json.explain,
-        routing_key: json.routing_key,
-    };
+    // Canonical proto3 JSON (what grpcurl and protobuf's JSON printers write), parsed by
+    // the code generated from the proto: unknown fields are refused, either name is read.
+    let request: v1::RerankRequest = serde_json::from_str(&text)
+        .with_context(|| format!("{name}: not a rerank request in proto3 JSON"))?;
     let request = args.server.request(request);
     let response = args
         .server
@@ -284,29 +147,5 @@ pub async fn run(args: RerankArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| RerankFailed(s.code(), s.message().to_string()))?
         .into_inner();
-    let out = ResponseJson {
-        model_name: response.model_name,
-        model_version: response.model_version,
-        items: response
-            .items
-            .into_iter()
-            .map(|i| ItemJson {
-                item_id: i.item_id,
-                candidate_index: i.candidate_index,
-                score: i.score,
-                alternatives: i
-                    .alternatives
-                    .into_iter()
-                    .map(|a| AlternativeJson {
-                        item_id: a.item_id,
-                        candidate_index: a.candidate_index,
-                        probability: a.probability,
-                    })
-                    .collect(),
-                masked_by: i.masked_by,
-            })
-            .collect(),
-        unfilled: response.unfilled,
-    };
-    print_json(&out)
+    print_json(&response)
 }
