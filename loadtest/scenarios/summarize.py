@@ -1,10 +1,9 @@
-"""Markdown tables from the JSON reports of run_all.sh: python3 summarize.py RESULTS_DIR"""
+"""Markdown tables from the JSON reports of run_all.sh: python3 summarize.py RESULTS_DIR
+(`python3 summarize.py --self-test` runs the examples in the docstrings)."""
 import glob
 import json
 import os
 import sys
-
-out = sys.argv[1]
 
 
 def load(name):
@@ -22,6 +21,32 @@ def line(r, first):
     return (f"| {first} | {r['achieved_rate']:.0f} | {l['p50_ms']:.3f} | {l['p90_ms']:.3f} | "
             f"{l['p99_ms']:.3f} | {l['p999_ms']:.3f} | {l['max_ms']:.3f} | {r['errors']} |")
 
+
+def reload_row(t, timeline):
+    """One row of the hot-reload table: a publish at t seconds and the p99 of the seconds
+    before, of and after it. A second outside the run (a publish in its first or last second)
+    or without a successful request shows "-", so every row keeps its five cells.
+
+    >>> tl = [{"second": i, "ok": 10, "errors": i, "p99_ms": 1.0 + i} for i in range(3)]
+    >>> reload_row(1.5, tl)
+    '| 1.5 | 1.000 | 2.000 | 3.000 | 3 |'
+    >>> reload_row(2.7, tl)  # the run's last second: no second after it
+    '| 2.7 | 2.000 | 3.000 | - | 3 |'
+    >>> reload_row(0.2, [{"second": 0, "ok": 0, "errors": 2, "p99_ms": 0.0}])
+    '| 0.2 | - | - | - | 2 |'
+    """
+    s = int(t)
+    window = [timeline[i] if 0 <= i < len(timeline) else None for i in (s - 1, s, s + 1)]
+    p99 = [f"{w['p99_ms']:.3f}" if w and w["ok"] else "-" for w in window]
+    errors = sum(w["errors"] for w in window if w)
+    return f"| {t:.1f} | " + " | ".join(p99) + f" | {errors} |"
+
+
+if sys.argv[1:] == ["--self-test"]:
+    import doctest
+    sys.exit(1 if doctest.testmod().failed else 0)
+
+out = sys.argv[1]
 
 HEAD = "| ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |\n|---|---|---|---|---|---|---|---|"
 
@@ -84,9 +109,5 @@ print(f"sent {hot['sent']}, ok {hot['ok']}, errors {hot['errors']}, codes {hot['
       f"p99 over the run {hot['latency']['p99_ms']:.3f} ms\n")
 print("| publish at s | p99 ms, second before | p99 ms, second of | p99 ms, second after | errors in those 3 s |")
 print("|---|---|---|---|---|")
-timeline = hot["timeline"]
 for t in swaps:
-    s = int(t)
-    window = [timeline[i] for i in (s - 1, s, s + 1) if 0 <= i < len(timeline)]
-    p99 = [f"{w['p99_ms']:.3f}" for w in window]
-    print(f"| {t:.1f} | " + " | ".join(p99) + f" | {sum(w['errors'] for w in window)} |")
+    print(reload_row(t, hot["timeline"]))
