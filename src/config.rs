@@ -106,6 +106,14 @@ pub struct ServeArgs {
     /// version, candidates, items) [default: false]
     #[arg(long, env = "DEGRE_ACCESS_LOG")]
     pub access_log: Option<bool>,
+    /// OTLP/gRPC endpoint to export Rerank spans to, e.g. http://otel-collector:4317
+    /// [default: none, no spans exported]
+    #[arg(long, env = "DEGRE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of traces started here that are exported; a caller's `traceparent` sampling
+    /// decision is followed [default: 1]
+    #[arg(long, env = "DEGRE_OTLP_SAMPLE_RATIO")]
+    pub otlp_sample_ratio: Option<f64>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "DEGRE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -146,6 +154,16 @@ pub struct Config {
     pub log_format: LogFormat,
     pub access_log: bool,
     pub tls: Option<TlsFiles>,
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// Where Rerank spans are exported (OTLP/gRPC) and which share of traces is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    pub endpoint: String,
+    /// Share of traces started here that are exported; a caller's sampling decision in
+    /// `traceparent` is followed.
+    pub sample_ratio: f64,
 }
 
 /// The PEM files the gRPC listener's TLS is configured from.
@@ -263,6 +281,16 @@ impl ServeArgs {
                 self.tls_key.or(file.tls_key),
                 self.tls_client_ca.or(file.tls_client_ca),
             )?,
+            otlp: self
+                .otlp_endpoint
+                .or(file.otlp_endpoint)
+                .map(|endpoint| OtlpConfig {
+                    endpoint,
+                    sample_ratio: self
+                        .otlp_sample_ratio
+                        .or(file.otlp_sample_ratio)
+                        .unwrap_or(1.0),
+                }),
         };
         config.validate()?;
         Ok(config)
@@ -322,6 +350,10 @@ impl Config {
         for (name, share) in [
             ("canary_share", self.canary_share),
             ("shadow_share", self.shadow_share),
+            (
+                "otlp_sample_ratio",
+                self.otlp.as_ref().map_or(1.0, |o| o.sample_ratio),
+            ),
         ] {
             if !(0.0..=1.0).contains(&share) {
                 return Err(ConfigError(format!(

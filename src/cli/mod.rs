@@ -114,7 +114,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    crate::telemetry::init_tracing(config.log_format == LogFormat::Json);
+    let json = config.log_format == LogFormat::Json;
+    let otlp = config
+        .otlp
+        .as_ref()
+        .map(|o| (o.endpoint.as_str(), o.sample_ratio));
+    let _exporting =
+        crate::telemetry::init_tracing(json, otlp).map_err(crate::config::ConfigError)?;
     let server = BoundServer::bind(config).await?;
     server.run(termination_signal()).await
 }

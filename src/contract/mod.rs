@@ -76,6 +76,8 @@ mod tests {
             LoadError::Schema(String::new()),
             LoadError::Weights(String::new()),
             LoadError::Warmup(String::new()),
+            LoadError::Golden(String::new()),
+            LoadError::Timeout(String::new()),
         ];
         let reasons: Vec<_> = all.iter().map(LoadError::reason).collect();
         assert_eq!(reasons, LoadError::REASONS);

@@ -94,48 +94,39 @@ impl Bound {
     }
 }
 
-/// The most bytes one tensor of a version's graphs may take: twice the version's weights
-/// plus 16 MiB, every per-candidate dimension at the version's candidate limit. A model's
-/// tensors are its weights, what derives from them, and per-request activations of a few
-/// MiB at most; one larger can only come from a graph built to exhaust memory.
+/// The most bytes a tensor of a version's graphs whose shape does not depend on the request
+/// may take: twice the version's weights plus 16 MiB. Such tensors are the weights and what
+/// derives from them; one larger can only come from a graph built to exhaust memory when
+/// tract folds it at load. (Per-request tensors are bounded by the candidate limit.)
 pub struct Budget {
     pub bytes: usize,
-    pub max_candidates: usize,
 }
 
 impl Budget {
-    pub fn new(weight_bytes: usize, max_candidates: usize) -> Budget {
+    pub fn new(weight_bytes: usize) -> Budget {
         Budget {
             bytes: weight_bytes.saturating_mul(2).saturating_add(16 << 20),
-            max_candidates,
         }
     }
 }
 
 fn within_budget(model: &TypedModel, file: &str, budget: &Budget) -> Result<(), LoadError> {
-    let at_limit =
-        SymbolValues::default().with(&model.symbols.sym(N), budget.max_candidates as i64);
     for node in model.nodes() {
         for output in &node.outputs {
             let fact = &output.fact;
-            let bytes = fact
-                .shape
+            let Some(shape) = fact.shape.as_concrete() else {
+                continue; // depends on N
+            };
+            let bytes = shape
                 .iter()
-                .try_fold(fact.datum_type.size_of(), |bytes, dim| {
-                    let dim = dim
-                        .eval(&at_limit)
-                        .as_i64()
-                        .and_then(|d| usize::try_from(d).ok())?;
+                .try_fold(fact.datum_type.size_of(), |bytes, &dim| {
                     bytes.checked_mul(dim)
                 });
-            match bytes {
-                Some(bytes) if bytes <= budget.bytes => {}
-                _ => {
-                    return Err(LoadError::Graph(format!(
-                        "{file}: node {:?} makes a {:?} tensor, more than the {} bytes a tensor of this version may take",
-                        node.name, fact.shape, budget.bytes
-                    )))
-                }
+            if bytes.is_none_or(|bytes| bytes > budget.bytes) {
+                return Err(LoadError::Graph(format!(
+                    "{file}: node {:?} makes a {shape:?} tensor, more than the {} bytes a tensor of this version may take",
+                    node.name, budget.bytes
+                )));
             }
         }
     }

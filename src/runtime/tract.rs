@@ -46,10 +46,7 @@ impl TractModel {
         let h = manifest.hidden_size.to_dim();
         let (f32t, i64t) = (f32::datum_type(), i64::datum_type());
         let encoder_inputs = role::encoder_inputs(schema);
-        let budget = Budget::new(
-            weight_bytes(encoder) + weight_bytes(decoder),
-            manifest.limits.max_candidates,
-        );
+        let budget = Budget::new(weight_bytes(encoder) + weight_bytes(decoder));
         let encoder = {
             let model = parse(dir, &manifest.encoder, encoder)?;
             let n = model.symbols.sym(N).to_dim();

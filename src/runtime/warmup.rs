@@ -73,7 +73,9 @@ pub fn reproduce(model: &LoadedModel, golden: &Golden) -> Result<(), LoadError> 
                 )));
             }
             for (index, (x, y)) in got.iter().zip(want).enumerate() {
-                if !((x - y).abs() <= golden::TOLERANCE * (1.0 + y.abs())) {
+                // Written so that NaN is never within.
+                let within = (x - y).abs() <= golden::TOLERANCE * (1.0 + y.abs());
+                if !within {
                     return Err(wrong(format!(
                         "slot {slot}, candidate {index}: {} gives {x}, the exporter's reference {y}",
                         engine.name()

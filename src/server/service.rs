@@ -100,10 +100,16 @@ impl v1::reranker_server::Reranker for RerankService {
             .copied();
         let budget = deadline::budget(client, self.request_timeout);
         let peer = request.remote_addr();
-        let request = request.into_inner();
-        let candidates = request.candidates.len();
         // Debug-formatted: a client's newline cannot forge a log line.
-        let span = tracing::info_span!("rerank", request_id = ?request.request_id);
+        let span = tracing::info_span!(
+            "rerank",
+            request_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
+        telemetry::otlp::continue_trace(&span, request.metadata());
+        let request = request.into_inner();
+        span.record("request_id", tracing::field::debug(&request.request_id));
+        let candidates = request.candidates.len();
         let result = async {
             let result = tokio::time::timeout(budget, self.handle(request, started + budget))
                 .await

@@ -4,6 +4,9 @@
 
 use std::sync::OnceLock;
 
+pub mod otlp;
+pub use otlp::Exporting;
+
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
@@ -342,22 +345,40 @@ fn code_label(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Logs to stderr, as text or one JSON object per line; `DEGRE_LOG` sets the filter.
-pub fn init_tracing(json: bool) {
+/// Logs to stderr, as text or one JSON object per line (`DEGRE_LOG` sets the filter), and,
+/// with `otlp` (endpoint, sample ratio), exports spans; keep the returned guard alive until
+/// exit, which flushes them.
+pub fn init_tracing(json: bool, otlp: Option<(&str, f64)>) -> Result<Option<Exporting>, String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEGRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in files or pipes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = if json {
-        builder
-            .json()
+    let logs = if json {
+        logs.json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init()
+            .boxed()
     } else {
-        builder.try_init()
+        logs.boxed()
     };
+    let (spans, exporting) = match otlp {
+        // degre's own spans at INFO, whatever the log filter says.
+        Some((endpoint, sample_ratio)) => {
+            let (layer, exporting) = otlp::layer(endpoint, sample_ratio)?;
+            let only_degre = tracing_subscriber::filter::Targets::new()
+                .with_target("degre", tracing::Level::INFO);
+            (Some(layer.with_filter(only_degre)), Some(exporting))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .try_init();
+    Ok(exporting)
 }
