@@ -26,12 +26,12 @@ pub struct ServeArgs {
     /// Serve exactly this version instead of the newest (rollback).
     #[arg(long, env = "DEGRE_MODEL_VERSION")]
     pub model_version: Option<u64>,
-    /// gRPC listen address [default: 0.0.0.0:50051]
+    /// gRPC listen address, IP:port or host:port [default: 0.0.0.0:50051]
     #[arg(long, env = "DEGRE_GRPC_ADDR")]
-    pub grpc_addr: Option<SocketAddr>,
-    /// Prometheus /metrics listen address [default: 0.0.0.0:9095]
+    pub grpc_addr: Option<String>,
+    /// Prometheus /metrics listen address, IP:port or host:port [default: 0.0.0.0:9095]
     #[arg(long, env = "DEGRE_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<String>,
     /// How often the repository is polled for new versions [default: 1000]
     #[arg(long, env = "DEGRE_POLL_INTERVAL_MS")]
     pub poll_interval_ms: Option<u64>,
@@ -213,14 +213,12 @@ impl ServeArgs {
                 .unwrap_or_else(|| "models".into()),
             model_name: self.model_name.or(file.model_name),
             model_version: self.model_version.or(file.model_version),
-            grpc_addr: self
-                .grpc_addr
-                .or(file.grpc_addr)
-                .unwrap_or(([0, 0, 0, 0], 50051).into()),
-            metrics_addr: self
-                .metrics_addr
-                .or(file.metrics_addr)
-                .unwrap_or(([0, 0, 0, 0], 9095).into()),
+            grpc_addr: listen_addr("grpc_addr", self.grpc_addr.or(file.grpc_addr), 50051)?,
+            metrics_addr: listen_addr(
+                "metrics_addr",
+                self.metrics_addr.or(file.metrics_addr),
+                9095,
+            )?,
             poll_interval: ms(self
                 .poll_interval_ms
                 .or(file.poll_interval_ms)
@@ -295,6 +293,30 @@ impl ServeArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// `addr` (IP:port, or host:port resolved now: `localhost:50051`), else all interfaces.
+fn listen_addr(name: &str, addr: Option<String>, port: u16) -> Result<SocketAddr, ConfigError> {
+    let Some(addr) = addr else {
+        return Ok(([0, 0, 0, 0], port).into());
+    };
+    if let Ok(ip) = addr.parse() {
+        return Ok(ip);
+    }
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+        .map_err(|e| {
+            ConfigError(format!(
+                "{name} {addr:?}: {e} (expected IP:port or host:port)"
+            ))
+        })?
+        .collect::<Vec<_>>();
+    // `localhost` may give ::1 and 127.0.0.1: IPv4 first, which every client reaches.
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| ConfigError(format!("{name} {addr:?}: resolves to no address")))
 }
 
 /// TLS is on with a certificate and its key; a client CA alone means nothing.

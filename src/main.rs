@@ -1,6 +1,7 @@
 //! The `degre` binary.
 #![forbid(unsafe_code)]
 
+use clap::error::{ContextKind, ErrorKind};
 use clap::Parser;
 use degre::cli::{self, Cli};
 use degre::config::ConfigError;
@@ -9,7 +10,7 @@ use degre::config::ConfigError;
 const EXIT_CONFIG: i32 = 64;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     #[cfg(feature = "offline")]
     if cli.command.is_offline() {
         degre::offline::single_threaded_kernels();
@@ -30,4 +31,26 @@ fn main() {
         };
         std::process::exit(code);
     }
+}
+
+/// `--help` and `--version` print and exit 0; any other error in the command line or a
+/// `DEGRE_*` variable exits 64 and names the variable when the bad value came from it.
+fn usage_error(e: clap::Error) -> ! {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let _ = e.print();
+    let flag = e.get(ContextKind::InvalidArg).map(|arg| arg.to_string());
+    if let Some(flag) = flag.as_deref().and_then(|f| f.split_whitespace().next()) {
+        let var = format!(
+            "DEGRE_{}",
+            flag.trim_start_matches('-')
+                .to_uppercase()
+                .replace('-', "_")
+        );
+        if let Ok(value) = std::env::var(&var) {
+            eprintln!("note: the value came from the environment: {var}={value:?}");
+        }
+    }
+    std::process::exit(EXIT_CONFIG);
 }

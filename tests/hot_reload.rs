@@ -305,7 +305,7 @@ async fn a_taken_port_is_an_error_naming_the_listener_and_address() {
     let args = degre::config::ServeArgs {
         models: Some(dir.path().to_path_buf()),
         grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
-        metrics_addr: Some(addr),
+        metrics_addr: Some(addr.to_string()),
         ..degre::config::ServeArgs::default()
     };
     let err = match degre::server::BoundServer::bind(args.resolve().unwrap()).await {

@@ -216,3 +216,38 @@ async fn the_access_log_has_one_json_line_per_answer() {
         "a request id forged a log line"
     );
 }
+
+#[test]
+fn a_bad_environment_value_exits_64_naming_the_variable() {
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env("DEGRE_MAX_IN_FLIGHT", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DEGRE_MAX_IN_FLIGHT=\"lots\""), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_addresses_may_name_a_host() {
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), 1);
+    let (grpc, metrics) = (free_port(), free_port());
+    let child = tokio::process::Command::new(BIN)
+        .args(["serve", "--models"])
+        .arg(dir.path())
+        .args(["--grpc-addr", &format!("localhost:{grpc}")])
+        .args(["--metrics-addr", &format!("localhost:{metrics}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        answering_client(&format!("http://127.0.0.1:{grpc}")),
+    )
+    .await;
+    sigterm(&child);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(answered.is_ok(), "{}", String::from_utf8_lossy(&out.stderr));
+}
