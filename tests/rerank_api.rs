@@ -611,3 +611,56 @@ async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::T
     }
     out
 }
+
+/// A client that declares a large message and never finishes sending it does not hold the
+/// server's buffer for it beyond the request timeout: the stream is answered and freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_is_cut_at_the_request_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    common::publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |a| a.request_timeout_ms = Some(300)).await;
+    server.wait_serving().await;
+    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::post(format!(
+        "http://{}/degre.v1.Reranker/Rerank",
+        server.grpc_addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    // A gRPC frame declaring 1 MB, of which 1 KB arrives; the rest never does.
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&1_000_000u32.to_be_bytes());
+    frame.extend_from_slice(&[0u8; 1024]);
+    body.send_data(frame.into(), false).unwrap();
+    let started = std::time::Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        let response = response.await.unwrap();
+        let headers = response.headers().clone();
+        let mut body = response.into_body();
+        while body.data().await.is_some() {}
+        let trailers = body.trailers().await.ok().flatten();
+        trailers.or(Some(headers))
+    })
+    .await
+    .expect("the stream was never answered");
+    let status = answered.and_then(|h| h.get("grpc-status").cloned());
+    assert_eq!(
+        status.as_ref().map(|s| s.to_str().unwrap()),
+        Some("1"),
+        "CANCELLED"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}

@@ -31,6 +31,8 @@ use crate::repository::Repository;
 pub use service::RerankService;
 
 const SERVICE_NAME: &str = "degre.v1.Reranker";
+/// How much longer than its deadline a request may take in all, body read included.
+const BODY_GRACE: Duration = Duration::from_millis(250);
 
 /// A server whose listeners are bound; `run` serves until `shutdown` resolves.
 pub struct BoundServer {
@@ -166,9 +168,14 @@ impl BoundServer {
         let (drain, draining) = tokio::sync::oneshot::channel::<()>();
         let answers = answers::CountAnswers::default();
         let in_flight = answers.in_flight.clone();
-        // Per connection, at most `streams × max_message_bytes` of request bodies are held;
+        // Per connection, at most `streams × max_message_bytes` of request bodies are held,
+        // each for at most the request timeout;
         // pings find dead peers; an age limit spreads long-lived channels over new replicas.
         let serving = tonic::transport::Server::builder()
+            // A request is answered within `request_timeout` once its body has arrived; this
+            // also ends one whose body never finishes arriving (a slow sender holding a
+            // buffer of up to `max_message_bytes`), answered CANCELLED.
+            .timeout(config.request_timeout + BODY_GRACE)
             .max_concurrent_streams(config.max_streams_per_connection)
             .http2_max_header_list_size(16 * 1024)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

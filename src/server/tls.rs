@@ -86,7 +86,13 @@ impl Tls {
         let (done, handshaken) = mpsc::channel(64);
         tokio::spawn(async move {
             tokio::pin!(incoming);
-            while let Some(accepted) = incoming.next().await {
+            loop {
+                // Ends with the server: when it stops taking connections, the listener closes.
+                let accepted = tokio::select! {
+                    accepted = incoming.next() => accepted,
+                    () = done.closed() => return,
+                };
+                let Some(accepted) = accepted else { return };
                 let stream = match accepted {
                     Ok(stream) => stream,
                     Err(e) => {
