@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// Largest request or response message [default: 4194304]
     #[arg(long, env = "DEGRE_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Request bytes the whole server may hold before they are decoded (bodies still
+    /// arriving, across every connection); beyond it a request gets RESOURCE_EXHAUSTED
+    /// [default: 67108864]
+    #[arg(long, env = "DEGRE_MAX_BUFFERED_REQUEST_BYTES")]
+    pub max_buffered_request_bytes: Option<usize>,
     /// Requests admitted at once; beyond it the server answers RESOURCE_EXHAUSTED [default: 256]
     #[arg(long, env = "DEGRE_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
@@ -137,6 +142,7 @@ pub struct Config {
     pub poll_interval: Duration,
     pub max_candidates: usize,
     pub max_message_bytes: usize,
+    pub max_buffered_request_bytes: usize,
     pub max_in_flight: usize,
     pub max_streams_per_connection: u32,
     pub max_connection_age: Duration,
@@ -228,6 +234,10 @@ impl ServeArgs {
                 .max_message_bytes
                 .or(file.max_message_bytes)
                 .unwrap_or(4 << 20),
+            max_buffered_request_bytes: self
+                .max_buffered_request_bytes
+                .or(file.max_buffered_request_bytes)
+                .unwrap_or(64 << 20),
             max_in_flight: self.max_in_flight.or(file.max_in_flight).unwrap_or(256),
             max_streams_per_connection: self
                 .max_streams_per_connection
@@ -344,6 +354,10 @@ impl Config {
             ("poll_interval_ms", self.poll_interval.as_millis() as usize),
             ("max_candidates", self.max_candidates),
             ("max_message_bytes", self.max_message_bytes),
+            (
+                "max_buffered_request_bytes",
+                self.max_buffered_request_bytes,
+            ),
             ("max_in_flight", self.max_in_flight),
             ("compute_threads", self.compute_threads),
             (

@@ -612,6 +612,47 @@ async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::T
     out
 }
 
+/// Opens a connection and a Rerank stream whose gRPC frame declares 1 MB, of which
+/// `sent` bytes arrive; the rest never does.
+async fn unfinished_body(
+    addr: std::net::SocketAddr,
+    sent: usize,
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<tonic::codegen::Bytes>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/degre.v1.Reranker/Rerank"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.send_request(request, false).unwrap();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&1_000_000u32.to_be_bytes());
+    frame.resize(5 + sent, 0);
+    body.send_data(frame.into(), false).unwrap();
+    (response, body)
+}
+
+/// The stream's `grpc-status` (from the trailers, or the headers of a trailers-only
+/// answer), or `None` if it is not answered within 5 s.
+async fn grpc_status(response: h2::client::ResponseFuture) -> Option<String> {
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        let response = response.await.ok()?;
+        let headers = response.headers().clone();
+        let mut body = response.into_body();
+        while body.data().await.is_some() {}
+        let trailers = body.trailers().await.ok().flatten();
+        Some(trailers.unwrap_or(headers))
+    });
+    let headers = answered.await.ok()??;
+    Some(headers.get("grpc-status")?.to_str().ok()?.to_string())
+}
+
 /// A client that declares a large message and never finishes sending it does not hold the
 /// server's buffer for it beyond the request timeout: the stream is answered and freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,40 +661,10 @@ async fn a_body_that_never_finishes_is_cut_at_the_request_timeout() {
     common::publish(dir.path(), 1);
     let server = TestServer::start(dir.path(), |a| a.request_timeout_ms = Some(300)).await;
     server.wait_serving().await;
-    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
-        .await
-        .unwrap();
-    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut send = send.ready().await.unwrap();
-    let request = http::Request::post(format!(
-        "http://{}/degre.v1.Reranker/Rerank",
-        server.grpc_addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
-    let (response, mut body) = send.send_request(request, false).unwrap();
-    // A gRPC frame declaring 1 MB, of which 1 KB arrives; the rest never does.
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&1_000_000u32.to_be_bytes());
-    frame.extend_from_slice(&[0u8; 1024]);
-    body.send_data(frame.into(), false).unwrap();
     let started = std::time::Instant::now();
-    let answered = tokio::time::timeout(Duration::from_secs(5), async {
-        let response = response.await.unwrap();
-        let headers = response.headers().clone();
-        let mut body = response.into_body();
-        while body.data().await.is_some() {}
-        let trailers = body.trailers().await.ok().flatten();
-        trailers.or(Some(headers))
-    })
-    .await
-    .expect("the stream was never answered");
-    let status = answered.and_then(|h| h.get("grpc-status").cloned());
+    let (response, _body) = unfinished_body(server.grpc_addr, 1024).await;
     assert_eq!(
-        status.as_ref().map(|s| s.to_str().unwrap()),
+        grpc_status(response).await.as_deref(),
         Some("1"),
         "CANCELLED"
     );
@@ -661,6 +672,47 @@ async fn a_body_that_never_finishes_is_cut_at_the_request_timeout() {
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
+    );
+    server.stop().await;
+}
+
+/// Request bytes held across all connections are bounded: past the budget a stream is
+/// refused at once, small requests still pass, and a cut stream gives its bytes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bytes_held_across_connections_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    common::publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |a| {
+        a.max_buffered_request_bytes = Some(64 << 10);
+        a.request_timeout_ms = Some(300);
+    })
+    .await;
+    server.wait_serving().await;
+    let (held, _a) = unfinished_body(server.grpc_addr, 40 << 10).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (refused, _b) = unfinished_body(server.grpc_addr, 40 << 10).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        grpc_status(refused).await.as_deref(),
+        Some("8"),
+        "RESOURCE_EXHAUSTED"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "refused at once"
+    );
+    let mut client = server.client().await;
+    client
+        .rerank(request(20, 5, 1))
+        .await
+        .expect("a small request fits");
+    // The first stream is cut at its timeout, and its 40 KiB are free again.
+    assert_eq!(grpc_status(held).await.as_deref(), Some("1"), "CANCELLED");
+    let (again, _c) = unfinished_body(server.grpc_addr, 40 << 10).await;
+    assert_eq!(
+        grpc_status(again).await.as_deref(),
+        Some("1"),
+        "held, then cut: not refused"
     );
     server.stop().await;
 }

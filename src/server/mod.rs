@@ -2,6 +2,7 @@
 //! serves Rerank, health and reflection, and drains on shutdown within a grace period.
 
 mod answers;
+mod bodies;
 mod connections;
 mod deadline;
 mod metrics_http;
@@ -31,8 +32,8 @@ use crate::repository::Repository;
 pub use service::RerankService;
 
 const SERVICE_NAME: &str = "degre.v1.Reranker";
-/// How much longer than its deadline a request may take in all, body read included.
-const BODY_GRACE: Duration = Duration::from_millis(250);
+const STREAM_WINDOW: u32 = 128 << 10;
+const CONNECTION_WINDOW: u32 = 256 << 10;
 
 /// A server whose listeners are bound; `run` serves until `shutdown` resolves.
 pub struct BoundServer {
@@ -167,22 +168,31 @@ impl BoundServer {
         let incoming = connections::bounded(incoming, config.max_connections, config.idle_timeout);
         let (drain, draining) = tokio::sync::oneshot::channel::<()>();
         let answers = answers::CountAnswers::default();
+        let budget = bodies::BodyBudget::new(config.max_buffered_request_bytes);
         let in_flight = answers.in_flight.clone();
         // Per connection, at most `streams × max_message_bytes` of request bodies are held,
         // each for at most the request timeout;
         // pings find dead peers; an age limit spreads long-lived channels over new replicas.
         let serving = tonic::transport::Server::builder()
-            // A request is answered within `request_timeout` once its body has arrived; this
-            // also ends one whose body never finishes arriving (a slow sender holding a
-            // buffer of up to `max_message_bytes`), answered CANCELLED.
-            .timeout(config.request_timeout + BODY_GRACE)
+            // A request is answered within `request_timeout` once its body has arrived (a
+            // computation that started in time may end a little later); this also ends one
+            // whose body never finishes arriving (a slow sender holding a buffer of up to
+            // `max_message_bytes`), answered CANCELLED.
+            .timeout(2 * config.request_timeout)
             .max_concurrent_streams(config.max_streams_per_connection)
+            // What a connection may send ahead of the server reading it (hyper's default is
+            // 1 MiB each): one request of N = 100 fits a stream's window.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .http2_max_header_list_size(16 * 1024)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_connection_age(config.max_connection_age)
             .max_connection_age_grace(config.shutdown_grace)
             .layer(answers.clone())
+            .layer(tower::util::MapRequestLayer::new(move |request| {
+                budget.count::<tonic::body::Body>(request)
+            }))
             .layer(tower::util::MapRequestLayer::new(
                 deadline::record_client_timeout::<tonic::body::Body>,
             ))
