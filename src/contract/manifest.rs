@@ -12,6 +12,15 @@ use super::LoadError;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT_VERSION: u32 = 1;
 
+/// A file modified this recently whose checksum does not match is taken for a copy in
+/// progress (`incomplete`), not for corruption (`checksum`).
+const STILL_COPYING: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn modified_within(path: &Path, window: std::time::Duration) -> bool {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified());
+    modified.is_ok_and(|t| t.elapsed().is_ok_and(|age| age < window))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -120,9 +129,15 @@ impl Manifest {
             let actual =
                 sha256_file(&path).map_err(|e| missing_or(e, &path, LoadError::Checksum))?;
             if &actual != expected {
-                return Err(LoadError::Checksum(format!(
-                    "{file}: sha256 is {actual}, manifest says {expected}"
-                )));
+                let why = format!("{file}: sha256 is {actual}, manifest says {expected}");
+                // A file written in the last seconds is most likely a copy still under way
+                // (not atomic): not corrupt yet, and retried once it changes.
+                if modified_within(&path, STILL_COPYING) {
+                    return Err(LoadError::Incomplete(format!(
+                        "{why} (modified just now: still being copied?)"
+                    )));
+                }
+                return Err(LoadError::Checksum(why));
             }
         }
         Ok(manifest)
@@ -179,4 +194,38 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version dir whose one file does not match its checksum, written `age` ago.
+    fn mismatched(age: std::time::Duration) -> Result<Manifest, LoadError> {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = serde_json::json!({
+            "format_version": FORMAT_VERSION, "model_name": "m", "hidden_size": 4,
+            "schema": {"context_dense": [], "context_categorical": [],
+                       "candidate_dense": ["x"], "candidate_categorical": []},
+            "limits": {"max_candidates": 8},
+            "encoder": {"file": "e.onnx", "inputs": {}, "outputs": {}},
+            "decoder": {"file": "e.onnx", "inputs": {}, "outputs": {}},
+            "files": {"e.onnx": sha256_hex(b"all of it")},
+        });
+        std::fs::write(dir.path().join(MANIFEST_FILE), manifest.to_string()).unwrap();
+        let graph = dir.path().join("e.onnx");
+        std::fs::write(&graph, b"all of").unwrap();
+        let file = std::fs::File::options().write(true).open(&graph).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+        Manifest::load_verified(dir.path())
+    }
+
+    #[test]
+    fn a_mismatch_in_a_file_written_just_now_is_a_copy_in_progress() {
+        let fresh = mismatched(std::time::Duration::ZERO).unwrap_err();
+        assert_eq!(fresh.reason(), "incomplete", "{fresh}");
+        let old = mismatched(std::time::Duration::from_secs(60)).unwrap_err();
+        assert_eq!(old.reason(), "checksum", "{old}");
+    }
 }

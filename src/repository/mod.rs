@@ -86,10 +86,26 @@ impl Repository {
         let mut versions: Vec<u64> = entries
             .filter_map(Result::ok)
             .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter_map(|e| version_of(e.file_name().to_str()?))
             .collect();
         versions.sort_unstable_by(|a, b| b.cmp(a));
         Ok(versions)
+    }
+
+    /// Folders named like a version but not as one (`0018`, `+7`): never loaded, so worth
+    /// a warning rather than silence.
+    pub fn misnamed_versions(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.model_dir()) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name.parse::<u64>().is_ok() && version_of(name).is_none())
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn fingerprint(&self, version: u64) -> io::Result<Fingerprint> {
@@ -132,5 +148,37 @@ impl Repository {
             )));
         }
         LoadedModel::load(&dir, version, manifest)
+    }
+}
+
+/// The version a folder name denotes: a decimal integer written without leading zeros or
+/// sign, the one way `degre publish` writes it (so `18` and `0018` cannot both be 18).
+fn version_of(name: &str) -> Option<u64> {
+    let version: u64 = name.parse().ok()?;
+    (version.to_string() == name).then_some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_names_are_versions() {
+        assert_eq!(version_of("18"), Some(18));
+        assert_eq!(version_of("0"), Some(0));
+        for name in ["0018", "+18", "18 ", "", "v18", "-1", ".staging-18"] {
+            assert_eq!(version_of(name), None, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn misnamed_version_folders_are_listed_and_not_served() {
+        let root = tempfile::tempdir().unwrap();
+        for name in ["3", "0018", ".staging-x", "notes"] {
+            fs::create_dir_all(root.path().join("m").join(name)).unwrap();
+        }
+        let repo = Repository::open(root.path(), Some("m")).unwrap();
+        assert_eq!(repo.versions().unwrap(), [3]);
+        assert_eq!(repo.misnamed_versions(), ["0018"]);
     }
 }

@@ -22,6 +22,8 @@ pub struct Watcher {
     failed: HashMap<u64, Fingerprint>,
     /// Whether the removal of the serving version's folder was already reported.
     warned_removed: bool,
+    /// Misnamed version folders already reported.
+    warned_misnamed: Vec<String>,
     on_swap: Box<dyn Fn(u64) + Send>,
     load_timeout: Duration,
     /// A load given up on at its timeout, perhaps still running: no other starts until it
@@ -44,6 +46,7 @@ impl Watcher {
             pin,
             failed: HashMap::new(),
             warned_removed: false,
+            warned_misnamed: Vec::new(),
             on_swap: Box::new(on_swap),
             load_timeout,
             abandoned: None,
@@ -91,6 +94,17 @@ impl Watcher {
                 return;
             }
         };
+        let misnamed = self.repo.misnamed_versions();
+        for name in misnamed
+            .iter()
+            .filter(|n| !self.warned_misnamed.contains(n))
+        {
+            tracing::warn!(
+                folder = %self.repo.model_dir().join(name).display(),
+                "not a version folder name (versions are written without leading zeros or sign): ignored"
+            );
+        }
+        self.warned_misnamed = misnamed;
         // Forget failures of versions that are gone, so the map stays bounded.
         self.failed.retain(|v, _| versions.contains(v));
         let current = self.store.current().map(|g| g.version);
