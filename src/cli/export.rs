@@ -18,15 +18,19 @@ pub struct ExportArgs {
     /// Feature schema as JSON (the manifest's "schema" object); default: the bundled schema.
     #[arg(long)]
     pub schema: Option<PathBuf>,
+    /// Model name written into the manifest (the repository folder it is served from).
     #[arg(long, default_value = "degre")]
     pub model_name: String,
     /// Seed of the weight initialisation.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Width of the generator (the served model's hidden size).
     #[arg(long, default_value_t = 32)]
     pub hidden: usize,
+    /// Width of each categorical feature's embedding.
     #[arg(long, default_value_t = 8)]
     pub embed: usize,
+    /// Candidate limit written into the manifest (`limits.max_candidates`).
     #[arg(long, default_value_t = 256)]
     pub max_candidates: usize,
 }

@@ -11,11 +11,13 @@ use tonic_health::pb::{
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
+    /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// Service to ask about; empty asks about the server as a whole.
     #[arg(long, default_value = "degre.v1.Reranker")]
     pub service: String,
+    /// Deadline of the health check; past it, the command exits non-zero.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
 }

@@ -18,6 +18,7 @@ pub struct SimulateArgs {
     /// Directory for world.json, train.parquet and test.parquet.
     #[arg(long)]
     pub out: PathBuf,
+    /// Seed of everything random in this command.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// TOML file overriding any simulator setting (keys and defaults: docs/offline.md, "The benchmark environment").
@@ -52,18 +53,25 @@ pub struct TrainEvaluatorArgs {
     /// Directory for evaluator.json, evaluator.safetensors and checkpoint/.
     #[arg(long)]
     pub out: PathBuf,
+    /// Seed of everything random in this command.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Most training epochs (early stopping on the validation split may end sooner).
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     pub epochs: usize,
+    /// Logged requests per gradient step.
     #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
+    /// Width of the evaluator.
     #[arg(long, default_value_t = TrainConfig::default().hidden)]
     pub hidden: usize,
+    /// Adam learning rate.
     #[arg(long, default_value_t = TrainConfig::default().learning_rate)]
     pub learning_rate: f64,
+    /// Epochs without a better validation loss before training stops.
     #[arg(long, default_value_t = TrainConfig::default().patience)]
     pub patience: usize,
+    /// Share of logged requests held out for validation and early stopping.
     #[arg(long, default_value_t = TrainConfig::default().valid_fraction)]
     pub valid_fraction: f64,
     /// What a slot earns: `clicks`, `value` (the logs' `values`, e.g. GMV) or
@@ -147,11 +155,13 @@ pub struct EvalArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Seed of everything random in this command.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Random lists per request, and requests, for the evaluator's rank correlation.
     #[arg(long, default_value_t = 50)]
     pub correlation_lists: usize,
+    /// Requests for the evaluator's rank correlation (see --correlation-lists).
     #[arg(long, default_value_t = 200)]
     pub correlation_requests: usize,
 }

@@ -49,6 +49,7 @@ pub struct MineArgs {
     /// Keep what --out already holds and mine only the rest.
     #[arg(long)]
     pub resume: bool,
+    /// No progress bars (for logs and CI); stage lines still print.
     #[arg(long)]
     pub quiet: bool,
 }
@@ -105,20 +106,29 @@ pub struct DistillArgs {
     /// One-hot targets on the mined list instead of soft targets (an ablation).
     #[arg(long)]
     pub hard_labels: bool,
+    /// Softmax temperature of the soft targets, in units of an average click's reward
+    /// (lower: closer to one-hot on the best item).
     #[arg(long, default_value_t = DistillConfig::default().temperature)]
     pub temperature: f64,
+    /// Weight of the cross-entropy on the teacher's own item, added to the soft targets.
     #[arg(long, default_value_t = DistillConfig::default().ce_weight)]
     pub ce_weight: f64,
+    /// Most training epochs (early stopping on held-out requests may end sooner).
     #[arg(long, default_value_t = DistillConfig::default().epochs)]
     pub epochs: usize,
+    /// Width of the generator (the served model's hidden size).
     #[arg(long, default_value_t = DistillConfig::default().hidden)]
     pub hidden: usize,
+    /// Seed of initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Model name written into the manifest (the repository folder it is served from).
     #[arg(long, default_value = "degre")]
     pub model_name: String,
+    /// Candidate limit written into the manifest (`limits.max_candidates`).
     #[arg(long, default_value_t = 256)]
     pub max_candidates: usize,
+    /// No progress bars (for logs and CI); stage lines still print.
     #[arg(long)]
     pub quiet: bool,
 }
@@ -206,6 +216,7 @@ pub struct PipelineArgs {
     /// off on user logs).
     #[arg(long, value_name = "BOOL")]
     pub baselines: Option<bool>,
+    /// No progress bars (for logs and CI); stage lines still print.
     #[arg(long)]
     pub quiet: bool,
 }
