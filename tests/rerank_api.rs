@@ -716,3 +716,37 @@ async fn request_bytes_held_across_connections_are_bounded() {
     );
     server.stop().await;
 }
+
+/// A stream that ends before a whole request message arrived is the client's error
+/// (INVALID_ARGUMENT), not the server's INTERNAL: overloaded clients that give up must not
+/// look like a broken model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_a_message_is_the_clients_error() {
+    let dir = tempfile::tempdir().unwrap();
+    common::publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |_| {}).await;
+    server.wait_serving().await;
+    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let addr = server.grpc_addr;
+    let request = http::Request::post(format!("http://{addr}/degre.v1.Reranker/Rerank"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    assert_eq!(
+        grpc_status(response).await.as_deref(),
+        Some("3"),
+        "INVALID_ARGUMENT"
+    );
+    let counted = "degre_requests_total{code=\"INVALID_ARGUMENT\",version=\"none\"} 1";
+    let metrics = server.metrics_with(&[counted.to_string()]).await;
+    assert!(metrics.contains(counted), "{metrics}");
+    assert!(!metrics.contains("code=\"INTERNAL\""), "{metrics}");
+    server.stop().await;
+}

@@ -72,10 +72,11 @@ where
         });
         let future = self.inner.call(request);
         Box::pin(async move {
-            let response = future.await?;
+            let mut response = future.await?;
             let Some(mut answer) = answer else {
                 return Ok(response);
             };
+            no_message_is_the_clients_error(response.headers_mut());
             answer.version = response.extensions().get::<ServedBy>().map(|s| s.0);
             // A trailers-only answer (an error before any message) carries its status in
             // the headers; any other carries it in the trailers at the end of the body.
@@ -149,6 +150,21 @@ impl Body for CountedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// tonic answers INTERNAL "Missing request message." to a stream that ended (or was reset
+/// by its client) before a whole message arrived. Nothing failed in the server: it is the
+/// client's doing, so it is answered and counted as INVALID_ARGUMENT, and an overload
+/// whose clients give up does not look like a broken model.
+fn no_message_is_the_clients_error(headers: &mut http::HeaderMap) {
+    const MISSING: &str = "Missing%20request%20message.";
+    let internal = grpc_status(headers) == Some(Code::Internal);
+    if internal && headers.get("grpc-message").is_some_and(|m| m == MISSING) {
+        let status = (Code::InvalidArgument as i32).to_string();
+        headers.insert("grpc-status", status.parse().expect("digits"));
+        let message = "request%3A%20the%20stream%20ended%20before%20a%20whole%20message%20arrived";
+        headers.insert("grpc-message", http::HeaderValue::from_static(message));
     }
 }
 
