@@ -95,16 +95,7 @@ fn promtool_accepts(text: &str) {
 /// Sends one raw gRPC call whose message is `payload`, and returns the `grpc-status` the
 /// client sees (in the headers of a trailers-only answer, or in the trailers).
 async fn raw_rerank(addr: std::net::SocketAddr, payload: &[u8]) -> String {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut send = send.ready().await.unwrap();
-    let request = http::Request::post(format!("http://{addr}/degre.v1.Reranker/Rerank"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut stream) = send.send_request(request, false).unwrap();
+    let (response, mut stream) = common::raw_rerank_stream(addr, false).await;
     let mut frame = vec![0u8];
     frame.extend((payload.len() as u32).to_be_bytes());
     frame.extend_from_slice(payload);

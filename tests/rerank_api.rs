@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{publish, request, TestServer};
+use common::{grpc_status, publish, request, TestServer};
 use degre::api::v1::{reranker_client::RerankerClient, RerankRequest};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -612,8 +612,8 @@ async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::T
     out
 }
 
-/// Opens a connection and a Rerank stream whose gRPC frame declares 1 MB, of which
-/// `sent` bytes arrive; the rest never does.
+/// A Rerank stream whose gRPC frame declares 1 MB, of which `sent` bytes arrive; the rest
+/// never does.
 async fn unfinished_body(
     addr: std::net::SocketAddr,
     sent: usize,
@@ -621,36 +621,12 @@ async fn unfinished_body(
     h2::client::ResponseFuture,
     h2::SendStream<tonic::codegen::Bytes>,
 ) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut send = send.ready().await.unwrap();
-    let request = http::Request::post(format!("http://{addr}/degre.v1.Reranker/Rerank"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut body) = send.send_request(request, false).unwrap();
+    let (response, mut body) = common::raw_rerank_stream(addr, false).await;
     let mut frame = vec![0u8];
     frame.extend_from_slice(&1_000_000u32.to_be_bytes());
     frame.resize(5 + sent, 0);
     body.send_data(frame.into(), false).unwrap();
     (response, body)
-}
-
-/// The stream's `grpc-status` (from the trailers, or the headers of a trailers-only
-/// answer), or `None` if it is not answered within 5 s.
-async fn grpc_status(response: h2::client::ResponseFuture) -> Option<String> {
-    let answered = tokio::time::timeout(Duration::from_secs(5), async {
-        let response = response.await.ok()?;
-        let headers = response.headers().clone();
-        let mut body = response.into_body();
-        while body.data().await.is_some() {}
-        let trailers = body.trailers().await.ok().flatten();
-        Some(trailers.unwrap_or(headers))
-    });
-    let headers = answered.await.ok()??;
-    Some(headers.get("grpc-status")?.to_str().ok()?.to_string())
 }
 
 /// A client that declares a large message and never finishes sending it does not hold the
@@ -726,19 +702,7 @@ async fn a_stream_without_a_message_is_the_clients_error() {
     common::publish(dir.path(), 1);
     let server = TestServer::start(dir.path(), |_| {}).await;
     server.wait_serving().await;
-    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
-        .await
-        .unwrap();
-    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut send = send.ready().await.unwrap();
-    let addr = server.grpc_addr;
-    let request = http::Request::post(format!("http://{addr}/degre.v1.Reranker/Rerank"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, _) = send.send_request(request, true).unwrap();
+    let (response, _) = common::raw_rerank_stream(server.grpc_addr, true).await;
     assert_eq!(
         grpc_status(response).await.as_deref(),
         Some("3"),

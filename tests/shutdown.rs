@@ -6,18 +6,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{publish, request};
+use common::{free_port, publish, request, serve_process};
 use degre::api::v1::reranker_client::RerankerClient;
 
 const BIN: &str = env!("CARGO_BIN_EXE_degre");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A client of the server at `addr`, once it answers a request.
 async fn answering_client(addr: &str) -> RerankerClient<tonic::transport::Channel> {
@@ -122,16 +114,13 @@ async fn a_health_watch_does_not_hold_sigterm_for_the_grace_period() {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), 1);
-    let (grpc, metrics) = (free_port(), free_port());
-    let child = tokio::process::Command::new(BIN)
-        .args(["serve", "--models"])
-        .arg(dir.path())
-        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-        .args(["--shutdown-grace-ms", "120000"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let grpc = free_port();
+    let child = serve_process(
+        dir.path(),
+        "127.0.0.1",
+        grpc,
+        &["--shutdown-grace-ms", "120000"],
+    );
     let addr = format!("http://127.0.0.1:{grpc}");
     let mut client = answering_client(&addr).await;
     // A load balancer's health watch: a stream the server never ends by itself.
@@ -166,16 +155,9 @@ async fn a_health_watch_does_not_hold_sigterm_for_the_grace_period() {
 async fn the_access_log_has_one_json_line_per_answer() {
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), 1);
-    let (grpc, metrics) = (free_port(), free_port());
-    let child = tokio::process::Command::new(BIN)
-        .args(["serve", "--models"])
-        .arg(dir.path())
-        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-        .args(["--access-log", "true", "--log-format", "json"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let grpc = free_port();
+    let logs = ["--access-log", "true", "--log-format", "json"];
+    let child = serve_process(dir.path(), "127.0.0.1", grpc, &logs);
     let mut client = answering_client(&format!("http://127.0.0.1:{grpc}")).await;
     let mut forged = request(5, 5, 1);
     forged.request_id = "r-1\n{\"forged\": true}".into();
@@ -233,15 +215,8 @@ fn a_bad_environment_value_exits_64_naming_the_variable() {
 async fn listen_addresses_may_name_a_host() {
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), 1);
-    let (grpc, metrics) = (free_port(), free_port());
-    let child = tokio::process::Command::new(BIN)
-        .args(["serve", "--models"])
-        .arg(dir.path())
-        .args(["--grpc-addr", &format!("localhost:{grpc}")])
-        .args(["--metrics-addr", &format!("localhost:{metrics}")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let grpc = free_port();
+    let child = serve_process(dir.path(), "localhost", grpc, &[]);
     let answered = tokio::time::timeout(
         Duration::from_secs(30),
         answering_client(&format!("http://127.0.0.1:{grpc}")),

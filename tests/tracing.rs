@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{publish, request};
+use common::{free_port, publish, request, serve_process};
 use degre::api::v1::reranker_client::RerankerClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -18,7 +18,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use tokio::sync::mpsc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_degre");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
@@ -33,11 +32,6 @@ impl TraceService for Collector {
         let _ = self.0.send(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -57,17 +51,17 @@ async fn rerank_spans_reach_an_otlp_collector_in_the_callers_trace() {
 
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), 1);
-    let (grpc, metrics) = (free_port(), free_port());
-    let child = tokio::process::Command::new(BIN)
-        .args(["serve", "--models"])
-        .arg(dir.path())
-        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-        .args(["--otlp-endpoint", &format!("http://{collector_addr}")])
-        .args(["--log-format", "json", "--access-log", "true"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let grpc = free_port();
+    let endpoint = format!("http://{collector_addr}");
+    let args = [
+        "--otlp-endpoint",
+        &endpoint,
+        "--log-format",
+        "json",
+        "--access-log",
+        "true",
+    ];
+    let child = serve_process(dir.path(), "127.0.0.1", grpc, &args);
     let addr = format!("http://127.0.0.1:{grpc}");
     let mut client = loop {
         if let Ok(mut c) = RerankerClient::connect(addr.clone()).await {

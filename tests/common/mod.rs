@@ -160,6 +160,62 @@ impl TestServer {
     }
 }
 
+/// A loopback port free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The `degre` binary serving `models` as its own process, gRPC on `host:grpc`, metrics on
+/// a free port, stderr piped, with `args` added.
+pub fn serve_process(models: &Path, host: &str, grpc: u16, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_degre"))
+        .args(["serve", "--models"])
+        .arg(models)
+        .args(["--grpc-addr", &format!("{host}:{grpc}")])
+        .args(["--metrics-addr", &format!("{host}:{}", free_port())])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A raw HTTP/2 Rerank call on a connection of its own (headers sent, the body is the
+/// caller's to write), for what a gRPC client library would not send.
+pub async fn raw_rerank_stream(
+    addr: std::net::SocketAddr,
+    end_of_stream: bool,
+) -> (
+    h2::client::ResponseFuture,
+    h2::SendStream<tonic::codegen::Bytes>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/degre.v1.Reranker/Rerank"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    send.send_request(request, end_of_stream).unwrap()
+}
+
+/// The call's `grpc-status` (from the trailers, or the headers of a trailers-only
+/// answer), or `None` if it is not answered within 5 s.
+pub async fn grpc_status(response: h2::client::ResponseFuture) -> Option<String> {
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+        let response = response.await.ok()?;
+        let headers = response.headers().clone();
+        let mut body = response.into_body();
+        while body.data().await.is_some() {}
+        let trailers = body.trailers().await.ok().flatten();
+        Some(trailers.unwrap_or(headers))
+    });
+    let headers = answered.await.ok()??;
+    Some(headers.get("grpc-status")?.to_str().ok()?.to_string())
+}
+
 /// A plain HTTP/1.0 GET, enough for /metrics.
 pub async fn http_get(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
