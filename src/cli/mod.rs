@@ -19,7 +19,14 @@ use crate::server::{termination_signal, BoundServer};
 #[command(
     name = "degre",
     version,
-    about = "DeGRe reranking: serve, query and publish generators"
+    about = "DeGRe reranking: serve, query and publish generators",
+    after_help = "\
+Examples:
+  degre serve --models models                       serve the bundled model on :50051
+  degre rerank --request docs/examples/rerank_request.json
+  degre model-info                                  what the server serves, as JSON
+  degre pipeline --logs logs.parquet --out runs/mine --publish models
+  degre serve --help                                every setting, its DEGRE_* variable and default"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,7 +39,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve the Rerank gRPC API from a model repository, hot-reloading new versions.
     Serve(ServeArgs),
-    /// Send a JSON request file to a running server and print the response as JSON. Exits
+    /// Send a request file in proto3 JSON to a running server and print the response in proto3 JSON. Exits
     /// 0 on OK, 20 + the gRPC code on any other answer (23 INVALID_ARGUMENT, 34 UNAVAILABLE,
     /// …), 1 if it could not ask.
     Rerank(rerank::RerankArgs),
