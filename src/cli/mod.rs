@@ -39,9 +39,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve the Rerank gRPC API from a model repository, hot-reloading new versions.
     Serve(ServeArgs),
-    /// Send a request file in proto3 JSON to a running server and print the response in proto3 JSON. Exits
-    /// 0 on OK, 20 + the gRPC code on any other answer (23 INVALID_ARGUMENT, 34 UNAVAILABLE,
-    /// …), 1 if it could not ask.
+    /// Send a request file in proto3 JSON to a running server and print the response in
+    /// proto3 JSON. Exits 0 on OK, 20 + the gRPC code on any other answer (23
+    /// INVALID_ARGUMENT, 34 UNAVAILABLE, …), 1 if it could not ask.
     Rerank(rerank::RerankArgs),
     /// Print what a running server serves (GetModelInfo) as JSON: loaded versions, the
     /// feature schema a request must follow, limits, objective. Exit codes as `rerank`.
