@@ -24,7 +24,7 @@ use crate::server::{termination_signal, BoundServer};
 Examples:
   degre serve --models models                       serve the bundled model on :50051
   degre rerank --request docs/examples/rerank_request.json
-  degre model-info                                  what the server serves, as JSON
+  degre model-info                                  what the server serves, in proto3 JSON
   degre pipeline --logs logs.parquet --out runs/mine --publish models
   degre serve --help                                every setting, its DEGRE_* variable and default"
 )]
@@ -43,7 +43,7 @@ pub enum Command {
     /// proto3 JSON. Exits 0 on OK, 20 + the gRPC code on any other answer (23
     /// INVALID_ARGUMENT, 34 UNAVAILABLE, …), 1 if it could not ask.
     Rerank(rerank::RerankArgs),
-    /// Print what a running server serves (GetModelInfo) as JSON: loaded versions, the
+    /// Print what a running server serves (GetModelInfo) in proto3 JSON: loaded versions, the
     /// feature schema a request must follow, limits, objective. Exit codes as `rerank`.
     ModelInfo(rerank::ModelInfoArgs),
     /// Exit 0 if a server reports SERVING on grpc.health.v1 (for container health checks).
