@@ -714,3 +714,37 @@ async fn a_stream_without_a_message_is_the_clients_error() {
     assert!(!metrics.contains("code=\"INTERNAL\""), "{metrics}");
     server.stop().await;
 }
+
+/// Admission counts a request from its headers: past `--max-in-flight` the next one is
+/// refused at once, before its body is read, and a slot frees when an answer is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_in_flight_limit_are_refused_before_their_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    common::publish(dir.path(), 1);
+    let server = TestServer::start(dir.path(), |a| {
+        a.max_in_flight = Some(1);
+        a.compute_threads = Some(1);
+        a.request_timeout_ms = Some(300);
+    })
+    .await;
+    server.wait_serving().await;
+    // One request in flight whose body never completes.
+    let (held, _body) = unfinished_body(server.grpc_addr, 1024).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut client = server.client().await;
+    let started = std::time::Instant::now();
+    let status = client.rerank(request(20, 5, 1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("in flight"), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "refused at once"
+    );
+    // The held one is cut at its timeout; then there is room again.
+    assert_eq!(grpc_status(held).await.as_deref(), Some("1"), "CANCELLED");
+    client
+        .rerank(request(20, 5, 2))
+        .await
+        .expect("admitted again");
+    server.stop().await;
+}

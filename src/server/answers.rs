@@ -22,10 +22,12 @@ const RERANK_PATH: &str = "/degre.v1.Reranker/Rerank";
 pub struct ServedBy(pub u64);
 
 /// The tower layer: wraps every service of the server; only Rerank calls are counted.
-/// `in_flight` holds the Rerank calls not answered yet (a drain waits for these only).
+/// `in_flight` holds the Rerank calls not answered yet (a drain waits for these only); one
+/// more than `max_in_flight` is refused here, before its body is read or decoded.
 #[derive(Debug, Clone, Default)]
 pub struct CountAnswers {
     pub in_flight: Arc<AtomicUsize>,
+    pub max_in_flight: usize,
 }
 
 impl<S> tower::Layer<S> for CountAnswers {
@@ -34,6 +36,7 @@ impl<S> tower::Layer<S> for CountAnswers {
         Counted {
             inner,
             in_flight: self.in_flight.clone(),
+            max_in_flight: self.max_in_flight,
         }
     }
 }
@@ -42,6 +45,7 @@ impl<S> tower::Layer<S> for CountAnswers {
 pub struct Counted<S> {
     inner: S,
     in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
 }
 
 impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for Counted<S>
@@ -61,6 +65,17 @@ where
         let counted = request.uri().path() == RERANK_PATH;
         let started = Instant::now();
         // Counted from now until answered, even if this future is dropped on the way.
+        // Refused before anything is read: under overload a refusal costs no decode, and
+        // the requests waiting to be polled stay few, so the admitted ones answer fast.
+        if counted && self.in_flight.load(Ordering::Acquire) >= self.max_in_flight {
+            telemetry::request_done(Code::ResourceExhausted, None, 0.0);
+            let status = tonic::Status::resource_exhausted(format!(
+                "server is overloaded: {} requests in flight (--max-in-flight)",
+                self.max_in_flight
+            ));
+            let response = status.into_http();
+            return Box::pin(async move { Ok(response) });
+        }
         let answer = counted.then(|| {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             Answer {
