@@ -24,10 +24,19 @@ pub struct ServedBy(pub u64);
 /// The tower layer: wraps every service of the server; only Rerank calls are counted.
 /// `in_flight` holds the Rerank calls not answered yet (a drain waits for these only); one
 /// more than `max_in_flight` is refused here, before its body is read or decoded.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CountAnswers {
     pub in_flight: Arc<AtomicUsize>,
-    pub max_in_flight: usize,
+    max_in_flight: usize,
+}
+
+impl CountAnswers {
+    pub fn new(max_in_flight: usize) -> CountAnswers {
+        CountAnswers {
+            in_flight: Arc::default(),
+            max_in_flight,
+        }
+    }
 }
 
 impl<S> tower::Layer<S> for CountAnswers {
@@ -64,10 +73,10 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let counted = request.uri().path() == RERANK_PATH;
         let started = Instant::now();
-        // Counted from now until answered, even if this future is dropped on the way.
         // Refused before anything is read: under overload a refusal costs no decode, and
         // the requests waiting to be polled stay few, so the admitted ones answer fast.
-        if counted && self.in_flight.load(Ordering::Acquire) >= self.max_in_flight {
+        if counted && self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
             telemetry::request_done(Code::ResourceExhausted, None, 0.0);
             let status = tonic::Status::resource_exhausted(format!(
                 "server is overloaded: {} requests in flight (--max-in-flight)",
@@ -76,14 +85,12 @@ where
             let response = status.into_http();
             return Box::pin(async move { Ok(response) });
         }
-        let answer = counted.then(|| {
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
-            Answer {
-                started,
-                version: None,
-                done: false,
-                in_flight: self.in_flight.clone(),
-            }
+        // Counted from now until answered, even if this future is dropped on the way.
+        let answer = counted.then(|| Answer {
+            started,
+            version: None,
+            done: false,
+            in_flight: self.in_flight.clone(),
         });
         let future = self.inner.call(request);
         Box::pin(async move {

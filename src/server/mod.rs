@@ -167,10 +167,7 @@ impl BoundServer {
             .with_keepalive(Some(Duration::from_secs(60)));
         let incoming = connections::bounded(incoming, config.max_connections, config.idle_timeout);
         let (drain, draining) = tokio::sync::oneshot::channel::<()>();
-        let answers = answers::CountAnswers {
-            max_in_flight: config.max_in_flight,
-            ..Default::default()
-        };
+        let answers = answers::CountAnswers::new(config.max_in_flight);
         let budget = bodies::BodyBudget::new(config.max_buffered_request_bytes);
         let in_flight = answers.in_flight.clone();
         // Per connection, at most `streams × max_message_bytes` of request bodies are held,
