@@ -1,4 +1,4 @@
-//! The Rerank RPC: admission, deadline, validation, and model compute. Transport only: the
+//! The Rerank RPC: deadline, validation, compute queue, and model compute. Transport only: the
 //! math is in `rerank` and `runtime`.
 //!
 //! Compute runs on the tokio worker that received the request, at most `compute_threads` at
@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -24,12 +23,9 @@ use crate::telemetry;
 
 pub struct RerankService {
     store: Arc<ModelStore>,
-    /// Requests admitted at once (queued for compute or computing).
-    admission: Arc<Semaphore>,
     /// Requests computing at once (so that some workers stay free for I/O and health),
     /// and how long they may queue for it.
     compute: ComputeQueue,
-    max_in_flight: usize,
     max_candidates: usize,
     request_timeout: Duration,
     routing: Routing,
@@ -40,9 +36,7 @@ impl RerankService {
     pub fn new(store: Arc<ModelStore>, config: &Config) -> RerankService {
         RerankService {
             store,
-            admission: Arc::new(Semaphore::new(config.max_in_flight)),
             compute: ComputeQueue::new(config.compute_threads, config.max_queue),
-            max_in_flight: config.max_in_flight,
             max_candidates: config.max_candidates,
             request_timeout: config.request_timeout,
             routing: Routing::new(config.canary_share, config.shadow_share),
@@ -56,10 +50,7 @@ impl RerankService {
         request: v1::RerankRequest,
         deadline: Instant,
     ) -> Result<v1::RerankResponse, ServeError> {
-        let _admitted = self
-            .admission
-            .try_acquire()
-            .map_err(|_| ServeError::Overloaded(self.max_in_flight))?;
+        // Admission (`--max-in-flight`) happened before the body was read: `answers.rs`.
         let _in_flight = telemetry::InFlight::enter();
         let draw = self.routing.draw(&request);
         let model = self

@@ -13,8 +13,6 @@ pub enum ServeError {
     InvalidArgument(#[from] InvalidField),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("server is at its limit of {0} requests in flight")]
-    Overloaded(usize),
     #[error("server is overloaded: the compute queue would hold this request for {expected_ms} ms, beyond the limit of {limit_ms} ms")]
     QueueFull { expected_ms: u64, limit_ms: u64 },
     #[error("deadline exceeded")]
@@ -44,7 +42,7 @@ impl ServeError {
             ServeError::InvalidArgument(_) | ServeError::Overflow { .. } => Code::InvalidArgument,
             ServeError::Store(StoreError::NoModel) => Code::Unavailable,
             ServeError::Store(StoreError::VersionNotLoaded { .. }) => Code::NotFound,
-            ServeError::Overloaded(_) | ServeError::QueueFull { .. } => Code::ResourceExhausted,
+            ServeError::QueueFull { .. } => Code::ResourceExhausted,
             ServeError::DeadlineExceeded => Code::DeadlineExceeded,
             ServeError::Decode(_) | ServeError::Task(_) => Code::Internal,
         }
