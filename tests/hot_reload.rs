@@ -147,12 +147,19 @@ async fn broken_versions_are_rejected_and_the_old_one_keeps_serving() {
     let mut corrupt = good.clone();
     let last = corrupt[encoder].1.len() - 1;
     corrupt[encoder].1[last] ^= 0xff;
-    write_version(dir.path(), 2, &corrupt);
-    // Written a minute ago: corrupt, not a copy still under way.
-    let flipped = dir.path().join(MODEL).join("2").join("encoder.onnx");
+    // Written a minute ago (corrupt, not a copy still under way), and moved in whole so
+    // the watcher never sees it fresh.
+    let staging = tempfile::tempdir_in(dir.path()).unwrap();
+    write_version(staging.path(), 2, &corrupt);
+    let flipped = staging.path().join(MODEL).join("2").join("encoder.onnx");
     let file = std::fs::File::options().write(true).open(flipped).unwrap();
     file.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
         .unwrap();
+    std::fs::rename(
+        staging.path().join(MODEL).join("2"),
+        dir.path().join(MODEL).join("2"),
+    )
+    .unwrap();
     // Partial: the manifest arrived, a graph did not.
     write_version(
         dir.path(),
