@@ -90,8 +90,12 @@ pub fn exp(x: f32) -> f32 {
         p = fmadd(p, r, coefficient);
     }
     let e_r = fmadd(p, r * r, r) + 1.0;
-    // 2^k by building the exponent bits: k is in [-126, 127] after the clamp.
-    let two_k = f32::from_bits(((k as i32 + 127).clamp(0, 255) as u32) << 23);
+    // 2^k by building the exponent bits: k + 127 is an integer in [1, 254] after the clamp,
+    // so adding 2^23 puts it in the low mantissa bits, and shifting them moves it into the
+    // exponent. (`k as i32` would be a saturating, NaN-checked scalar conversion per lane:
+    // it kept this loop from vectorising.)
+    const TWO_23: f32 = 8_388_608.0;
+    let two_k = f32::from_bits((k + (127.0 + TWO_23)).to_bits() << 23);
     e_r * two_k
 }
 
@@ -119,6 +123,17 @@ mod tests {
         }
         for tiny in [-1000.0, f32::NEG_INFINITY] {
             assert!((0.0..1e-37).contains(&exp(tiny)));
+        }
+        // The largest exponent the clamp allows is built right, not wrapped.
+        for big in [88.3, 1000.0, f32::INFINITY] {
+            assert!(exp(big).is_finite() && exp(big) > 1e38, "exp({big})");
+        }
+        // Whole powers of two inside the clamp come out right: the exponent bits are k.
+        for k in -125..=127 {
+            let x = k as f32 * std::f32::consts::LN_2;
+            let got = exp(x);
+            let want = (x as f64).exp() as f32;
+            assert!(((got - want) / want).abs() < 2.5e-7, "exp({k}·ln2) = {got}");
         }
     }
 
