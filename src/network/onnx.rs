@@ -11,7 +11,7 @@ use tract_onnx::pb::{
     OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use super::{EncoderInputs, Ops, Param, Weights};
+use super::{EncoderInputs, Folded, Ops, Param, Weights};
 use crate::contract::roles as role;
 use crate::contract::FeatureSchema;
 
@@ -50,7 +50,7 @@ fn export_encoder(weights: &Weights, schema: &FeatureSchema) -> ModelProto {
         };
         inputs.insert(i.role, g.input(i.role, ty, &[rows, Dim::Fixed(i.width)]));
     }
-    let encoded = weights.encode(
+    let encoded = weights.encode_as(
         &mut g,
         EncoderInputs {
             ctx_dense: inputs.get(role::CONTEXT_DENSE),
@@ -59,6 +59,7 @@ fn export_encoder(weights: &Weights, schema: &FeatureSchema) -> ModelProto {
             upstream: inputs.get(role::UPSTREAM),
             cand_ids: inputs.get(role::CANDIDATE_CATEGORICAL),
         },
+        Some(&Folded::new(weights)),
     );
     g.output(&encoded.keys, role::KEYS, &[Dim::N, Dim::Fixed(h)]);
     g.output(&encoded.values, role::VALUES, &[Dim::N, Dim::Fixed(h)]);
@@ -71,7 +72,7 @@ fn export_decoder(weights: &Weights) -> ModelProto {
     let row = [Dim::Fixed(1), Dim::Fixed(weights.dims.hidden)];
     let state = g.input(role::STATE, DataType::Float, &row);
     let prev = g.input(role::PREV_VALUE, DataType::Float, &row);
-    let (query, next) = weights.step(&mut g, &state, &prev);
+    let (query, next) = weights.step_as(&mut g, &state, &prev, Some(&Folded::new(weights)));
     g.output(&query, role::QUERY, &row);
     g.output(&next, role::NEXT_STATE, &row);
     g.finish("degre_decoder")

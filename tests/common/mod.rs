@@ -138,8 +138,9 @@ impl TestServer {
 
     /// Scrapes until every line of `wanted` is in the text (or 10 s pass); the last scrape.
     pub async fn metrics_with(&self, wanted: &[String]) -> String {
+        // Generous: on a loaded 2-core CI machine ten versions can take seconds to refuse.
         let mut text = String::new();
-        for _ in 0..200 {
+        for _ in 0..600 {
             text = self.metrics().await;
             if wanted.iter().all(|line| text.contains(line.as_str())) {
                 break;
