@@ -1,5 +1,5 @@
 //! One request's compute on the bundled model, on each engine: encode N candidates once,
-//! then K greedy decoder steps; and request validation. Run: `cargo bench --bench decode`.
+//! then K greedy decoder steps; request validation; protobuf decoding. Run: `cargo bench --bench decode`.
 //! A decoder step is `(time(K=N) − time(K=1)) / (N − 1)` at the same N.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
@@ -131,5 +131,21 @@ fn validate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, constrained, validate);
+/// The wire bytes of a request to its message (prost, as tonic's codec does): transport
+/// work the echo floor pays too, measured apart from the model's.
+fn wire(c: &mut Criterion) {
+    use prost::Message;
+    let model = bundled();
+    let schema = &model.manifest.schema;
+    let mut group = c.benchmark_group("protobuf_decode");
+    for n in [10usize, 100, 200] {
+        let bytes = request(schema, n, 20).encode_to_vec();
+        group.bench_with_input(BenchmarkId::from_parameter(n), &bytes, |b, bytes| {
+            b.iter(|| v1::RerankRequest::decode(bytes.as_slice()).expect("valid"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, constrained, validate, wire);
 criterion_main!(benches);

@@ -3,6 +3,7 @@
 # generator to core 1, closed loops of 1, 8 and 16 outstanding requests, for `degre serve`
 # on the bundled model and for the echo transport floor, in one run.
 #   N=100 K=20 DUR=8 loadtest/scenarios/one_core.sh        # env BEFORE=path/to/old/degre adds a row
+#   (served from BEFORE_MODELS, default models: an old binary, or an old model, or both)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -43,7 +44,9 @@ measure() { # label, then the server command
 }
 
 echo "N=$N K=$K, $(lscpu | sed -n 's/^Model name: *//p')"
-SERVE=(serve --models models --grpc-addr "$ADDR" --metrics-addr 127.0.0.1:9181 --log-format json)
-if [ -n "${BEFORE:-}" ]; then measure before "$BEFORE" "${SERVE[@]}"; fi
-measure degre target/release/degre "${SERVE[@]}"
+SERVE=(serve --grpc-addr "$ADDR" --metrics-addr 127.0.0.1:9181 --log-format json)
+if [ -n "${BEFORE:-}" ]; then
+  measure before "$BEFORE" "${SERVE[@]}" --models "${BEFORE_MODELS:-models}"
+fi
+measure degre target/release/degre "${SERVE[@]}" --models models
 measure echo "$LOAD" echo-server --addr "$ADDR"

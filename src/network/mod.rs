@@ -261,7 +261,12 @@ impl Folded {
         Folded {
             w_qk: product("w_qk", &w.w_q, &transposed(&w.w_k), inv),
             w_vo: product("w_vo", &w.w_v, &w.w_o, 1.0),
-            w_dec_query: product("w_dec_query_keys", &w.w_dec_query, &transposed(&w.w_key), inv),
+            w_dec_query: product(
+                "w_dec_query_keys",
+                &w.w_dec_query,
+                &transposed(&w.w_key),
+                inv,
+            ),
             w_dec_prev: product("w_dec_prev_values", &w.w_value, &w.w_dec_prev, 1.0),
         }
     }

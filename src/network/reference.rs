@@ -3,7 +3,7 @@
 
 use tract_onnx::prelude::tract_ndarray::{concatenate, Array2, Axis};
 
-use super::{EncoderInputs, Ops, Param, Weights};
+use super::{EncoderInputs, Folded, Ops, Param, Weights};
 use crate::contract::FeatureSchema;
 use crate::rerank::decode::{pointer_logits, StepModel};
 use crate::rerank::RerankInput;
@@ -73,6 +73,7 @@ impl Ops for Eager {
 /// The reference network over one request, stepped like the served model.
 pub struct ReferenceSteps<'w> {
     weights: &'w Weights,
+    fold: Option<&'w Folded>,
     keys: Array2<f32>,
     values: Array2<f32>,
     state: Array2<f32>,
@@ -82,6 +83,16 @@ pub struct ReferenceSteps<'w> {
 impl<'w> ReferenceSteps<'w> {
     /// Encodes the request's candidates.
     pub fn new(weights: &'w Weights, schema: &FeatureSchema, input: &RerankInput) -> Self {
+        Self::with_fold(weights, None, schema, input)
+    }
+
+    /// The same network laid out as the exported graphs are ([`Folded`]) when `fold` is set.
+    pub fn with_fold(
+        weights: &'w Weights,
+        fold: Option<&'w Folded>,
+        schema: &FeatureSchema,
+        input: &RerankInput,
+    ) -> Self {
         let n = input.candidates();
         let mat = |rows, cols, data: &[f32]| {
             Array2::from_shape_vec((rows, cols), data.to_vec()).expect("validated input")
@@ -95,7 +106,7 @@ impl<'w> ReferenceSteps<'w> {
         let cand_ids = ids(n, schema.candidate_categorical.len(), &input.candidate_ids);
         let upstream = mat(n, input.upstream.len() / n, &input.upstream);
         let present = |width: usize| width > 0;
-        let encoded = weights.encode(
+        let encoded = weights.encode_as(
             &mut Eager,
             EncoderInputs {
                 ctx_dense: present(ctx_dense.ncols()).then_some(&ctx_dense),
@@ -104,9 +115,11 @@ impl<'w> ReferenceSteps<'w> {
                 upstream: present(upstream.ncols()).then_some(&upstream),
                 cand_ids: present(cand_ids.ncols()).then_some(&cand_ids),
             },
+            fold,
         );
         ReferenceSteps {
             weights,
+            fold,
             keys: encoded.keys,
             values: encoded.values,
             state: encoded.state,
@@ -123,11 +136,48 @@ impl StepModel for ReferenceSteps<'_> {
             Some(i) => self.values.row(i).to_owned().insert_axis(Axis(0)),
             None => Array2::zeros((1, self.weights.dims.hidden)),
         };
-        let (query, next) = self.weights.step(&mut Eager, &self.state, &prev_value);
+        let (query, next) = self
+            .weights
+            .step_as(&mut Eager, &self.state, &prev_value, self.fold);
         self.state = next;
         let keys = self.keys.as_slice().expect("standard layout");
         let query = query.as_slice().expect("standard layout");
         pointer_logits(keys, query, &mut self.logits);
         Ok(&self.logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::export::default_schema;
+    use crate::network::Dims;
+    use crate::rerank::decode::StepModel;
+    use crate::rerank::synthetic;
+
+    #[test]
+    fn the_folded_layout_computes_the_trained_networks_logits() {
+        let schema = default_schema();
+        let dims = Dims {
+            hidden: 16,
+            embed: 4,
+        };
+        for seed in 0..3 {
+            let weights = Weights::init(&schema, dims, seed);
+            let fold = Folded::new(&weights);
+            for input in synthetic::requests(&schema, 40) {
+                let mut trained = ReferenceSteps::new(&weights, &schema, &input);
+                let mut folded = ReferenceSteps::with_fold(&weights, Some(&fold), &schema, &input);
+                // Any prefix will do: walk the candidates in order.
+                let n = input.candidates();
+                for prev in std::iter::once(None).chain((0..n.min(8)).map(Some)) {
+                    let want = trained.next_logits(prev).unwrap().to_vec();
+                    let got = folded.next_logits(prev).unwrap();
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+                    }
+                }
+            }
+        }
     }
 }
