@@ -103,6 +103,11 @@ impl RunArgs {
     }
 }
 
+/// mimalloc rather than the system allocator: the request path allocates many small,
+/// short-lived blocks (see docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
