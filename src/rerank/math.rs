@@ -55,7 +55,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn free_exp_sum(logits: &[f32], free: &[f32], max: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (l_chunks, f_chunks) = (logits.chunks_exact(LANES), free.chunks_exact(LANES));
-    let term = |l: f32, f: f32| if f != 0.0 { exp(l - max) } else { 0.0 };
+    // exp first, then select: a branch around exp kept this loop scalar.
+    let term = |l: f32, f: f32| {
+        let e = exp(l - max);
+        if f != 0.0 {
+            e
+        } else {
+            0.0
+        }
+    };
     let tail: f32 = l_chunks
         .remainder()
         .iter()
