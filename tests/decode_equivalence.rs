@@ -4,7 +4,7 @@
 use degre::contract::manifest::{Categorical, FeatureSchema, Limits};
 use degre::network::export::version_files;
 use degre::network::reference::ReferenceSteps;
-use degre::network::{Dims, Weights};
+use degre::network::{Dims, Mixer, Weights};
 use degre::repository::Repository;
 use degre::rerank::decode::{greedy, StepModel};
 use degre::rerank::{InputBuilder, RerankInput};
@@ -129,7 +129,12 @@ proptest! {
         seed in 0u64..1000,
     ) {
         let schema = schema(widths.0, widths.1, widths.2, widths.3);
-        let weights = Weights::init(&schema, Dims { hidden: 8, embed: 3 }, seed);
+        let weights = Weights::init(&schema, Dims {
+                hidden: 8,
+                embed: 3,
+                // Both encoders through every engine.
+                mixer: if seed % 2 == 0 { Mixer::Attention } else { Mixer::Mean },
+            }, seed);
         let input = input(&schema, n, k, seed);
         let (_dir, served) = load(&schema, &weights);
 
@@ -158,6 +163,7 @@ fn exported_graphs_match_the_reference_forward_within_1e5() {
         Dims {
             hidden: 32,
             embed: 8,
+            mixer: Mixer::Attention,
         },
         11,
     );

@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 use degre::contract::manifest::Limits;
 use degre::network::export::version_files;
-use degre::network::{Dims, Weights};
+use degre::network::{Dims, Mixer, Weights};
 use degre::offline::distill::{
     self, schema_of, CandleOps, DistillConfig, Forced, Inputs, TrainedGenerator,
 };
@@ -143,6 +143,7 @@ fn the_batched_loss_is_the_sum_of_the_per_request_losses() {
         Dims {
             hidden: 16,
             embed: 4,
+            mixer: Mixer::Attention,
         },
         3,
     );
@@ -234,6 +235,7 @@ fn business_rules_hold_inside_the_pass_and_after_it() {
     let dims = Dims {
         hidden: 16,
         embed: 4,
+        mixer: Mixer::Attention,
     };
     let generator = TrainedGenerator::fold(Weights::init(&schema_of(&map), dims, 4), &map);
     let mut differ = 0;
@@ -271,6 +273,7 @@ fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
             Dims {
                 hidden: 16,
                 embed: 4,
+                mixer: Mixer::Attention,
             },
             n as u64,
         );

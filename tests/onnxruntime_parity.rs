@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use degre::contract::manifest::Limits;
 use degre::network::export::{default_schema, version_files};
-use degre::network::{Dims, Weights};
+use degre::network::{Dims, Mixer, Weights};
 use degre::repository::publish::publish_files;
 use degre::repository::Repository;
 use degre::rerank::InputBuilder;
@@ -22,6 +22,7 @@ fn onnxruntime_decodes_like_tract() {
         Dims {
             hidden: 32,
             embed: 8,
+            mixer: Mixer::Attention,
         },
         5,
     );

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::contract::manifest::{FeatureSchema, Limits, Manifest};
 use crate::network::export::{default_schema, version_files};
-use crate::network::{Dims, Weights};
+use crate::network::{Dims, Mixer, Weights};
 use crate::repository::publish::{publish_files, write_version_dir};
 
 #[derive(Debug, Args)]
@@ -30,6 +30,9 @@ pub struct ExportArgs {
     /// Width of each categorical feature's embedding.
     #[arg(long, default_value_t = 8)]
     pub embed: usize,
+    /// How the encoder mixes the candidates: self-attention, or their mean (no N² term).
+    #[arg(long, value_enum, default_value = "attention")]
+    pub mixer: Mixer,
     /// Candidate limit written into the manifest (`limits.max_candidates`).
     #[arg(long, default_value_t = 256)]
     pub max_candidates: usize,
@@ -57,6 +60,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let dims = Dims {
         hidden: args.hidden,
         embed: args.embed,
+        mixer: args.mixer,
     };
     anyhow::ensure!(
         dims.hidden > 0 && dims.embed > 0,
@@ -68,6 +72,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         "producer": "degre export",
         "trained": false,
         "seed": args.seed,
+        "mixer": args.mixer,
         "hidden": dims.hidden,
         "embed": dims.embed,
     });

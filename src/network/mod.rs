@@ -6,6 +6,7 @@
 //!   x      = relu([cand_dense, upstream, emb(cand_ids)] Wx + bx) + c        [N, H]
 //!            (`upstream`: the incumbent's order, when the schema reads `ranking_score`)
 //!   h      = x + softmax((x Wq)(x Wk)ᵀ / √H) (x Wv) Wo                      (set attention)
+//!     or   = x + mean_rows(x) Wv Wo                                (`Mixer::Mean`: no N² term)
 //!   h      = h + relu(h W1 + b1) W2
 //!   keys   = h Wkey,  values = h Wval,  state = tanh(mean_rows(h) Ws + bs)
 //! Decoder step (once per slot, O(H²)), then pointer scores (O(N·H), by the server):
@@ -42,6 +43,36 @@ pub struct Param {
 pub struct Dims {
     pub hidden: usize,
     pub embed: usize,
+    pub mixer: Mixer,
+}
+
+/// How the encoder lets each candidate see the others.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Mixer {
+    /// One self-attention layer over the set: O(N²·H) multiply-adds and N² `exp` a request.
+    #[default]
+    Attention,
+    /// The set's mean, projected and added to every candidate: O(N·H), about a third of
+    /// the attention encoder's arithmetic at N = 100 (docs/performance.md).
+    Mean,
+}
+
+/// Self-attention's query and key projections; absent with [`Mixer::Mean`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryKey {
+    pub w_q: Param,
+    pub w_k: Param,
 }
 
 /// One categorical side (context or candidate): a flat table holding every feature's rows,
@@ -61,8 +92,7 @@ pub struct Weights {
     pub b_ctx: Param,
     pub w_item: Param,
     pub b_item: Param,
-    pub w_q: Param,
-    pub w_k: Param,
+    pub query_key: Option<QueryKey>,
     pub w_v: Param,
     pub w_o: Param,
     pub w_ff1: Param,
@@ -102,6 +132,7 @@ impl Weights {
         let Dims {
             hidden: h,
             embed: e,
+            mixer,
         } = dims;
         let ctx_in = schema.context_dense.len() + schema.context_categorical.len() * e;
         let upstream = if schema.ranking_score {
@@ -121,8 +152,12 @@ impl Weights {
             b_ctx: zeros("b_ctx", h),
             w_item: p("w_item", cand_in, h),
             b_item: zeros("b_item", h),
-            w_q: p("w_q", h, h),
-            w_k: p("w_k", h, h),
+            // Drawn for either mixer, so a seed gives the other weights the same start.
+            query_key: Some(QueryKey {
+                w_q: p("w_q", h, h),
+                w_k: p("w_k", h, h),
+            })
+            .filter(|_| mixer == Mixer::Attention),
             w_v: p("w_v", h, h),
             w_o: p("w_o", h, h),
             w_ff1: p("w_ff1", h, 2 * h),
@@ -165,10 +200,20 @@ impl Weights {
         let x = o.relu(&x);
         let x = o.add(&x, &c);
 
-        let mixed = match fold {
-            None => {
-                let q = matmul_param(o, &x, &self.w_q);
-                let k = matmul_param(o, &x, &self.w_k);
+        let mixed = match (&self.query_key, fold) {
+            (None, fold) => {
+                let mean = o.mean_rows(&x);
+                match fold {
+                    None => {
+                        let mean = matmul_param(o, &mean, &self.w_v);
+                        matmul_param(o, &mean, &self.w_o)
+                    }
+                    Some(f) => matmul_param(o, &mean, &f.w_vo),
+                }
+            }
+            (Some(qk), None) => {
+                let q = matmul_param(o, &x, &qk.w_q);
+                let k = matmul_param(o, &x, &qk.w_k);
                 let v = matmul_param(o, &x, &self.w_v);
                 let scores = o.matmul_t(&q, &k);
                 let scores = o.scale(&scores, self.inv_sqrt_h());
@@ -176,8 +221,9 @@ impl Weights {
                 let mixed = o.matmul(&attention, &v);
                 matmul_param(o, &mixed, &self.w_o)
             }
-            Some(f) => {
-                let q = matmul_param(o, &x, &f.w_qk);
+            (Some(_), Some(f)) => {
+                let w_qk = f.w_qk.as_ref().expect("folded from the same weights");
+                let q = matmul_param(o, &x, w_qk);
                 let scores = o.matmul_t(&q, &x);
                 let attention = o.softmax_rows(&scores);
                 let v = matmul_param(o, &x, &f.w_vo);
@@ -249,7 +295,7 @@ impl Weights {
 /// request. Four H×H products per candidate fewer; the served logits equal the trained
 /// network's up to rounding, which the reference and golden tests hold them to.
 pub struct Folded {
-    w_qk: Param,
+    w_qk: Option<Param>,
     w_vo: Param,
     w_dec_query: Param,
     w_dec_prev: Param,
@@ -259,7 +305,8 @@ impl Folded {
     pub fn new(w: &Weights) -> Folded {
         let inv = w.inv_sqrt_h();
         Folded {
-            w_qk: product("w_qk", &w.w_q, &transposed(&w.w_k), inv),
+            w_qk: (w.query_key.as_ref())
+                .map(|qk| product("w_qk", &qk.w_q, &transposed(&qk.w_k), inv)),
             w_vo: product("w_vo", &w.w_v, &w.w_o, 1.0),
             w_dec_query: product(
                 "w_dec_query_keys",

@@ -151,18 +151,19 @@ impl StepModel for ReferenceSteps<'_> {
 mod tests {
     use super::*;
     use crate::network::export::default_schema;
-    use crate::network::Dims;
+    use crate::network::{Dims, Mixer};
     use crate::rerank::decode::StepModel;
     use crate::rerank::synthetic;
 
     #[test]
     fn the_folded_layout_computes_the_trained_networks_logits() {
         let schema = default_schema();
-        let dims = Dims {
-            hidden: 16,
-            embed: 4,
-        };
-        for seed in 0..3 {
+        for (seed, mixer) in (0..4).zip([Mixer::Attention, Mixer::Mean].into_iter().cycle()) {
+            let dims = Dims {
+                hidden: 16,
+                embed: 4,
+                mixer,
+            };
             let weights = Weights::init(&schema, dims, seed);
             let fold = Folded::new(&weights);
             for input in synthetic::requests(&schema, 40) {

@@ -54,28 +54,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// candidates still free (a chosen candidate's logit, even NaN, adds nothing).
 pub fn free_exp_sum(logits: &[f32], free: &[f32], max: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
-    let (l_chunks, f_chunks) = (logits.chunks_exact(LANES), free.chunks_exact(LANES));
     // exp first, then select: a branch around exp kept this loop scalar.
-    let term = |l: f32, f: f32| {
-        let e = exp(l - max);
-        if f != 0.0 {
-            e
-        } else {
-            0.0
+    let mut add = |l: &[f32; LANES], f: &[f32; LANES]| {
+        for lane in 0..LANES {
+            let e = exp(l[lane] - max);
+            acc[lane] += if f[lane] != 0.0 { e } else { 0.0 };
         }
     };
-    let tail: f32 = l_chunks
-        .remainder()
-        .iter()
-        .zip(f_chunks.remainder())
-        .map(|(&l, &f)| term(l, f))
-        .sum();
-    for (l, f) in l_chunks.zip(f_chunks) {
-        for lane in 0..LANES {
-            acc[lane] += term(l[lane], f[lane]);
-        }
+    let (mut ls, mut fs) = (logits.chunks_exact(LANES), free.chunks_exact(LANES));
+    for (l, f) in (&mut ls).zip(&mut fs) {
+        add(l.try_into().expect("LANES"), f.try_into().expect("LANES"));
     }
-    acc.iter().sum::<f32>() + tail
+    // The last few padded to a whole vector (not free), so they take the vector path too.
+    let (l_tail, f_tail) = (ls.remainder(), fs.remainder());
+    let (mut l, mut f) = ([max; LANES], [0.0f32; LANES]);
+    l[..l_tail.len()].copy_from_slice(l_tail);
+    f[..f_tail.len()].copy_from_slice(f_tail);
+    add(&l, &f);
+    acc.iter().sum()
 }
 
 /// `e^x` to ~1 ulp, branch-free so a loop over it vectorises (libm's `expf` does not): the

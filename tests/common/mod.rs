@@ -11,7 +11,7 @@ use degre::api::v1::{self, reranker_client::RerankerClient};
 use degre::config::ServeArgs;
 use degre::contract::manifest::{FeatureSchema, Limits};
 use degre::network::export::{default_schema, version_files};
-use degre::network::{Dims, Weights};
+use degre::network::{Dims, Mixer, Weights};
 use degre::repository::publish::publish_files;
 use degre::server::BoundServer;
 use tonic::transport::Channel;
@@ -43,6 +43,7 @@ pub fn model_files_edited(
         Dims {
             hidden: 16,
             embed: 4,
+            mixer: Mixer::Attention,
         },
         seed,
     );

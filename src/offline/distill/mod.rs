@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::manifest::{FeatureSchema, Limits};
 use crate::network::export::version_files;
 use crate::network::reference::ReferenceSteps;
-use crate::network::{Dims, Encoded, EncoderInputs, Weights};
+use crate::network::{Dims, Encoded, EncoderInputs, Mixer, Weights};
 use crate::offline::evaluator::FeatureMap;
 use crate::offline::logs::LoggedRequest;
 use crate::offline::mine::Mined;
@@ -37,6 +37,8 @@ use crate::rerank::{decode, Rules};
 pub struct DistillConfig {
     pub hidden: usize,
     pub embed: usize,
+    /// How the encoder mixes the candidates: `attention` (default) or `mean` (no N² term).
+    pub mixer: Mixer,
     pub epochs: usize,
     /// Requests per optimiser step.
     pub batch_size: usize,
@@ -74,6 +76,7 @@ impl Default for DistillConfig {
         DistillConfig {
             hidden: 32,
             embed: 8,
+            mixer: Mixer::Attention,
             epochs: 48,
             batch_size: 32,
             learning_rate: 3e-3,
@@ -311,6 +314,7 @@ impl Trainable {
         let dims = Dims {
             hidden: config.hidden,
             embed: config.embed,
+            mixer: config.mixer,
         };
         let weights = Weights::init(schema, dims, config.seed);
         let ops = CandleOps::new(&weights)?;

@@ -26,8 +26,6 @@ fn params(weights: &Weights) -> Vec<&Param> {
         &w.b_ctx,
         &w.w_item,
         &w.b_item,
-        &w.w_q,
-        &w.w_k,
         &w.w_v,
         &w.w_o,
         &w.w_ff1,
@@ -42,6 +40,7 @@ fn params(weights: &Weights) -> Vec<&Param> {
         &w.b_dec,
         &w.w_dec_query,
     ];
+    all.extend(w.query_key.iter().flat_map(|qk| [&qk.w_q, &qk.w_k]));
     all.extend(w.w_ctx.as_ref());
     all.extend(w.ctx_embedding.as_ref().map(|e| &e.table));
     all.extend(w.cand_embedding.as_ref().map(|e| &e.table));
@@ -54,8 +53,6 @@ fn params_mut(weights: &mut Weights) -> Vec<&mut Param> {
         &mut w.b_ctx,
         &mut w.w_item,
         &mut w.b_item,
-        &mut w.w_q,
-        &mut w.w_k,
         &mut w.w_v,
         &mut w.w_o,
         &mut w.w_ff1,
@@ -70,6 +67,11 @@ fn params_mut(weights: &mut Weights) -> Vec<&mut Param> {
         &mut w.b_dec,
         &mut w.w_dec_query,
     ];
+    all.extend(
+        w.query_key
+            .iter_mut()
+            .flat_map(|qk| [&mut qk.w_q, &mut qk.w_k]),
+    );
     all.extend(w.w_ctx.as_mut());
     all.extend(w.ctx_embedding.as_mut().map(|e| &mut e.table));
     all.extend(w.cand_embedding.as_mut().map(|e| &mut e.table));

@@ -1,7 +1,7 @@
 //! The arithmetic of the native engine: row-major f32 kernels written so the compiler keeps
 //! the accumulators in vector registers (fixed-size lane arrays) and vectorises every loop.
 
-use crate::rerank::math::{exp, fmadd, sum, LANES};
+use crate::rerank::math::{exp, fmadd, LANES};
 
 /// `out[r×c] = a[r×k] · b[k×c]`.
 pub fn matmul(a: &[f32], b: &[f32], out: &mut [f32], k: usize, c: usize) {
@@ -86,14 +86,37 @@ pub fn transpose(x: &[f32], out: &mut [f32], r: usize, c: usize) {
     }
 }
 
-/// Row-wise softmax of `x[r×c]` into `out`.
+/// Row-wise softmax of `x[r×c]` into `out`: exp and sum in one pass of whole vectors, the
+/// row's last `c % LANES` values padded to one more (a scalar `exp` costs as much as a
+/// vector of them).
 pub fn softmax_rows(x: &[f32], out: &mut [f32], c: usize) {
     for (row, out) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
         let max = max(row);
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = exp(v - max);
+        let mut acc = [0.0f32; LANES];
+        let mut exp_into = |x: &[f32; LANES], o: &mut [f32; LANES], len: usize| {
+            for lane in 0..LANES {
+                let e = exp(x[lane] - max);
+                o[lane] = e;
+                acc[lane] += if lane < len { e } else { 0.0 };
+            }
+        };
+        let (mut xs, mut outs) = (row.chunks_exact(LANES), out.chunks_exact_mut(LANES));
+        for (x, o) in (&mut xs).zip(&mut outs) {
+            exp_into(
+                x.try_into().expect("LANES"),
+                o.try_into().expect("LANES"),
+                LANES,
+            );
         }
-        let inv = 1.0 / sum(out);
+        let (x_tail, o_tail) = (xs.remainder(), outs.into_remainder());
+        if !x_tail.is_empty() {
+            let mut x = [max; LANES];
+            x[..x_tail.len()].copy_from_slice(x_tail);
+            let mut o = [0.0f32; LANES];
+            exp_into(&x, &mut o, x_tail.len());
+            o_tail.copy_from_slice(&o[..x_tail.len()]);
+        }
+        let inv = 1.0 / acc.iter().sum::<f32>();
         out.iter_mut().for_each(|o| *o *= inv);
     }
 }
@@ -166,6 +189,23 @@ mod tests {
         let mut mean = [0.0; 3];
         mean_rows(&x, &mut mean, 3);
         assert_eq!(mean, [0.0, 0.5, 1.0]);
+    }
+
+    #[test]
+    fn softmax_matches_the_definition_with_and_without_a_tail() {
+        for c in [1, 8, 19, 100] {
+            let x: Vec<f32> = (0..2 * c).map(|i| (i as f32 * 0.61).sin() * 9.0).collect();
+            let mut out = vec![f32::NAN; 2 * c];
+            softmax_rows(&x, &mut out, c);
+            for (row, got) in x.chunks(c).zip(out.chunks(c)) {
+                let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+                let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+                for (&v, &g) in row.iter().zip(got) {
+                    let want = (v as f64 - max).exp() / z;
+                    assert!((g as f64 - want).abs() < 1e-6, "c={c}: {g} vs {want}");
+                }
+            }
+        }
     }
 
     #[test]
