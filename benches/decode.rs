@@ -41,8 +41,11 @@ fn request(schema: &FeatureSchema, n: usize, k: u32) -> v1::RerankRequest {
     }
 }
 
+/// The bundled model, or the newest version under `$DEGRE_BENCH_MODELS` (a repository root
+/// holding a `degre` model), to bench another model on the same requests.
 fn bundled() -> LoadedModel {
-    let models = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
+    let models = std::env::var("DEGRE_BENCH_MODELS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/models").to_string());
     let repo = Repository::open(models.as_ref(), None).expect("bundled model repository");
     let version = repo.versions().expect("versions")[0];
     repo.load(version).expect("bundled model loads")
