@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::contract::Limits;
+use crate::network::Mixer;
 use crate::offline::distill::{self, DistillConfig, Forced};
 use crate::offline::evaluator::{Ensemble, Evaluator};
 use crate::offline::logs::read_logs;
@@ -119,6 +120,9 @@ pub struct DistillArgs {
     /// Width of the generator (the served model's hidden size).
     #[arg(long, default_value_t = DistillConfig::default().hidden)]
     pub hidden: usize,
+    /// How the encoder mixes the candidates: self-attention, or their mean (no N² term).
+    #[arg(long, value_enum, default_value = "attention")]
+    pub mixer: Mixer,
     /// Seed of initialisation and shuffling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -149,6 +153,7 @@ pub fn distill(args: DistillArgs) -> anyhow::Result<()> {
         .collect();
     let config = DistillConfig {
         hidden: args.hidden,
+        mixer: args.mixer,
         epochs: args.epochs,
         temperature: args.temperature,
         ce_weight: if args.hard_labels {

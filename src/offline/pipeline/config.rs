@@ -167,3 +167,29 @@ impl PipelineConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::Mixer;
+
+    #[test]
+    fn the_encoders_mixer_is_read_and_a_wrong_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            PipelineConfig::load(&path)
+        };
+        assert_eq!(load("").unwrap().distill.mixer, Mixer::Attention);
+        let mean = load("[distill]\nmixer = \"mean\"\n").unwrap();
+        assert_eq!(mean.distill.mixer, Mixer::Mean);
+        let wrong = load("[distill]\nmixer = \"linear\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.contains("run.toml") && wrong.contains("linear"),
+            "{wrong}"
+        );
+    }
+}
