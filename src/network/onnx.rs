@@ -27,13 +27,14 @@ pub struct ExportedGraphs {
 }
 
 pub fn export(weights: &Weights, schema: &FeatureSchema) -> ExportedGraphs {
+    let fold = Folded::new(weights);
     ExportedGraphs {
-        encoder: export_encoder(weights, schema).encode_to_vec(),
-        decoder: export_decoder(weights).encode_to_vec(),
+        encoder: export_encoder(weights, &fold, schema).encode_to_vec(),
+        decoder: export_decoder(weights, &fold).encode_to_vec(),
     }
 }
 
-fn export_encoder(weights: &Weights, schema: &FeatureSchema) -> ModelProto {
+fn export_encoder(weights: &Weights, fold: &Folded, schema: &FeatureSchema) -> ModelProto {
     let mut g = GraphBuilder::default();
     let h = weights.dims.hidden;
     let mut inputs = std::collections::HashMap::new();
@@ -59,7 +60,7 @@ fn export_encoder(weights: &Weights, schema: &FeatureSchema) -> ModelProto {
             upstream: inputs.get(role::UPSTREAM),
             cand_ids: inputs.get(role::CANDIDATE_CATEGORICAL),
         },
-        Some(&Folded::new(weights)),
+        Some(fold),
     );
     g.output(&encoded.keys, role::KEYS, &[Dim::N, Dim::Fixed(h)]);
     g.output(&encoded.values, role::VALUES, &[Dim::N, Dim::Fixed(h)]);
@@ -67,12 +68,12 @@ fn export_encoder(weights: &Weights, schema: &FeatureSchema) -> ModelProto {
     g.finish("degre_encoder")
 }
 
-fn export_decoder(weights: &Weights) -> ModelProto {
+fn export_decoder(weights: &Weights, fold: &Folded) -> ModelProto {
     let mut g = GraphBuilder::default();
     let row = [Dim::Fixed(1), Dim::Fixed(weights.dims.hidden)];
     let state = g.input(role::STATE, DataType::Float, &row);
     let prev = g.input(role::PREV_VALUE, DataType::Float, &row);
-    let (query, next) = weights.step_as(&mut g, &state, &prev, Some(&Folded::new(weights)));
+    let (query, next) = weights.step_as(&mut g, &state, &prev, Some(fold));
     g.output(&query, role::QUERY, &row);
     g.output(&next, role::NEXT_STATE, &row);
     g.finish("degre_decoder")

@@ -61,12 +61,11 @@ pub fn free_exp_sum(logits: &[f32], free: &[f32], max: f32) -> f32 {
             acc[lane] += if f[lane] != 0.0 { e } else { 0.0 };
         }
     };
-    let (mut ls, mut fs) = (logits.chunks_exact(LANES), free.chunks_exact(LANES));
-    for (l, f) in (&mut ls).zip(&mut fs) {
-        add(l.try_into().expect("LANES"), f.try_into().expect("LANES"));
+    let ((ls, l_tail), (fs, f_tail)) = (logits.as_chunks(), free.as_chunks());
+    for (l, f) in ls.iter().zip(fs) {
+        add(l, f);
     }
     // The last few padded to a whole vector (not free), so they take the vector path too.
-    let (l_tail, f_tail) = (ls.remainder(), fs.remainder());
     let (mut l, mut f) = ([max; LANES], [0.0f32; LANES]);
     l[..l_tail.len()].copy_from_slice(l_tail);
     f[..f_tail.len()].copy_from_slice(f_tail);

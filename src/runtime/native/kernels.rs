@@ -100,15 +100,10 @@ pub fn softmax_rows(x: &[f32], out: &mut [f32], c: usize) {
                 acc[lane] += if lane < len { e } else { 0.0 };
             }
         };
-        let (mut xs, mut outs) = (row.chunks_exact(LANES), out.chunks_exact_mut(LANES));
-        for (x, o) in (&mut xs).zip(&mut outs) {
-            exp_into(
-                x.try_into().expect("LANES"),
-                o.try_into().expect("LANES"),
-                LANES,
-            );
+        let ((xs, x_tail), (outs, o_tail)) = (row.as_chunks(), out.as_chunks_mut());
+        for (x, o) in xs.iter().zip(outs) {
+            exp_into(x, o, LANES);
         }
-        let (x_tail, o_tail) = (xs.remainder(), outs.into_remainder());
         if !x_tail.is_empty() {
             let mut x = [max; LANES];
             x[..x_tail.len()].copy_from_slice(x_tail);
