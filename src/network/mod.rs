@@ -201,15 +201,14 @@ impl Weights {
         let x = o.add(&x, &c);
 
         let mixed = match (&self.query_key, fold) {
-            (None, fold) => {
+            (None, None) => {
                 let mean = o.mean_rows(&x);
-                match fold {
-                    None => {
-                        let mean = matmul_param(o, &mean, &self.w_v);
-                        matmul_param(o, &mean, &self.w_o)
-                    }
-                    Some(f) => matmul_param(o, &mean, &f.w_vo),
-                }
+                let mean = matmul_param(o, &mean, &self.w_v);
+                matmul_param(o, &mean, &self.w_o)
+            }
+            (None, Some(f)) => {
+                let mean = o.mean_rows(&x);
+                matmul_param(o, &mean, &f.w_vo)
             }
             (Some(qk), None) => {
                 let q = matmul_param(o, &x, &qk.w_q);

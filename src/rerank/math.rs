@@ -16,20 +16,6 @@ pub fn fmadd(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// A sum in `LANES` independent partial sums, so it vectorises (a sequential f32 sum
-/// cannot be reordered by the compiler).
-pub fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// A dot product in 8 independent lanes, so the compiler can vectorise it (a plain
 /// sequential sum cannot be reordered and runs at one add per FP latency).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -91,6 +91,7 @@ where
             version: None,
             done: false,
             in_flight: self.in_flight.clone(),
+            gauge: Some(telemetry::InFlight::enter()),
         });
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -118,6 +119,8 @@ struct Answer {
     version: Option<u64>,
     done: bool,
     in_flight: Arc<AtomicUsize>,
+    /// `degre_requests_in_flight`: the same count, for the scrape.
+    gauge: Option<telemetry::InFlight>,
 }
 
 impl Answer {
@@ -125,6 +128,7 @@ impl Answer {
         if !self.done {
             self.done = true;
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.gauge = None;
             let seconds = self.started.elapsed().as_secs_f64();
             telemetry::request_done(code, self.version, seconds);
         }
@@ -183,8 +187,10 @@ fn no_message_is_the_clients_error(headers: &mut http::HeaderMap) {
     const MISSING: &str = "Missing%20request%20message.";
     let internal = grpc_status(headers) == Some(Code::Internal);
     if internal && headers.get("grpc-message").is_some_and(|m| m == MISSING) {
-        let status = (Code::InvalidArgument as i32).to_string();
-        headers.insert("grpc-status", status.parse().expect("digits"));
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(Code::InvalidArgument as i32),
+        );
         let message = "request%3A%20the%20stream%20ended%20before%20a%20whole%20message%20arrived";
         headers.insert("grpc-message", http::HeaderValue::from_static(message));
     }

@@ -50,8 +50,8 @@ impl RerankService {
         request: v1::RerankRequest,
         deadline: Instant,
     ) -> Result<v1::RerankResponse, ServeError> {
-        // Admission (`--max-in-flight`) happened before the body was read: `answers.rs`.
-        let _in_flight = telemetry::InFlight::enter();
+        // Admission (`--max-in-flight`) and the in-flight count happen before the body is
+        // read: `answers.rs`.
         let draw = self.routing.draw(&request);
         let model = self
             .routing

@@ -137,7 +137,7 @@ impl TestServer {
         http_get(&url).await
     }
 
-    /// Scrapes until every line of `wanted` is in the text (or 10 s pass); the last scrape.
+    /// Scrapes until every line of `wanted` is in the text (or 30 s pass); the last scrape.
     pub async fn metrics_with(&self, wanted: &[String]) -> String {
         // Generous: on a loaded 2-core CI machine ten versions can take seconds to refuse.
         let mut text = String::new();
