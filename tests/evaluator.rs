@@ -119,34 +119,54 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
             values.truncate(row.exposed.len());
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = TrainConfig {
-        hidden: 16,
-        epochs: 1,
-        seed: 4,
-        progress: false,
-        ..TrainConfig::default()
-    };
-    let evaluator = evaluator::train(&rows, &config, dir.path(), false).unwrap();
-    let lists: Vec<ListRef<'_>> = rows.iter().map(ListRef::logged).collect();
-    // The simulator's logs carry values, so the default objective is value: the slot's
-    // expected reward is P(click) times the value head's reward, in both forward passes.
-    assert!(evaluator.spec.objective.uses_value());
-    let batched = evaluator.slot_predictions(&lists).unwrap();
-    for (row, slots) in rows.iter().zip(&batched) {
-        let scorer = evaluator.scorer(row).unwrap();
-        let mut state = scorer.initial();
-        for (&a, &(p, reward)) in row.exposed.iter().zip(slots) {
-            let (expected, q) = (p * reward, scorer.gain(&state, a) as f32);
-            assert!(
-                (expected - q).abs() < 1e-4 * expected.abs().max(1.0),
-                "{}: batched {expected}, incremental {q}",
+    // Both kinds: the gate's pointwise judges take the same two paths.
+    for interactions in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrainConfig {
+            hidden: 16,
+            epochs: 1,
+            seed: 4,
+            interactions,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let evaluator = evaluator::train(&rows, &config, dir.path(), false).unwrap();
+        let lists: Vec<ListRef<'_>> = rows.iter().map(ListRef::logged).collect();
+        // The simulator's logs carry values, so the default objective is value: the slot's
+        // expected reward is P(click) times the value head's reward, in both forward passes.
+        assert!(evaluator.spec.objective.uses_value());
+        let batched = evaluator.slot_predictions(&lists).unwrap();
+        for (row, slots) in rows.iter().zip(&batched) {
+            let scorer = evaluator.scorer(row).unwrap();
+            let mut state = scorer.initial();
+            for (&a, &(p, reward)) in row.exposed.iter().zip(slots) {
+                let (expected, q) = (p * reward, scorer.gain(&state, a) as f32);
+                assert!(
+                    (expected - q).abs() < 1e-4 * expected.abs().max(1.0),
+                    "{}: batched {expected}, incremental {q}",
+                    row.request_id
+                );
+                scorer.push(&mut state, a);
+            }
+            let v = search::value(&scorer, &row.exposed);
+            let sum: f32 = slots.iter().map(|(p, r)| p * r).sum();
+            assert!((v as f32 - sum).abs() < 1e-3 * sum.max(1.0));
+            // Another item above the last slot: the same gain only for a pointwise model.
+            let (last, above) = (row.exposed[1], row.exposed[0]);
+            let other = (0..row.candidates.len())
+                .find(|&a| a != last && a != above)
+                .unwrap();
+            let gain_after = |first: usize| {
+                let mut state = scorer.initial();
+                scorer.push(&mut state, first);
+                scorer.gain(&state, last)
+            };
+            assert_eq!(
+                gain_after(above) == gain_after(other),
+                !interactions,
+                "{}",
                 row.request_id
             );
-            scorer.push(&mut state, a);
         }
-        let v = search::value(&scorer, &row.exposed);
-        let sum: f32 = slots.iter().map(|(p, r)| p * r).sum();
-        assert!((v as f32 - sum).abs() < 1e-3 * sum.max(1.0));
     }
 }

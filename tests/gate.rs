@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use degre::offline::evaluator::{self, TrainConfig};
-use degre::offline::gate::{self, GateReport};
+use degre::offline::gate::{self, GateReport, Panel};
 use degre::offline::logs::LoggedRequest;
 use degre::offline::objective::Objective;
 use degre::offline::policy::{Policy, RequestContext};
@@ -19,7 +19,7 @@ use common::sim::small_world;
 /// The gate with `degre` replaced by fixed lists, one per test request, asking for a gain
 /// of `min_gain` of upstream's judged value.
 fn gate_with(
-    judge: &evaluator::Evaluator,
+    panel: &Panel,
     test: &[LoggedRequest],
     lists: impl Fn(&LoggedRequest) -> Vec<usize>,
     min_gain: f64,
@@ -32,14 +32,7 @@ fn gate_with(
             .collect::<HashMap<_, _>>(),
     };
     let policies = [Policy::Logged, Policy::Upstream, degre];
-    gate::judge(
-        std::slice::from_ref(judge),
-        test,
-        &policies,
-        Some(5),
-        min_gain,
-    )
-    .unwrap()
+    gate::judge(panel, test, &policies, Some(5), min_gain).unwrap()
 }
 
 fn upstream(request: &LoggedRequest) -> Vec<usize> {
@@ -68,6 +61,16 @@ fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
     };
     let judge = evaluator::train(&judged_on, &config, dir.path(), false).unwrap();
     assert_eq!(judge.spec.objective, Objective::VALUE);
+    let pointwise_dir = tempfile::tempdir().unwrap();
+    let pointwise = TrainConfig {
+        interactions: false,
+        ..config
+    };
+    let pointwise = evaluator::train(&judged_on, &pointwise, pointwise_dir.path(), false).unwrap();
+    let panel = Panel {
+        judges: vec![judge],
+        pointwise: vec![pointwise],
+    };
     let truth_difference = |lists: &dyn Fn(&LoggedRequest) -> Vec<usize>| {
         test.iter()
             .map(|r| {
@@ -81,7 +84,7 @@ fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
 
     // Worse than the incumbent: the ranking stage's order read from the bottom.
     let worst_first = |r: &LoggedRequest| upstream(r).into_iter().rev().take(5).collect();
-    let worse = gate_with(&judge, &test, worst_first, 0.0);
+    let worse = gate_with(&panel, &test, worst_first, 0.0);
     assert!(!worse.passed, "{}", worse.verdict());
     assert!(truth_difference(&worst_first) < 0.0);
 
@@ -90,7 +93,7 @@ fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
         let truth = world.truth(r, Objective::VALUE).unwrap();
         oracle(&truth, &world.config).0.list
     };
-    let better = gate_with(&judge, &test, best, 0.01);
+    let better = gate_with(&panel, &test, best, 0.01);
     assert!(better.passed, "{}", better.verdict());
     assert!(truth_difference(&best) > 0.0);
     let (mean, half) = better.degre_vs_incumbent;
@@ -98,13 +101,19 @@ fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
     // Ahead, but not by the gain asked for: refused, and the reason says so.
     let upstream_value = better.judged_value("upstream").unwrap();
     let out_of_reach = (mean - half) / upstream_value + 0.01;
-    let not_enough = gate_with(&judge, &test, best, out_of_reach);
+    let not_enough = gate_with(&panel, &test, best, out_of_reach);
     assert!(!not_enough.passed);
     assert!(
         not_enough.verdict().contains("gate_min_gain"),
         "{}",
         not_enough.verdict()
     );
+
+    // The panel's mixture predicts the held-out clicks at least as well as either kind.
+    let fit = better.fit;
+    assert!((0.0..=1.0).contains(&fit.list_weight));
+    let pointwise_loss = fit.pointwise_log_loss.unwrap();
+    assert!(fit.log_loss <= fit.list_log_loss.min(pointwise_loss) + 1e-12);
 
     // The judge knows lists like the logged ones: its estimate of what they earned is close
     // to what they did earn.

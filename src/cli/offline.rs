@@ -78,6 +78,9 @@ pub struct TrainEvaluatorArgs {
     /// `A*clicks+B*value`. Default: value when every row logs values, else clicks.
     #[arg(long)]
     pub objective: Option<Objective>,
+    /// A pointwise model: a slot does not see the items above it (no list effects).
+    #[arg(long)]
+    pub pointwise: bool,
     /// Continue from `OUT/checkpoint` if present.
     #[arg(long)]
     pub resume: bool,
@@ -105,6 +108,7 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         patience: args.patience,
         valid_fraction: args.valid_fraction,
         objective: args.objective,
+        interactions: !args.pointwise,
         seed: args.seed,
         progress: !args.quiet,
         ..TrainConfig::default()

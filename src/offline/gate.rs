@@ -8,6 +8,15 @@
 //! unless the interval lies above zero, every judge agrees, and the judges reproduce what
 //! the logged lists actually earned (a judge that cannot value lists it has seen cannot
 //! value new ones).
+//!
+//! Judges that see the items above a slot can credit a list with effects between its items
+//! that the logs never showed, and a generator distilled from evaluators of the same kind
+//! seeks exactly those: on a world without list effects they put DeGRe ahead of an optimal
+//! ranking stage. So the panel pairs every such judge with a *pointwise* one (trained on
+//! the same sample, blind to the items above), and weighs the two by how well each
+//! predicts the held-out logged clicks: the mixture `w·list + (1 − w)·pointwise` of their
+//! click probabilities with the highest likelihood. List effects count as far as the logs
+//! show them (docs/offline.md, "The publish gate").
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -17,7 +26,7 @@ use crate::offline::logs::LoggedRequest;
 use crate::offline::metrics::mean_std;
 use crate::offline::objective::Objective;
 use crate::offline::policy::{Policy, RequestContext};
-use crate::offline::search;
+use crate::offline::search::{self, ListModel};
 
 /// The method every other is compared with, the incumbent the gate requires it to beat,
 /// and the logged policy whose actual reward checks the judges.
@@ -45,10 +54,23 @@ pub struct GateReport {
     pub degre_vs_incumbent: (f64, f64),
     /// `degre − upstream` under each judge alone.
     pub per_judge: Vec<f64>,
+    /// How the list-aware and the pointwise judges were mixed.
+    pub fit: PanelFit,
     /// The interval lies above zero, every judge agrees and the judges are calibrated.
     pub passed: bool,
     /// Why not, when it did not pass.
     pub refusal: Option<String>,
+}
+
+/// The panel's mixture and how well it predicts the held-out logged clicks (mean log
+/// loss per logged slot).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PanelFit {
+    /// The list-aware judges' weight; the rest is the pointwise judges' (1 without them).
+    pub list_weight: f64,
+    pub list_log_loss: f64,
+    pub pointwise_log_loss: Option<f64>,
+    pub log_loss: f64,
 }
 
 /// One method under the judge.
@@ -61,17 +83,25 @@ pub struct JudgedMethod {
     pub degre_minus: Option<(f64, f64)>,
 }
 
+/// The gate's judges: evaluators that see the items above a slot and, paired with them by
+/// index, pointwise ones (or none).
+pub struct Panel {
+    pub judges: Vec<Evaluator>,
+    pub pointwise: Vec<Evaluator>,
+}
+
 /// Scores `policies` (which must include `degre`, `upstream` and `logged`) on `test` with
-/// `judges`.
+/// the panel: each judge mixed with its pointwise judge (without them: the judges alone).
 /// `slots`: list length, or each request's logged length when `None`.
 /// `min_gain`: the share of upstream's judged value DeGRe must be ahead by.
 pub fn judge(
-    judges: &[Evaluator],
+    panel: &Panel,
     test: &[LoggedRequest],
     policies: &[Policy],
     slots: Option<usize>,
     min_gain: f64,
 ) -> anyhow::Result<GateReport> {
+    let (judges, pointwise) = (&panel.judges, &panel.pointwise);
     anyhow::ensure!(!judges.is_empty(), "the gate needs a judge");
     let names: Vec<String> = policies.iter().map(Policy::name).collect();
     let position = |name: &str| {
@@ -91,9 +121,38 @@ pub fn judge(
     );
     let objective = judges[0].spec.objective;
     anyhow::ensure!(
-        judges.iter().all(|j| j.spec.objective == objective),
+        judges
+            .iter()
+            .chain(pointwise)
+            .all(|j| j.spec.objective == objective),
         "the judges were trained for different objectives"
     );
+    anyhow::ensure!(
+        pointwise.is_empty() || pointwise.len() == judges.len(),
+        "{} pointwise judges for {} judges",
+        pointwise.len(),
+        judges.len()
+    );
+    let logged_clicks = logged_slots(
+        test,
+        judges,
+        if pointwise.is_empty() {
+            judges
+        } else {
+            pointwise
+        },
+    )?;
+    let list_weight = if pointwise.is_empty() {
+        1.0
+    } else {
+        best_weight(&logged_clicks)
+    };
+    let fit = PanelFit {
+        list_weight,
+        list_log_loss: mixture_loss(&logged_clicks, 1.0),
+        pointwise_log_loss: (!pointwise.is_empty()).then(|| mixture_loss(&logged_clicks, 0.0)),
+        log_loss: mixture_loss(&logged_clicks, list_weight),
+    };
     // values[i][j][p]: request i, judge j, method p.
     let values: Vec<Vec<Vec<f64>>> = test
         .par_iter()
@@ -110,11 +169,23 @@ pub fn judge(
                 .iter()
                 .map(|p| p.rank(&cx).map_err(anyhow::Error::msg))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let values_of = |judge: &Evaluator| -> anyhow::Result<Vec<f64>> {
+                let scorer = judge.scorer(request)?;
+                Ok(lists.iter().map(|l| search::value(&scorer, l)).collect())
+            };
             judges
                 .iter()
-                .map(|judge| {
-                    let scorer = judge.scorer(request)?;
-                    Ok(lists.iter().map(|l| search::value(&scorer, l)).collect())
+                .enumerate()
+                .map(|(j, judge)| {
+                    let list = values_of(judge)?;
+                    match pointwise.get(j) {
+                        None => Ok(list),
+                        Some(p) => Ok(list
+                            .iter()
+                            .zip(values_of(p)?)
+                            .map(|(l, p)| list_weight * l + (1.0 - list_weight) * p)
+                            .collect()),
+                    }
                 })
                 .collect()
         })
@@ -195,9 +266,66 @@ pub fn judge(
         methods,
         degre_vs_incumbent,
         per_judge,
+        fit,
         passed: refusal.is_none(),
         refusal,
     })
+}
+
+/// Per logged slot of every request: (clicked, mean click probability over the list-aware
+/// judges, mean over the pointwise ones).
+fn logged_slots(
+    test: &[LoggedRequest],
+    judges: &[Evaluator],
+    pointwise: &[Evaluator],
+) -> anyhow::Result<Vec<(bool, f64, f64)>> {
+    let mean_probabilities = |family: &[Evaluator], request: &LoggedRequest| {
+        let mut mean = vec![0.0; request.exposed.len()];
+        for judge in family {
+            let scorer = judge.scorer(request)?;
+            let mut prefix = scorer.initial();
+            for (t, &a) in request.exposed.iter().enumerate() {
+                mean[t] += f64::from(scorer.click_probability(&prefix, a)) / family.len() as f64;
+                scorer.push(&mut prefix, a);
+            }
+        }
+        anyhow::Ok(mean)
+    };
+    let per_request: Vec<Vec<(bool, f64, f64)>> = test
+        .par_iter()
+        .map(|request| {
+            let list = mean_probabilities(judges, request)?;
+            let point = mean_probabilities(pointwise, request)?;
+            Ok(request
+                .clicks
+                .iter()
+                .zip(list.into_iter().zip(point))
+                .map(|(&c, (l, p))| (c, l, p))
+                .collect())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(per_request.concat())
+}
+
+/// Mean log loss of the logged clicks under `w·list + (1 − w)·pointwise`.
+fn mixture_loss(slots: &[(bool, f64, f64)], w: f64) -> f64 {
+    let loss: f64 = slots
+        .iter()
+        .map(|&(click, l, p)| {
+            let q = (w * l + (1.0 - w) * p).clamp(1e-6, 1.0 - 1e-6);
+            -if click { q.ln() } else { (1.0 - q).ln() }
+        })
+        .sum();
+    loss / slots.len().max(1) as f64
+}
+
+/// The list-aware judges' weight, in steps of 0.01, whose mixture best predicts the
+/// held-out logged clicks.
+fn best_weight(slots: &[(bool, f64, f64)]) -> f64 {
+    (0..=100)
+        .map(|k| f64::from(k) / 100.0)
+        .min_by(|&a, &b| mixture_loss(slots, a).total_cmp(&mixture_loss(slots, b)))
+        .unwrap_or(1.0)
 }
 
 /// Per judge: the mean over requests of method `a` minus method `b`.
@@ -231,5 +359,43 @@ impl GateReport {
                 Some(why) => format!("NOT shown ahead of the ranking stage's order: {why}"),
             }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Slots whose clicks follow `truth`; the list-aware family predicts `list`, the
+    /// pointwise one `pointwise`.
+    fn slots(
+        truth: impl Fn(usize) -> f64,
+        list: impl Fn(usize) -> f64,
+        pointwise: impl Fn(usize) -> f64,
+    ) -> Vec<(bool, f64, f64)> {
+        let mut rng = StdRng::seed_from_u64(3);
+        (0..20_000)
+            .map(|i| (rng.random_bool(truth(i)), list(i), pointwise(i)))
+            .collect()
+    }
+
+    #[test]
+    fn the_panel_weighs_the_judges_by_how_well_they_predict_clicks() {
+        // Clicks depend on something only the list-aware judges see: they get the weight.
+        let effect = |i: usize| if i % 2 == 0 { 0.6 } else { 0.2 };
+        let s = slots(effect, effect, |_| 0.4);
+        assert!(best_weight(&s) > 0.9, "{}", best_weight(&s));
+        // They invent an effect the clicks do not show: the pointwise judges get it.
+        let s = slots(|_| 0.4, effect, |_| 0.4);
+        assert!(best_weight(&s) < 0.1, "{}", best_weight(&s));
+        // Each half right: a mixture beats both.
+        let half = |i: usize| if i % 4 < 2 { 0.6 } else { 0.2 };
+        let s = slots(|i| 0.5 * effect(i) + 0.5 * half(i), effect, half);
+        let w = best_weight(&s);
+        assert!((0.3..0.7).contains(&w), "{w}");
+        assert!(mixture_loss(&s, w) < mixture_loss(&s, 0.0).min(mixture_loss(&s, 1.0)));
     }
 }

@@ -88,6 +88,8 @@ pub struct GateRow {
     /// The judge on the logged lists: estimated and actual mean reward.
     pub judged_logged: f64,
     pub logged_reward: f64,
+    /// The list-aware judges' weight in the panel and its fit to the held-out clicks.
+    pub fit: gate::PanelFit,
 }
 
 /// Rules inside the decoding pass against rules applied after it, over seeds.
@@ -159,6 +161,7 @@ impl GateRow {
                 .map(|(m, j)| m - j),
             judged_logged: g.judged_logged,
             logged_reward: g.logged_reward,
+            fit: g.fit,
         }
     }
 }
@@ -383,20 +386,23 @@ impl Report {
     fn gate_markdown(&self) -> String {
         let mut md = String::from(
             "## Publish gate\n\nDeGRe against the ranking stage's order (`upstream`) on the \
-             held-out requests, scored by the *judge*: an evaluator trained on training \
-             requests kept away from mining, so the generator never fit it. `--publish` \
+             held-out requests, scored by the *judge*: evaluators trained on training \
+             requests kept away from mining, so the generator never fit them, each a mixture \
+             of one that sees the items above a slot and a pointwise one, weighed by how well \
+             they predict the held-out logged clicks (`list weight`: the list-aware share; \
+             `log loss`: list-aware / pointwise / mixture, per logged slot). `--publish` \
              refuses unless the 95% paired interval lies above zero. `optimism` is the mining \
              evaluator's value of DeGRe's lists minus the judge's: what search bought by \
              exploiting its evaluator's errors. `logged: judged / actual` checks the judge on \
              lists like the ones it learnt from.\n\n\
-             | seed | degre − upstream (judged) | verdict | true difference | same sign | optimism | logged: judged / actual |\n\
-             |---|---|---|---|---|---|---|\n",
+             | seed | degre − upstream (judged) | verdict | true difference | same sign | optimism | logged: judged / actual | list weight | log loss |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
         );
         let opt = |v: Option<f64>, d: usize| v.map_or("–".into(), |v| format!("{v:+.d$}"));
         for g in &self.gate {
             let _ = writeln!(
                 md,
-                "| {} | {:+.4} ± {:.4} | {} | {} | {} | {} | {:.4} / {:.4} |",
+                "| {} | {:+.4} ± {:.4} | {} | {} | {} | {} | {:.4} / {:.4} | {:.2} | {:.4} / {} / {:.4} |",
                 g.seed,
                 g.judged.0,
                 g.judged.1,
@@ -405,7 +411,13 @@ impl Report {
                 g.sign_agrees.map_or("–", |s| if s { "yes" } else { "no" }),
                 opt(g.miner_optimism, 4),
                 g.judged_logged,
-                g.logged_reward
+                g.logged_reward,
+                g.fit.list_weight,
+                g.fit.list_log_loss,
+                g.fit
+                    .pointwise_log_loss
+                    .map_or("–".into(), |l| format!("{l:.4}")),
+                g.fit.log_loss
             );
         }
         for g in &self.gate {

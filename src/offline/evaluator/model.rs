@@ -30,6 +30,16 @@ pub struct Dims {
     pub hidden: usize,
     pub attention: usize,
     pub max_slots: usize,
+    /// A slot sees the items above it (the interaction sum and the same-id counts). Off:
+    /// a position-aware pointwise model, which cannot credit a list with effects between
+    /// its items (the gate's pointwise judges).
+    #[serde(default = "interactions_default")]
+    pub interactions: bool,
+}
+
+/// Evaluators saved before the flag existed saw the items above.
+fn interactions_default() -> bool {
+    true
 }
 
 /// Named weights. Matrices are `[in, out]`, so a layer is `x · W + b`.
@@ -229,7 +239,11 @@ pub fn slot_outputs(
         (Tensor::tril2(t, DType::F32, &Device::Cpu)? - Tensor::eye(t, DType::F32, &Device::Cpu)?)?;
     let weights = candle_nn::ops::sigmoid(&(q.matmul(&k.t()?.contiguous()?)? * scale)?)?
         .broadcast_mul(&strictly_above)?;
-    let m = weights.matmul(&v)?; // [B, T, A]
+    let m = if dims.interactions {
+        weights.matmul(&v)? // [B, T, A]
+    } else {
+        Tensor::zeros((b, t, dims.attention), DType::F32, &Device::Cpu)?
+    };
     let per_slot = |x: &Tensor| x.unsqueeze(1)?.broadcast_as((b, t, hidden))?.contiguous();
     let c_t = per_slot(&c)?;
     let position = params
@@ -247,7 +261,11 @@ pub fn slot_outputs(
         (&c_t * &x)?,
     ];
     if batch.candidate_fields > 0 {
-        parts.push(batch.same_above.clone());
+        parts.push(if dims.interactions {
+            batch.same_above.clone()
+        } else {
+            batch.same_above.zeros_like()?
+        });
     }
     let value_in = Tensor::cat(&[&x, &(&c_t * &x)?], D::Minus1)?;
     let z = Tensor::cat(&parts, D::Minus1)?;

@@ -76,6 +76,8 @@ pub struct RequestScorer {
     interaction_rows: Vec<Vec<f32>>,
     /// Per categorical feature: the output layer's row reading its same-id count.
     same_above: Matrix,
+    /// Off: nothing placed above a slot changes it (`Dims::interactions`).
+    interactions: bool,
     hidden: usize,
     /// Each candidate's categorical ids, for the same-id counts.
     ids: Vec<Vec<i64>>,
@@ -200,6 +202,7 @@ impl RequestScorer {
             interaction_rows,
             same_above,
             hidden: h,
+            interactions: dims.interactions,
             ids: request
                 .candidates
                 .iter()
@@ -247,6 +250,10 @@ impl ListModel for RequestScorer {
     /// through the causal interaction sum (weight `σ(q_a·k_j/√A)`), and one to each
     /// categorical feature whose id it shares.
     fn push(&self, state: &mut Prefix, j: usize) {
+        state.items.push(j);
+        if !self.interactions {
+            return;
+        }
         let (n, h) = (self.base.len(), self.hidden);
         state.above.resize(n * h, 0.0);
         for (a, above) in state.above.chunks_exact_mut(h).enumerate() {
@@ -265,6 +272,5 @@ impl ListModel for RequestScorer {
                 }
             }
         }
-        state.items.push(j);
     }
 }

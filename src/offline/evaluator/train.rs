@@ -32,6 +32,8 @@ pub struct TrainConfig {
     /// The evaluator, and every generator distilled from it, read the incumbent's order
     /// (each candidate's `ranking_score`, as `contract::upstream` derives it).
     pub ranking_score: bool,
+    /// Each slot sees the items above it; off trains a pointwise model (`Dims`).
+    pub interactions: bool,
     /// Set per run (the pipeline's objective and seed), not in the `[evaluator]` section.
     /// No objective: value when the logs carry it, else clicks.
     #[serde(skip)]
@@ -67,6 +69,7 @@ impl Default for TrainConfig {
             patience: 3,
             valid_fraction: 0.1,
             ranking_score: true,
+            interactions: true,
             objective: None,
             seed: 0,
             progress: true,
@@ -289,6 +292,7 @@ pub fn train(
             hidden: config.hidden,
             attention: config.attention,
             max_slots: shape.max_exposed,
+            interactions: config.interactions,
         },
         features: FeatureMap::fit(&train_rows, &shape, config.ranking_score),
         objective,

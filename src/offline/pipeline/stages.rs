@@ -13,7 +13,7 @@ use super::config::PipelineConfig;
 use crate::offline::compare::{evaluate, EvalInputs, EvalReport};
 use crate::offline::distill::{self, DistillConfig, Forced, TrainedGenerator};
 use crate::offline::evaluator::{self, Ensemble, Evaluator};
-use crate::offline::gate::{self, GateReport};
+use crate::offline::gate::{self, GateReport, Panel};
 use crate::offline::logs::{write_logs, LoggedRequest};
 use crate::offline::mine::{self, MineConfig, Mined, Shard};
 use crate::offline::objective::Objective;
@@ -126,25 +126,42 @@ pub fn train_ensemble(
 }
 
 /// The gate's judges: evaluators on bootstrap samples of the judge split, each with its
-/// own seed, under `dir/judge-<j>`.
+/// own seed, under `dir/judge-<j>`, and a pointwise one on the same sample under
+/// `dir/judge-<j>-pointwise`.
 pub fn train_judges(
     config: &PipelineConfig,
     rows: &[LoggedRequest],
     seed: u64,
     dir: &Path,
     progress: bool,
-) -> anyhow::Result<Vec<Evaluator>> {
-    (0..config.judges)
-        .map(|j| {
-            let seed = seed.wrapping_add(1_000_003 * (j as u64 + 1));
-            let mut rng = StdRng::seed_from_u64(seed);
-            let sample: Vec<LoggedRequest> = (0..rows.len())
-                .map(|_| rows[rng.random_range(0..rows.len())].clone())
-                .collect();
-            let out = dir.join(format!("judge-{j}"));
-            train_evaluator(config, &sample, seed, &out, progress)
-        })
-        .collect()
+) -> anyhow::Result<Panel> {
+    let mut panel = Panel {
+        judges: Vec::new(),
+        pointwise: Vec::new(),
+    };
+    for j in 0..config.judges {
+        let seed = seed.wrapping_add(1_000_003 * (j as u64 + 1));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let sample: Vec<LoggedRequest> = (0..rows.len())
+            .map(|_| rows[rng.random_range(0..rows.len())].clone())
+            .collect();
+        let out = dir.join(format!("judge-{j}"));
+        panel
+            .judges
+            .push(train_evaluator(config, &sample, seed, &out, progress)?);
+        let pointwise = PipelineConfig {
+            evaluator: evaluator::TrainConfig {
+                interactions: false,
+                ..config.evaluator.clone()
+            },
+            ..config.clone()
+        };
+        let out = dir.join(format!("judge-{j}-pointwise"));
+        panel
+            .pointwise
+            .push(train_evaluator(&pointwise, &sample, seed, &out, progress)?);
+    }
+    Ok(panel)
 }
 
 /// Beam-searches `requests` at width `width` into `dir/file`; returns the mined lists and
@@ -349,7 +366,7 @@ fn generator_policies(generators: &Generators) -> impl Iterator<Item = Policy> +
 /// The publish gate: every generator, the logged lists and the ranking stage's order on
 /// the held-out requests, judged by the evaluator the generators never fit.
 pub fn gate(
-    judges: &[Evaluator],
+    panel: &Panel,
     data: &Data,
     generators: &Generators,
     min_gain: f64,
@@ -357,7 +374,7 @@ pub fn gate(
     let mut policies = vec![Policy::Logged, Policy::Upstream];
     policies.extend(generator_policies(generators));
     let slots = data.world.as_ref().map(|w| w.config.slots);
-    gate::judge(judges, &data.test, &policies, slots, min_gain)
+    gate::judge(panel, &data.test, &policies, slots, min_gain)
 }
 
 /// Seq2Slate-style labels: clicked items first, each group in its logged order.
