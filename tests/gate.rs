@@ -110,8 +110,8 @@ fn the_gate_refuses_a_worse_generator_and_accepts_a_better_one() {
     );
 
     // The panel's mixture predicts the held-out clicks at least as well as either kind.
-    let fit = better.fit;
-    assert!((0.0..=1.0).contains(&fit.list_weight));
+    let fit = &better.fit;
+    assert!(fit.list_weights.iter().all(|w| (0.0..=1.0).contains(w)));
     let pointwise_loss = fit.pointwise_log_loss.unwrap();
     assert!(fit.log_loss <= fit.list_log_loss.min(pointwise_loss) + 1e-12);
 

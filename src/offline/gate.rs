@@ -62,12 +62,13 @@ pub struct GateReport {
     pub refusal: Option<String>,
 }
 
-/// The panel's mixture and how well it predicts the held-out logged clicks (mean log
-/// loss per logged slot).
-#[derive(Debug, Clone, Copy, Serialize)]
+/// The panel's mixtures and how well they predict the held-out logged clicks (mean log
+/// loss per logged slot, averaged over judge pairs).
+#[derive(Debug, Clone, Serialize)]
 pub struct PanelFit {
-    /// The list-aware judges' weight; the rest is the pointwise judges' (1 without them).
-    pub list_weight: f64,
+    /// Per judge pair: the list-aware judge's weight; the rest is the pointwise judge's
+    /// (1 without pointwise judges).
+    pub list_weights: Vec<f64>,
     pub list_log_loss: f64,
     pub pointwise_log_loss: Option<f64>,
     pub log_loss: f64,
@@ -133,25 +134,32 @@ pub fn judge(
         pointwise.len(),
         judges.len()
     );
-    let logged_clicks = logged_slots(
-        test,
-        judges,
-        if pointwise.is_empty() {
-            judges
-        } else {
-            pointwise
-        },
-    )?;
-    let list_weight = if pointwise.is_empty() {
-        1.0
-    } else {
-        best_weight(&logged_clicks)
+    // Each judge pair picks its own weight: the choice is part of the estimate, so it is
+    // bootstrapped with the rest of it.
+    let pairs = (0..judges.len())
+        .map(|j| {
+            let twin = pointwise.get(j).unwrap_or(&judges[j]);
+            let clicks = logged_slots(test, &judges[j], twin)?;
+            let weight = if pointwise.is_empty() {
+                1.0
+            } else {
+                best_weight(&clicks)
+            };
+            Ok((weight, clicks))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mean_loss = |w: Option<f64>| {
+        pairs
+            .iter()
+            .map(|(weight, clicks)| mixture_loss(clicks, w.unwrap_or(*weight)))
+            .sum::<f64>()
+            / pairs.len() as f64
     };
     let fit = PanelFit {
-        list_weight,
-        list_log_loss: mixture_loss(&logged_clicks, 1.0),
-        pointwise_log_loss: (!pointwise.is_empty()).then(|| mixture_loss(&logged_clicks, 0.0)),
-        log_loss: mixture_loss(&logged_clicks, list_weight),
+        list_weights: pairs.iter().map(|(w, _)| *w).collect(),
+        list_log_loss: mean_loss(Some(1.0)),
+        pointwise_log_loss: (!pointwise.is_empty()).then(|| mean_loss(Some(0.0))),
+        log_loss: mean_loss(None),
     };
     // values[i][j][p]: request i, judge j, method p.
     let values: Vec<Vec<Vec<f64>>> = test
@@ -183,7 +191,10 @@ pub fn judge(
                         Some(p) => Ok(list
                             .iter()
                             .zip(values_of(p)?)
-                            .map(|(l, p)| list_weight * l + (1.0 - list_weight) * p)
+                            .map(|(l, p)| {
+                                let w = fit.list_weights[j];
+                                w * l + (1.0 - w) * p
+                            })
                             .collect()),
                     }
                 })
@@ -272,30 +283,28 @@ pub fn judge(
     })
 }
 
-/// Per logged slot of every request: (clicked, mean click probability over the list-aware
-/// judges, mean over the pointwise ones).
+/// Per logged slot of every request: (clicked, the list-aware judge's click probability,
+/// the pointwise judge's).
 fn logged_slots(
     test: &[LoggedRequest],
-    judges: &[Evaluator],
-    pointwise: &[Evaluator],
+    judge: &Evaluator,
+    pointwise: &Evaluator,
 ) -> anyhow::Result<Vec<(bool, f64, f64)>> {
-    let mean_probabilities = |family: &[Evaluator], request: &LoggedRequest| {
-        let mut mean = vec![0.0; request.exposed.len()];
-        for judge in family {
-            let scorer = judge.scorer(request)?;
-            let mut prefix = scorer.initial();
-            for (t, &a) in request.exposed.iter().enumerate() {
-                mean[t] += f64::from(scorer.click_probability(&prefix, a)) / family.len() as f64;
-                scorer.push(&mut prefix, a);
-            }
+    let probabilities = |judge: &Evaluator, request: &LoggedRequest| {
+        let scorer = judge.scorer(request)?;
+        let mut prefix = scorer.initial();
+        let mut p = Vec::with_capacity(request.exposed.len());
+        for &a in &request.exposed {
+            p.push(f64::from(scorer.click_probability(&prefix, a)));
+            scorer.push(&mut prefix, a);
         }
-        anyhow::Ok(mean)
+        anyhow::Ok(p)
     };
     let per_request: Vec<Vec<(bool, f64, f64)>> = test
         .par_iter()
         .map(|request| {
-            let list = mean_probabilities(judges, request)?;
-            let point = mean_probabilities(pointwise, request)?;
+            let list = probabilities(judge, request)?;
+            let point = probabilities(pointwise, request)?;
             Ok(request
                 .clicks
                 .iter()

@@ -161,7 +161,7 @@ impl GateRow {
                 .map(|(m, j)| m - j),
             judged_logged: g.judged_logged,
             logged_reward: g.logged_reward,
-            fit: g.fit,
+            fit: g.fit.clone(),
         }
     }
 }
@@ -389,7 +389,7 @@ impl Report {
              held-out requests, scored by the *judge*: evaluators trained on training \
              requests kept away from mining, so the generator never fit them, each a mixture \
              of one that sees the items above a slot and a pointwise one, weighed by how well \
-             they predict the held-out logged clicks (`list weight`: the list-aware share; \
+             they predict the held-out logged clicks (`list weight`: the list-aware share, per judge; \
              `log loss`: list-aware / pointwise / mixture, per logged slot). `--publish` \
              refuses unless the 95% paired interval lies above zero. `optimism` is the mining \
              evaluator's value of DeGRe's lists minus the judge's: what search bought by \
@@ -402,7 +402,7 @@ impl Report {
         for g in &self.gate {
             let _ = writeln!(
                 md,
-                "| {} | {:+.4} ± {:.4} | {} | {} | {} | {} | {:.4} / {:.4} | {:.2} | {:.4} / {} / {:.4} |",
+                "| {} | {:+.4} ± {:.4} | {} | {} | {} | {} | {:.4} / {:.4} | {} | {:.4} / {} / {:.4} |",
                 g.seed,
                 g.judged.0,
                 g.judged.1,
@@ -412,7 +412,12 @@ impl Report {
                 opt(g.miner_optimism, 4),
                 g.judged_logged,
                 g.logged_reward,
-                g.fit.list_weight,
+                g.fit
+                    .list_weights
+                    .iter()
+                    .map(|w| format!("{w:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 g.fit.list_log_loss,
                 g.fit
                     .pointwise_log_loss
