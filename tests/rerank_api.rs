@@ -667,15 +667,11 @@ async fn request_bytes_held_across_connections_are_bounded() {
     let (held, _a) = unfinished_body(server.grpc_addr, 40 << 10).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (refused, _b) = unfinished_body(server.grpc_addr, 40 << 10).await;
-    let started = std::time::Instant::now();
+    // Refused, not cut at its timeout (CANCELLED): the budget, not a clock, said no.
     assert_eq!(
         grpc_status(refused).await.as_deref(),
         Some("8"),
         "RESOURCE_EXHAUSTED"
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(250),
-        "refused at once"
     );
     let mut client = server.client().await;
     client
@@ -732,14 +728,11 @@ async fn requests_past_the_in_flight_limit_are_refused_before_their_body_is_read
     let (held, _body) = unfinished_body(server.grpc_addr, 1024).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut client = server.client().await;
-    let started = std::time::Instant::now();
+    // Refused while the held one is still in flight (after its cut it would be admitted):
+    // no clock needed to tell "at once" from "after the timeout".
     let status = client.rerank(request(20, 5, 1)).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("in flight"), "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(250),
-        "refused at once"
-    );
     // The held one is cut at its timeout; then there is room again.
     assert_eq!(grpc_status(held).await.as_deref(), Some("1"), "CANCELLED");
     client
