@@ -14,7 +14,7 @@ pub use batch::{Batch, FeatureMap, Labels, ListRef};
 pub use ensemble::{Ensemble, EnsembleScorer};
 pub use model::{click_loss, slot_outputs, value_loss, Dims, Params, SlotOutputs};
 pub use scorer::{Prefix, RequestScorer};
-pub use train::{train, TrainConfig, TrainSummary};
+pub use train::{train, train_split, TrainConfig, TrainSummary};
 
 use std::path::Path;
 

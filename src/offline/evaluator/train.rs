@@ -244,8 +244,26 @@ pub fn train(
     out: &Path,
     resume: bool,
 ) -> anyhow::Result<Evaluator> {
-    let shape = LogShape::of(rows).context("no logged requests to train on")?;
     anyhow::ensure!(rows.len() >= 2, "need at least 2 logged requests");
+    let split = training::split(rows.len(), config.valid_fraction, config.seed);
+    train_split(rows, split, config, out, resume)
+}
+
+/// [`train`] on a given split of `rows` into training and validation. A bootstrap sample
+/// needs it: a request drawn twice must not land on both sides, or early stopping
+/// validates on what it trained on and never stops an evaluator that memorises.
+pub fn train_split(
+    rows: &[LoggedRequest],
+    split: Split,
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+) -> anyhow::Result<Evaluator> {
+    let shape = LogShape::of(rows).context("no logged requests to train on")?;
+    anyhow::ensure!(
+        !split.train.is_empty() && !split.valid.is_empty(),
+        "need logged requests both to train on and to validate on"
+    );
     let objective = config
         .objective
         .unwrap_or_else(|| Objective::default_for(shape.has_values));
@@ -253,7 +271,7 @@ pub fn train(
         !objective.uses_value() || shape.has_values,
         "the objective {objective} needs the `values` column, and some rows lack it"
     );
-    let Split { train, valid } = training::split(rows.len(), config.valid_fraction, config.seed);
+    let Split { train, valid } = split;
     let value_per_click = value_per_click(train.iter().map(|&i| &rows[i]));
     let labels: Vec<Logged> = rows
         .iter()

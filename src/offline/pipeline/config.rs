@@ -33,6 +33,10 @@ pub struct PipelineConfig {
     /// Judges, each trained on a bootstrap sample of those requests with its own seed: their
     /// disagreement widens the gate's interval.
     pub judges: usize,
+    /// Pair every judge with a pointwise one (blind to the items above a slot), mixed by
+    /// how well each predicts the held-out logged clicks (docs/offline.md, "The publish
+    /// gate").
+    pub pointwise_judges: bool,
     /// The publish gate needs DeGRe ahead of the `ranking_score` order by at least this
     /// share of the order's judged value (the lower end of the 95% interval).
     pub gate_min_gain: f64,
@@ -89,6 +93,7 @@ impl Default for PipelineConfig {
             test_fraction: 0.1,
             judge_fraction: 0.25,
             judges: 3,
+            pointwise_judges: true,
             gate_min_gain: 0.01,
             baselines: None,
         }

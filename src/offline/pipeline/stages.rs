@@ -92,13 +92,16 @@ pub fn train_evaluator(
     out: &Path,
     progress: bool,
 ) -> anyhow::Result<Evaluator> {
-    let settings = evaluator::TrainConfig {
+    evaluator::train(rows, &settings(config, seed, progress), out, false)
+}
+
+fn settings(config: &PipelineConfig, seed: u64, progress: bool) -> evaluator::TrainConfig {
+    evaluator::TrainConfig {
         objective: config.objective,
         seed,
         progress,
         ..config.evaluator.clone()
-    };
-    evaluator::train(rows, &settings, out, false)
+    }
 }
 
 /// The mining ensemble: `mining.evaluators` evaluators on the training requests, each
@@ -127,7 +130,7 @@ pub fn train_ensemble(
 
 /// The gate's judges: evaluators on bootstrap samples of the judge split, each with its
 /// own seed, under `dir/judge-<j>`, and a pointwise one on the same sample under
-/// `dir/judge-<j>-pointwise`.
+/// `dir/judge-<j>-pointwise`. Each validates on requests its sample does not hold.
 pub fn train_judges(
     config: &PipelineConfig,
     rows: &[LoggedRequest],
@@ -141,27 +144,53 @@ pub fn train_judges(
     };
     for j in 0..config.judges {
         let seed = seed.wrapping_add(1_000_003 * (j as u64 + 1));
-        let mut rng = StdRng::seed_from_u64(seed);
-        let sample: Vec<LoggedRequest> = (0..rows.len())
-            .map(|_| rows[rng.random_range(0..rows.len())].clone())
-            .collect();
-        let out = dir.join(format!("judge-{j}"));
-        panel
-            .judges
-            .push(train_evaluator(config, &sample, seed, &out, progress)?);
-        let pointwise = PipelineConfig {
-            evaluator: evaluator::TrainConfig {
-                interactions: false,
-                ..config.evaluator.clone()
-            },
-            ..config.clone()
+        let (sample, split) = bootstrap(rows, config.evaluator.valid_fraction, seed);
+        let list_aware = settings(config, seed, progress);
+        let pointwise = evaluator::TrainConfig {
+            interactions: false,
+            ..list_aware.clone()
         };
-        let out = dir.join(format!("judge-{j}-pointwise"));
-        panel
-            .pointwise
-            .push(train_evaluator(&pointwise, &sample, seed, &out, progress)?);
+        let out = dir.join(format!("judge-{j}"));
+        panel.judges.push(evaluator::train_split(
+            &sample,
+            split.clone(),
+            &list_aware,
+            &out,
+            false,
+        )?);
+        if config.pointwise_judges {
+            let out = dir.join(format!("judge-{j}-pointwise"));
+            panel.pointwise.push(evaluator::train_split(
+                &sample,
+                split.clone(),
+                &pointwise,
+                &out,
+                false,
+            )?);
+        }
     }
     Ok(panel)
+}
+
+/// A bootstrap sample of `rows` to train on, after `valid_fraction` of them are set aside
+/// to validate on (so no request is on both sides), and the split of the returned rows.
+fn bootstrap(
+    rows: &[LoggedRequest],
+    valid_fraction: f64,
+    seed: u64,
+) -> (Vec<LoggedRequest>, training::Split) {
+    let held = training::split(rows.len(), valid_fraction, seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut sample: Vec<LoggedRequest> = (0..held.train.len())
+        .map(|_| rows[held.train[rng.random_range(0..held.train.len())]].clone())
+        .collect();
+    let drawn = sample.len();
+    sample.extend(held.valid.iter().map(|&i| rows[i].clone()));
+    let split = training::Split {
+        train: (0..drawn).collect(),
+        valid: (drawn..sample.len()).collect(),
+    };
+    (sample, split)
 }
 
 /// Beam-searches `requests` at width `width` into `dir/file`; returns the mined lists and
@@ -430,4 +459,38 @@ pub fn compare(
         correlation_requests: 200,
         correlation_lists: 50,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::offline::sim::SimConfig;
+
+    #[test]
+    fn a_judge_never_validates_on_a_request_it_trained_on() {
+        let config = SimConfig {
+            items: 500,
+            candidates: 10,
+            slots: 5,
+            retrieval_pool: 100,
+            ..SimConfig::default()
+        };
+        let world = World::generate(config, 5);
+        let rows = sample_split(&world, "judge", 200);
+        let (sample, split) = bootstrap(&rows, 0.1, 9);
+        let ids = |side: &[usize]| -> HashSet<&str> {
+            side.iter()
+                .map(|&i| sample[i].request_id.as_str())
+                .collect()
+        };
+        let (train, valid) = (ids(&split.train), ids(&split.valid));
+        assert!(train.is_disjoint(&valid));
+        assert_eq!(split.valid.len(), 20);
+        assert_eq!(valid.len(), 20);
+        // A bootstrap: as many draws as requests set aside to train on, some drawn twice.
+        assert_eq!(split.train.len(), 180);
+        assert!(train.len() < 180 && train.len() > 90, "{}", train.len());
+    }
 }
