@@ -394,7 +394,7 @@ mod tests {
     #[test]
     fn the_panel_weighs_the_judges_by_how_well_they_predict_clicks() {
         // Clicks depend on something only the list-aware judges see: they get the weight.
-        let effect = |i: usize| if i % 2 == 0 { 0.6 } else { 0.2 };
+        let effect = |i: usize| if i.is_multiple_of(2) { 0.6 } else { 0.2 };
         let s = slots(effect, effect, |_| 0.4);
         assert!(best_weight(&s) > 0.9, "{}", best_weight(&s));
         // They invent an effect the clicks do not show: the pointwise judges get it.
