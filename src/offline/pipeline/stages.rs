@@ -144,7 +144,7 @@ pub fn train_judges(
     };
     for j in 0..config.judges {
         let seed = seed.wrapping_add(1_000_003 * (j as u64 + 1));
-        let (sample, split) = bootstrap(rows, config.evaluator.valid_fraction, seed);
+        let (sample, split) = bootstrap(rows, seed);
         let list_aware = settings(config, seed, progress);
         let pointwise = evaluator::TrainConfig {
             interactions: false,
@@ -172,23 +172,30 @@ pub fn train_judges(
     Ok(panel)
 }
 
-/// A bootstrap sample of `rows` to train on, after `valid_fraction` of them are set aside
-/// to validate on (so no request is on both sides), and the split of the returned rows.
-fn bootstrap(
-    rows: &[LoggedRequest],
-    valid_fraction: f64,
-    seed: u64,
-) -> (Vec<LoggedRequest>, training::Split) {
-    let held = training::split(rows.len(), valid_fraction, seed);
+/// A bootstrap sample of `rows` (as many draws as rows) to train on, and the rows it
+/// never drew (about 37%) to validate on: no request on both sides, and an early stop
+/// read on several times the usual validation split (small judge splits made it noisy).
+/// Returns the rows and their split.
+fn bootstrap(rows: &[LoggedRequest], seed: u64) -> (Vec<LoggedRequest>, training::Split) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut sample: Vec<LoggedRequest> = (0..held.train.len())
-        .map(|_| rows[held.train[rng.random_range(0..held.train.len())]].clone())
+    let mut drawn = vec![false; rows.len()];
+    let mut sample: Vec<LoggedRequest> = (0..rows.len())
+        .map(|_| {
+            let i = rng.random_range(0..rows.len());
+            drawn[i] = true;
+            rows[i].clone()
+        })
         .collect();
-    let drawn = sample.len();
-    sample.extend(held.valid.iter().map(|&i| rows[i].clone()));
+    let draws = sample.len();
+    sample.extend(
+        rows.iter()
+            .zip(&drawn)
+            .filter(|(_, &d)| !d)
+            .map(|(r, _)| r.clone()),
+    );
     let split = training::Split {
-        train: (0..drawn).collect(),
-        valid: (drawn..sample.len()).collect(),
+        train: (0..draws).collect(),
+        valid: (draws..sample.len()).collect(),
     };
     (sample, split)
 }
