@@ -94,7 +94,7 @@ impl Default for PipelineConfig {
             judge_fraction: 0.25,
             judges: 3,
             pointwise_judges: true,
-            gate_min_gain: 0.01,
+            gate_min_gain: 0.0,
             baselines: None,
         }
     }
