@@ -13,9 +13,9 @@
 //! that the logs never showed, and a generator distilled from evaluators of the same kind
 //! seeks exactly those: on a world without list effects they put DeGRe ahead of an optimal
 //! ranking stage. So the panel pairs every such judge with a *pointwise* one (trained on
-//! the same sample, blind to the items above), and weighs the two by how well each
-//! predicts the held-out logged clicks: the mixture `w·list + (1 − w)·pointwise` of their
-//! click probabilities with the highest likelihood. List effects count as far as the logs
+//! the same sample, blind to the items above), and values lists with `w·list +
+//! (1 − w)·pointwise`, where `w` is the mixture of the pair's click probabilities under
+//! which the held-out logged clicks are most likely. List effects count as far as the logs
 //! show them (docs/offline.md, "The publish gate").
 
 use rayon::prelude::*;

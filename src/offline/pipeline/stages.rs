@@ -177,25 +177,28 @@ pub fn train_judges(
 /// read on several times the usual validation split (small judge splits made it noisy).
 /// Returns the rows and their split.
 fn bootstrap(rows: &[LoggedRequest], seed: u64) -> (Vec<LoggedRequest>, training::Split) {
+    let n = rows.len();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut drawn = vec![false; rows.len()];
-    let mut sample: Vec<LoggedRequest> = (0..rows.len())
-        .map(|_| {
-            let i = rng.random_range(0..rows.len());
-            drawn[i] = true;
-            rows[i].clone()
-        })
+    let draws: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+    let mut drawn = vec![false; n];
+    for &i in &draws {
+        drawn[i] = true;
+    }
+    if n > 1 && drawn.iter().all(|&d| d) {
+        // Tiny logs can draw every row: keep one out to validate on.
+        drawn[draws[0]] = false;
+    }
+    let train: Vec<usize> = draws.into_iter().filter(|&i| drawn[i]).collect();
+    let valid = (0..n).filter(|&i| !drawn[i]);
+    let sample: Vec<LoggedRequest> = train
+        .iter()
+        .copied()
+        .chain(valid)
+        .map(|i| rows[i].clone())
         .collect();
-    let draws = sample.len();
-    sample.extend(
-        rows.iter()
-            .zip(&drawn)
-            .filter(|(_, &d)| !d)
-            .map(|(r, _)| r.clone()),
-    );
     let split = training::Split {
-        train: (0..draws).collect(),
-        valid: (draws..sample.len()).collect(),
+        train: (0..train.len()).collect(),
+        valid: (train.len()..sample.len()).collect(),
     };
     (sample, split)
 }
@@ -496,6 +499,14 @@ mod tests {
         assert!(train.is_disjoint(&valid));
         // A bootstrap: as many draws as requests, some drawn twice; the rest validate.
         assert_eq!(split.train.len(), 200);
+        // Tiny logs that draw every row still keep one out.
+        let few = &rows[..2];
+        for seed in 0..20 {
+            let (sample, split) = bootstrap(few, seed);
+            assert_eq!(split.valid.len(), 1, "seed {seed}");
+            let held = &sample[split.valid[0]].request_id;
+            assert!(split.train.iter().all(|&i| &sample[i].request_id != held));
+        }
         assert_eq!(train.len() + valid.len(), 200);
         assert_eq!(valid.len(), split.valid.len());
         assert!((50..100).contains(&valid.len()), "{}", valid.len());
