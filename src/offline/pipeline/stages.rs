@@ -480,14 +480,7 @@ mod tests {
 
     #[test]
     fn a_judge_never_validates_on_a_request_it_trained_on() {
-        let config = SimConfig {
-            items: 500,
-            candidates: 10,
-            slots: 5,
-            retrieval_pool: 100,
-            ..SimConfig::default()
-        };
-        let world = World::generate(config, 5);
+        let world = World::generate(SimConfig::default(), 5);
         let rows = sample_split(&world, "judge", 200);
         let (sample, split) = bootstrap(&rows, 9);
         let ids = |side: &[usize]| -> HashSet<&str> {
