@@ -124,12 +124,17 @@ async fn new_version_swaps_in_under_load_with_zero_failures() {
 }
 
 /// Writes a version directory by hand (no atomic publish) so tests can break it.
+/// Writes a version's files in a staging folder and moves it in whole, as a publisher
+/// does: the watcher never judges a version half-written (it would count a failure for
+/// every state it saw, not one per broken version).
 fn write_version(root: &std::path::Path, version: u64, files: &[(String, Vec<u8>)]) {
-    let dir = root.join(MODEL).join(version.to_string());
-    std::fs::create_dir_all(&dir).unwrap();
+    let staging = tempfile::tempdir_in(root).unwrap();
     for (name, bytes) in files {
-        std::fs::write(dir.join(name), bytes).unwrap();
+        std::fs::write(staging.path().join(name), bytes).unwrap();
     }
+    let dir = root.join(MODEL).join(version.to_string());
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    std::fs::rename(staging.path(), &dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
