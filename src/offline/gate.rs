@@ -304,7 +304,12 @@ fn logged_slots(
         .par_iter()
         .map(|request| {
             let list = probabilities(judge, request)?;
-            let point = probabilities(pointwise, request)?;
+            // Without a pointwise twin the judge stands in for it: score once.
+            let point = if std::ptr::eq(judge, pointwise) {
+                list.clone()
+            } else {
+                probabilities(pointwise, request)?
+            };
             Ok(request
                 .clicks
                 .iter()

@@ -146,27 +146,18 @@ pub fn train_judges(
         let seed = seed.wrapping_add(1_000_003 * (j as u64 + 1));
         let (sample, split) = bootstrap(rows, seed);
         let list_aware = settings(config, seed, progress);
-        let pointwise = evaluator::TrainConfig {
-            interactions: false,
-            ..list_aware.clone()
+        let train = |settings: &evaluator::TrainConfig, name: String| {
+            evaluator::train_split(&sample, split.clone(), settings, &dir.join(name), false)
         };
-        let out = dir.join(format!("judge-{j}"));
-        panel.judges.push(evaluator::train_split(
-            &sample,
-            split.clone(),
-            &list_aware,
-            &out,
-            false,
-        )?);
+        panel.judges.push(train(&list_aware, format!("judge-{j}"))?);
         if config.pointwise_judges {
-            let out = dir.join(format!("judge-{j}-pointwise"));
-            panel.pointwise.push(evaluator::train_split(
-                &sample,
-                split.clone(),
-                &pointwise,
-                &out,
-                false,
-            )?);
+            let pointwise = evaluator::TrainConfig {
+                interactions: false,
+                ..list_aware.clone()
+            };
+            panel
+                .pointwise
+                .push(train(&pointwise, format!("judge-{j}-pointwise"))?);
         }
     }
     Ok(panel)
