@@ -28,7 +28,11 @@ pub fn features(scores: &[f32], out: &mut Vec<f32>) {
         / n as f64;
     let inv_sd = if var > 0.0 { 1.0 / var.sqrt() } else { 0.0 };
     let mut order: Vec<u32> = (0..n as u32).collect();
-    order.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
+    // Descending, ties by position: a total order, so the unstable sort gives the stable
+    // sort's result without its buffer.
+    order.sort_unstable_by(|&a, &b| {
+        (scores[b as usize].total_cmp(&scores[a as usize])).then(a.cmp(&b))
+    });
     let mut rank = vec![0u32; n];
     for (place, &i) in order.iter().enumerate() {
         rank[i as usize] = place as u32;

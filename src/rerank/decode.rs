@@ -189,22 +189,21 @@ pub fn forced<M: StepModel>(model: &mut M, prefix: &[usize]) -> Result<Vec<Vec<f
 /// The allowed candidate with the highest logit (ties to the lower index) and its
 /// log-probability among the allowed ones; `None` if none is allowed.
 fn best<E>(logits: &[f32], allowed: &[f32], slot: usize) -> Result<Option<Pick>, DecodeError<E>> {
-    let mut best = usize::MAX;
-    let mut max = f32::NEG_INFINITY;
-    for (index, (&logit, &allowed)) in logits.iter().zip(allowed).enumerate() {
-        if allowed == 0.0 {
-            continue;
-        }
-        if !logit.is_finite() {
-            return Err(DecodeError::NonFinite { slot, index });
-        }
-        if best == usize::MAX || logit > max {
-            best = index;
-            max = logit;
-        }
+    let Some(max) = math::allowed_max(logits, allowed) else {
+        // A non-finite logit among the allowed ones: name the first.
+        let index = (logits.iter().zip(allowed))
+            .position(|(l, &a)| a != 0.0 && !l.is_finite())
+            .unwrap_or_default();
+        return Err(DecodeError::NonFinite { slot, index });
+    };
+    if max == f32::NEG_INFINITY {
+        return Ok(None); // nothing allowed
     }
-    Ok((best != usize::MAX).then(|| Pick {
-        index: best,
+    let index = (logits.iter().zip(allowed))
+        .position(|(&l, &a)| a != 0.0 && l == max)
+        .unwrap_or_default();
+    Ok(Some(Pick {
+        index,
         score: -math::free_exp_sum(logits, allowed, max).ln(),
         why: None,
     }))

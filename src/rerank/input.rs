@@ -196,7 +196,10 @@ impl<'a> InputBuilder<'a> {
             upstream::features(&self.scores, &mut self.input.upstream);
         }
         let ids = &self.input.item_ids;
-        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        // Seeded per process, and N is bounded by the candidate limit: a client that finds
+        // colliding ids slows only its own request.
+        let hasher = foldhash::fast::RandomState::default();
+        let mut seen = std::collections::HashSet::with_capacity_and_hasher(ids.len(), hasher);
         if let Some((index, id)) = ids
             .iter()
             .enumerate()

@@ -59,6 +59,36 @@ pub fn free_exp_sum(logits: &[f32], free: &[f32], max: f32) -> f32 {
     acc.iter().sum()
 }
 
+/// The largest logit whose `allowed` is not 0.0 (−∞ if none is), or `None` if one of those
+/// is not finite. One pass of whole vectors: a scalar loop's compare-and-branch per
+/// candidate cost more than the step's arithmetic.
+pub fn allowed_max(logits: &[f32], allowed: &[f32]) -> Option<f32> {
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let mut finite = [true; LANES];
+    let mut fold = |l: &[f32; LANES], a: &[f32; LANES]| {
+        for lane in 0..LANES {
+            let on = a[lane] != 0.0;
+            // |l| < ∞ is false for ±∞ and NaN alike.
+            finite[lane] &= !on || l[lane].abs() < f32::INFINITY;
+            let v = if on { l[lane] } else { f32::NEG_INFINITY };
+            max[lane] = if v > max[lane] { v } else { max[lane] };
+        }
+    };
+    let ((ls, l_tail), (al, a_tail)) = (logits.as_chunks(), allowed.as_chunks());
+    for (l, a) in ls.iter().zip(al) {
+        fold(l, a);
+    }
+    // The last few padded to a whole vector (not allowed).
+    let (mut l, mut a) = ([0.0f32; LANES], [0.0f32; LANES]);
+    l[..l_tail.len()].copy_from_slice(l_tail);
+    a[..a_tail.len()].copy_from_slice(a_tail);
+    fold(&l, &a);
+    finite
+        .iter()
+        .all(|&f| f)
+        .then(|| max.into_iter().fold(f32::NEG_INFINITY, f32::max))
+}
+
 /// `e^x` to ~1 ulp, branch-free so a loop over it vectorises (libm's `expf` does not): the
 /// Cephes range reduction `x = k·ln2 + r` and a degree-6 polynomial for `e^r`.
 #[inline(always)]
@@ -123,6 +153,24 @@ mod tests {
             let got = exp(x);
             let want = (x as f64).exp() as f32;
             assert!(((got - want) / want).abs() < 2.5e-7, "exp({k}·ln2) = {got}");
+        }
+    }
+
+    #[test]
+    fn allowed_max_ignores_what_is_not_allowed_and_refuses_what_is_not_finite() {
+        // 11 candidates: a whole vector and a tail of 3.
+        let mut logits = [0.5, 9.0, -1.0, 2.0, 0.0, 0.0, 3.5, 0.0, 1.0, 7.0, -2.0];
+        let mut allowed = [1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0];
+        assert_eq!(allowed_max(&logits, &allowed), Some(3.5));
+        allowed[6] = 0.0;
+        assert_eq!(allowed_max(&logits, &allowed), Some(2.0));
+        assert_eq!(allowed_max(&logits, &[0.0; 11]), Some(f32::NEG_INFINITY));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            logits[9] = bad; // not allowed: ignored
+            assert_eq!(allowed_max(&logits, &allowed), Some(2.0));
+            logits[10] = bad; // allowed, in the tail
+            assert_eq!(allowed_max(&logits, &allowed), None, "{bad}");
+            logits[10] = -2.0;
         }
     }
 

@@ -33,9 +33,21 @@ fn row_block<const R: usize>(a: [&[f32]; R], b: &[f32], out: &mut [&mut [f32]; R
         columns::<R, 4>(a, b, out, col, c);
         col += 4 * LANES;
     }
-    while col + LANES <= c {
-        columns::<R, 1>(a, b, out, col, c);
-        col += LANES;
+    // The last one to three whole vectors in one pass, so their accumulators interleave.
+    match (c - col) / LANES {
+        3 => columns::<R, 3>(a, b, out, col, c),
+        2 => columns::<R, 2>(a, b, out, col, c),
+        1 => columns::<R, 1>(a, b, out, col, c),
+        _ => {}
+    }
+    col += (c - col) / LANES * LANES;
+    if col < c && c >= LANES {
+        // The last `c % LANES` columns as the vector ending at `c`: it overlaps columns
+        // already written, with the same operations in the same order, so the same values.
+        // Scalar, each of these columns was a chain of `k` dependent FMAs read with a
+        // stride of `c` (at N = 100 the attention scores' last 4 columns: ~5 µs a request).
+        columns::<R, 1>(a, b, out, c - LANES, c);
+        col = c;
     }
     for j in col..c {
         for (a_row, out_row) in a.iter().zip(out.iter_mut()) {
@@ -161,8 +173,14 @@ mod tests {
 
     #[test]
     fn matmul_matches_the_definition_on_every_column_block() {
-        // 45 columns: one 32-wide block, one 8-wide block and a 5-column tail.
-        for (r, k, c) in [(3, 7, 45), (1, 32, 32), (5, 1, 8), (2, 3, 3)] {
+        // 45 columns: one 32-wide block, one 8-wide block and a 5-column tail; 100: three
+        // 32-wide blocks and a 4-column tail; 24 and 52: three and two 8-wide blocks after
+        // any 32-wide ones; 3: narrower than a vector.
+        let shapes = [(3, 7, 45), (1, 32, 32), (5, 1, 8), (2, 3, 3), (3, 32, 100)];
+        for (r, k, c) in shapes
+            .into_iter()
+            .chain([(2, 5, 24), (4, 9, 52), (1, 3, 13)])
+        {
             let a: Vec<f32> = (0..r * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let b: Vec<f32> = (0..k * c).map(|i| (i as f32 * 0.11).cos()).collect();
             let mut out = vec![f32::NAN; r * c];
