@@ -124,6 +124,13 @@ impl Manifest {
         let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|e| LoadError::Manifest(format!("{}: {e}", path.display())))?;
         manifest.validate()?;
+        // A listed file not there yet is a copy under way, whatever the others hold: say so
+        // before judging any checksum (a copy that keeps modification times, `cp -p` or
+        // rsync, would otherwise count as corrupt once, then be judged again when complete).
+        for file in manifest.files.keys() {
+            let path = dir.join(file);
+            std::fs::metadata(&path).map_err(|e| missing_or(e, &path, LoadError::Checksum))?;
+        }
         for (file, expected) in &manifest.files {
             let path = dir.join(file);
             let actual =
@@ -200,10 +207,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    /// A version dir whose one file does not match its checksum, written `age` ago.
-    fn mismatched(age: std::time::Duration) -> Result<Manifest, LoadError> {
+    /// A version dir whose one file does not match its checksum, written `age` ago, and
+    /// whose manifest also lists `missing` files that are not there.
+    fn mismatched(age: std::time::Duration, missing: &[&str]) -> Result<Manifest, LoadError> {
         let dir = tempfile::tempdir().unwrap();
-        let manifest = serde_json::json!({
+        let mut manifest = serde_json::json!({
             "format_version": FORMAT_VERSION, "model_name": "m", "hidden_size": 4,
             "schema": {"context_dense": [], "context_categorical": [],
                        "candidate_dense": ["x"], "candidate_categorical": []},
@@ -212,6 +220,9 @@ mod tests {
             "decoder": {"file": "e.onnx", "inputs": {}, "outputs": {}},
             "files": {"e.onnx": sha256_hex(b"all of it")},
         });
+        for file in missing {
+            manifest["files"][file] = sha256_hex(b"later").into();
+        }
         std::fs::write(dir.path().join(MANIFEST_FILE), manifest.to_string()).unwrap();
         let graph = dir.path().join("e.onnx");
         std::fs::write(&graph, b"all of").unwrap();
@@ -223,9 +234,17 @@ mod tests {
 
     #[test]
     fn a_mismatch_in_a_file_written_just_now_is_a_copy_in_progress() {
-        let fresh = mismatched(std::time::Duration::ZERO).unwrap_err();
+        let fresh = mismatched(std::time::Duration::ZERO, &[]).unwrap_err();
         assert_eq!(fresh.reason(), "incomplete", "{fresh}");
-        let old = mismatched(std::time::Duration::from_secs(60)).unwrap_err();
+        let old = mismatched(std::time::Duration::from_secs(60), &[]).unwrap_err();
         assert_eq!(old.reason(), "checksum", "{old}");
+    }
+
+    #[test]
+    fn a_listed_file_still_missing_makes_the_version_incomplete_before_any_checksum() {
+        // "z.onnx" sorts after the old, mismatched "e.onnx": it is looked for first anyway.
+        let partial = mismatched(std::time::Duration::from_secs(60), &["z.onnx"]).unwrap_err();
+        assert_eq!(partial.reason(), "incomplete", "{partial}");
+        assert!(partial.to_string().contains("z.onnx"), "{partial}");
     }
 }
