@@ -123,10 +123,9 @@ async fn new_version_swaps_in_under_load_with_zero_failures() {
     server.stop().await;
 }
 
-/// Writes a version directory by hand (no atomic publish) so tests can break it.
-/// Writes a version's files in a staging folder and moves it in whole, as a publisher
-/// does: the watcher never judges a version half-written (it would count a failure for
-/// every state it saw, not one per broken version).
+/// Writes a version by hand, so tests can break it: its files in a staging folder, moved
+/// in whole as a publisher does. The watcher never judges a version half-written (it would
+/// count a failure for every state it saw, not one per broken version).
 fn write_version(root: &std::path::Path, version: u64, files: &[(String, Vec<u8>)]) {
     let staging = tempfile::tempdir_in(root).unwrap();
     for (name, bytes) in files {

@@ -138,8 +138,7 @@ pub fn judge(
     // bootstrapped with the rest of it.
     let pairs = (0..judges.len())
         .map(|j| {
-            let twin = pointwise.get(j).unwrap_or(&judges[j]);
-            let clicks = logged_slots(test, &judges[j], twin)?;
+            let clicks = logged_slots(test, &judges[j], pointwise.get(j))?;
             let weight = if pointwise.is_empty() {
                 1.0
             } else {
@@ -284,11 +283,11 @@ pub fn judge(
 }
 
 /// Per logged slot of every request: (clicked, the list-aware judge's click probability,
-/// the pointwise judge's).
+/// the pointwise judge's; without a pointwise judge, the list-aware one's again).
 fn logged_slots(
     test: &[LoggedRequest],
     judge: &Evaluator,
-    pointwise: &Evaluator,
+    pointwise: Option<&Evaluator>,
 ) -> anyhow::Result<Vec<(bool, f64, f64)>> {
     let probabilities = |judge: &Evaluator, request: &LoggedRequest| {
         let scorer = judge.scorer(request)?;
@@ -304,11 +303,9 @@ fn logged_slots(
         .par_iter()
         .map(|request| {
             let list = probabilities(judge, request)?;
-            // Without a pointwise twin the judge stands in for it: score once.
-            let point = if std::ptr::eq(judge, pointwise) {
-                list.clone()
-            } else {
-                probabilities(pointwise, request)?
+            let point = match pointwise {
+                Some(pointwise) => probabilities(pointwise, request)?,
+                None => list.clone(),
             };
             Ok(request
                 .clicks
