@@ -138,15 +138,6 @@ fn the_batched_loss_is_the_sum_of_the_per_request_losses() {
     );
     let rows: Vec<&LoggedRequest> = small.iter().chain(&large).collect();
     let map = FeatureMap::fit(&rows, &LogShape::of(&large).unwrap(), true);
-    let weights = Weights::init(
-        &schema_of(&map),
-        Dims {
-            hidden: 16,
-            embed: 4,
-            mixer: Mixer::Attention,
-        },
-        3,
-    );
     let inputs: Vec<Inputs> = rows.iter().map(|r| Inputs::new(&map, r)).collect();
     let targets: Vec<Forced> = rows
         .iter()
@@ -167,31 +158,43 @@ fn the_batched_loss_is_the_sum_of_the_per_request_losses() {
             Forced { list, targets }
         })
         .collect();
-    let mut ops = CandleOps::new(&weights).unwrap();
-    let one_by_one: f32 = inputs
-        .iter()
-        .zip(&targets)
-        .map(|(i, f)| {
-            distill::forced_loss(&mut ops, &weights, i, f, 0.5)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
-        .sum();
-    let batched = distill::forced_loss_sum(
-        &ops,
-        &weights,
-        &inputs.iter().collect::<Vec<_>>(),
-        &targets.iter().collect::<Vec<_>>(),
-        0.5,
-    )
-    .unwrap()
-    .to_scalar::<f32>()
-    .unwrap();
-    assert!(
-        (batched - one_by_one).abs() <= 1e-4 * one_by_one.abs(),
-        "batched {batched}, one by one {one_by_one}"
-    );
+    // Every encoder: attention and the inducing points' pooling mask the padding.
+    for (seed, mixer) in [Mixer::Attention, Mixer::Mean, Mixer::Induced]
+        .into_iter()
+        .enumerate()
+    {
+        let dims = Dims {
+            hidden: 16,
+            embed: 4,
+            mixer,
+        };
+        let weights = Weights::init(&schema_of(&map), dims, seed as u64 + 3);
+        let mut ops = CandleOps::new(&weights).unwrap();
+        let one_by_one: f32 = inputs
+            .iter()
+            .zip(&targets)
+            .map(|(i, f)| {
+                distill::forced_loss(&mut ops, &weights, i, f, 0.5)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .sum();
+        let batched = distill::forced_loss_sum(
+            &ops,
+            &weights,
+            &inputs.iter().collect::<Vec<_>>(),
+            &targets.iter().collect::<Vec<_>>(),
+            0.5,
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!(
+            (batched - one_by_one).abs() <= 1e-4 * one_by_one.abs(),
+            "{mixer:?}: batched {batched}, one by one {one_by_one}"
+        );
+    }
 }
 
 /// The sparse-reward baseline learns from sampled lists scored by the evaluator: its
@@ -264,7 +267,8 @@ fn business_rules_hold_inside_the_pass_and_after_it() {
 
 #[test]
 fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
-    for n in [2, 7, 20] {
+    let mixers = [Mixer::Attention, Mixer::Induced, Mixer::Mean];
+    for (n, mixer) in [2, 7, 20].into_iter().flat_map(|n| mixers.map(|m| (n, m))) {
         let rows = sample_split(&world(n), "any", 6);
         let shape = LogShape::of(&rows).unwrap();
         let map = FeatureMap::fit(&rows.iter().collect::<Vec<_>>(), &shape, true);
@@ -273,7 +277,7 @@ fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
             Dims {
                 hidden: 16,
                 embed: 4,
-                mixer: Mixer::Attention,
+                mixer,
             },
             n as u64,
         );
@@ -317,7 +321,7 @@ fn the_exported_graph_equals_the_training_forward_for_any_candidate_count() {
                 for (a, (g, w)) in got.iter().zip(want).enumerate() {
                     assert!(
                         (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                        "N={n} step {t} candidate {a}: candle {g}, tract {w}"
+                        "{mixer:?} N={n} step {t} candidate {a}: candle {g}, tract {w}"
                     );
                 }
                 prev = encoded.values.narrow(0, prefix[t], 1).unwrap();

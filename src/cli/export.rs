@@ -30,8 +30,9 @@ pub struct ExportArgs {
     /// Width of each categorical feature's embedding.
     #[arg(long, default_value_t = 8)]
     pub embed: usize,
-    /// How the encoder mixes the candidates: self-attention, or their mean (no N² term).
-    #[arg(long, value_enum, default_value = "attention")]
+    /// How the encoder mixes the candidates: self-attention, attention through a few
+    /// learned inducing points, or their mean (the last two with no N² term).
+    #[arg(long, value_enum, default_value = "induced")]
     pub mixer: Mixer,
     /// Candidate limit written into the manifest (`limits.max_candidates`).
     #[arg(long, default_value_t = 256)]

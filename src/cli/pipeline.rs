@@ -120,8 +120,9 @@ pub struct DistillArgs {
     /// Width of the generator (the served model's hidden size).
     #[arg(long, default_value_t = DistillConfig::default().hidden)]
     pub hidden: usize,
-    /// How the encoder mixes the candidates: self-attention, or their mean (no N² term).
-    #[arg(long, value_enum, default_value = "attention")]
+    /// How the encoder mixes the candidates: self-attention, attention through a few
+    /// learned inducing points, or their mean (the last two with no N² term).
+    #[arg(long, value_enum, default_value = "induced")]
     pub mixer: Mixer,
     /// Seed of initialisation and shuffling.
     #[arg(long, default_value_t = 0)]

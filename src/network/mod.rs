@@ -6,6 +6,8 @@
 //!   x      = relu([cand_dense, upstream, emb(cand_ids)] Wx + bx) + c        [N, H]
 //!            (`upstream`: the incumbent's order, when the schema reads `ranking_score`)
 //!   h      = x + softmax((x Wq)(x Wk)ᵀ / √H) (x Wv) Wo                      (set attention)
+//!     or   = x + softmax((x Wq)(S Wk)ᵀ / √H) (S Wv) Wo,                    (`Mixer::Induced`)
+//!            S = softmax((x I)ᵀ / √H) x: M summaries, pooled by I's M learned columns
 //!     or   = x + mean_rows(x) Wv Wo                                (`Mixer::Mean`: no N² term)
 //!   h      = h + relu(h W1 + b1) W2
 //!   keys   = h Wkey,  values = h Wval,  state = tanh(mean_rows(h) Ws + bs)
@@ -61,14 +63,24 @@ pub struct Dims {
 #[serde(rename_all = "snake_case")]
 pub enum Mixer {
     /// One self-attention layer over the set: O(N²·H) multiply-adds and N² `exp` a request.
-    #[default]
     Attention,
     /// The set's mean, projected and added to every candidate: O(N·H), about a third of
     /// the attention encoder's arithmetic at N = 100 (docs/performance.md).
     Mean,
+    /// Induced set attention (Set Transformer's ISAB): [`INDUCING_POINTS`] learned queries
+    /// pool the set into as many summaries, which every candidate then attends to:
+    /// O(N·M·H) multiply-adds and 2·N·M `exp`, no N² term. The default: level with
+    /// attention on the simulator within a tenth of a point, at a fraction of its cost
+    /// from N ≈ 50 on (docs/offline.md).
+    #[default]
+    Induced,
 }
 
-/// Self-attention's query and key projections; absent with [`Mixer::Mean`].
+/// The summaries of [`Mixer::Induced`]: enough for a few clusters of a list's candidates
+/// (docs/offline.md has the quality measured against full attention).
+pub const INDUCING_POINTS: usize = 8;
+
+/// Attention's query and key projections; absent with [`Mixer::Mean`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryKey {
     pub w_q: Param,
@@ -93,6 +105,8 @@ pub struct Weights {
     pub w_item: Param,
     pub b_item: Param,
     pub query_key: Option<QueryKey>,
+    /// `[H, INDUCING_POINTS]`, with [`Mixer::Induced`] only.
+    pub inducing: Option<Param>,
     pub w_v: Param,
     pub w_o: Param,
     pub w_ff1: Param,
@@ -144,7 +158,7 @@ impl Weights {
             schema.candidate_dense.len() + upstream + schema.candidate_categorical.len() * e;
         let ctx_embedding = embedding(&mut p, "ctx_table", &schema.context_categorical, e);
         let cand_embedding = embedding(&mut p, "cand_table", &schema.candidate_categorical, e);
-        Weights {
+        let mut weights = Weights {
             dims,
             ctx_embedding,
             cand_embedding,
@@ -157,7 +171,8 @@ impl Weights {
                 w_q: p("w_q", h, h),
                 w_k: p("w_k", h, h),
             })
-            .filter(|_| mixer == Mixer::Attention),
+            .filter(|_| mixer != Mixer::Mean),
+            inducing: None,
             w_v: p("w_v", h, h),
             w_o: p("w_o", h, h),
             w_ff1: p("w_ff1", h, 2 * h),
@@ -171,7 +186,10 @@ impl Weights {
             w_dec_prev: p("w_dec_prev", h, h),
             b_dec: zeros("b_dec", h),
             w_dec_query: p("w_dec_query", h, h),
-        }
+        };
+        // Drawn last, so the other weights start as they do with the other mixers.
+        weights.inducing = (mixer == Mixer::Induced).then(|| p("inducing", h, INDUCING_POINTS));
+        weights
     }
 
     /// Runs the encoder once over the request's candidates.
@@ -200,35 +218,7 @@ impl Weights {
         let x = o.relu(&x);
         let x = o.add(&x, &c);
 
-        let mixed = match (&self.query_key, fold) {
-            (None, None) => {
-                let mean = o.mean_rows(&x);
-                let mean = matmul_param(o, &mean, &self.w_v);
-                matmul_param(o, &mean, &self.w_o)
-            }
-            (None, Some(f)) => {
-                let mean = o.mean_rows(&x);
-                matmul_param(o, &mean, &f.w_vo)
-            }
-            (Some(qk), None) => {
-                let q = matmul_param(o, &x, &qk.w_q);
-                let k = matmul_param(o, &x, &qk.w_k);
-                let v = matmul_param(o, &x, &self.w_v);
-                let scores = o.matmul_t(&q, &k);
-                let scores = o.scale(&scores, self.inv_sqrt_h());
-                let attention = o.softmax_rows(&scores);
-                let mixed = o.matmul(&attention, &v);
-                matmul_param(o, &mixed, &self.w_o)
-            }
-            (Some(_), Some(f)) => {
-                let w_qk = f.w_qk.as_ref().expect("folded from the same weights");
-                let q = matmul_param(o, &x, w_qk);
-                let scores = o.matmul_t(&q, &x);
-                let attention = o.softmax_rows(&scores);
-                let v = matmul_param(o, &x, &f.w_vo);
-                o.matmul(&attention, &v)
-            }
-        };
+        let mixed = self.mix(o, &x, fold);
         let h = o.add(&x, &mixed);
         let ff = linear(o, &h, &self.w_ff1, &self.b_ff1);
         let ff = o.relu(&ff);
@@ -282,6 +272,90 @@ impl Weights {
         (query, next)
     }
 
+    /// What each candidate gets from the others (`Mixer`): `h = x + mix(x)`.
+    fn mix<O: Ops>(&self, o: &mut O, x: &O::Mat, fold: Option<&Folded>) -> O::Mat {
+        match (&self.query_key, &self.inducing) {
+            (None, _) => {
+                let mean = o.mean_rows(x);
+                match fold {
+                    None => {
+                        let mean = matmul_param(o, &mean, &self.w_v);
+                        matmul_param(o, &mean, &self.w_o)
+                    }
+                    Some(f) => matmul_param(o, &mean, &f.w_vo),
+                }
+            }
+            (Some(qk), None) => match fold {
+                None => {
+                    let q = matmul_param(o, x, &qk.w_q);
+                    let k = matmul_param(o, x, &qk.w_k);
+                    self.attend(o, &q, &k, x, true)
+                }
+                Some(f) => {
+                    let q = matmul_param(o, x, f.w_qk());
+                    let scores = o.matmul_t(&q, x);
+                    let attention = o.softmax_rows(&scores);
+                    let v = matmul_param(o, x, &f.w_vo);
+                    o.matmul(&attention, &v)
+                }
+            },
+            (Some(qk), Some(inducing)) => {
+                // Pooling: each inducing point's softmax over the candidates (padding masked
+                // in training). `x I` then its transpose: [N, M] is a quarter of x's size.
+                let scores = match fold {
+                    None => {
+                        let scores = matmul_param(o, x, inducing);
+                        o.scale(&scores, self.inv_sqrt_h())
+                    }
+                    Some(f) => {
+                        let inducing = f.inducing.as_ref().expect("folded from the same weights");
+                        matmul_param(o, x, inducing)
+                    }
+                };
+                let scores = o.transpose(&scores);
+                let pooling = o.softmax_rows(&scores);
+                let summaries = o.matmul(&pooling, x);
+                match fold {
+                    None => {
+                        let q = matmul_param(o, x, &qk.w_q);
+                        let k = matmul_param(o, &summaries, &qk.w_k);
+                        self.attend(o, &q, &k, &summaries, false)
+                    }
+                    // (x Wq)(S Wk)ᵀ/√H = x (S · Wk Wqᵀ/√H)ᵀ: the projection on M rows, not N.
+                    Some(f) => {
+                        let k = matmul_param(o, &summaries, f.w_qk());
+                        let scores = o.matmul_t(x, &k);
+                        let attention = o.softmax_rows_unmasked(&scores);
+                        let v = matmul_param(o, &summaries, &f.w_vo);
+                        o.matmul(&attention, &v)
+                    }
+                }
+            }
+        }
+    }
+
+    /// `softmax(q kᵀ/√H) (rows Wv) Wo`, the keys being candidates (masked where padded in
+    /// training) or summaries (never padded).
+    fn attend<O: Ops>(
+        &self,
+        o: &mut O,
+        q: &O::Mat,
+        k: &O::Mat,
+        rows: &O::Mat,
+        over_candidates: bool,
+    ) -> O::Mat {
+        let scores = o.matmul_t(q, k);
+        let scores = o.scale(&scores, self.inv_sqrt_h());
+        let attention = if over_candidates {
+            o.softmax_rows(&scores)
+        } else {
+            o.softmax_rows_unmasked(&scores)
+        };
+        let v = matmul_param(o, rows, &self.w_v);
+        let mixed = o.matmul(&attention, &v);
+        matmul_param(o, &mixed, &self.w_o)
+    }
+
     fn inv_sqrt_h(&self) -> f32 {
         1.0 / (self.dims.hidden as f32).sqrt()
     }
@@ -294,7 +368,11 @@ impl Weights {
 /// request. Four H×H products per candidate fewer; the served logits equal the trained
 /// network's up to rounding, which the reference and golden tests hold them to.
 pub struct Folded {
+    /// Attention: `Wq Wkᵀ/√H`, applied to the candidates; induced: `Wk Wqᵀ/√H`, applied to
+    /// the summaries.
     w_qk: Option<Param>,
+    /// `I/√H`.
+    inducing: Option<Param>,
     w_vo: Param,
     w_dec_query: Param,
     w_dec_prev: Param,
@@ -304,8 +382,15 @@ impl Folded {
     pub fn new(w: &Weights) -> Folded {
         let inv = w.inv_sqrt_h();
         Folded {
-            w_qk: (w.query_key.as_ref())
-                .map(|qk| product("w_qk", &qk.w_q, &transposed(&qk.w_k), inv)),
+            w_qk: (w.query_key.as_ref()).map(|qk| match w.inducing {
+                None => product("w_qk", &qk.w_q, &transposed(&qk.w_k), inv),
+                Some(_) => product("w_kq", &qk.w_k, &transposed(&qk.w_q), inv),
+            }),
+            inducing: (w.inducing.as_ref()).map(|i| Param {
+                name: "inducing_scaled",
+                data: i.data.iter().map(|v| v * inv).collect(),
+                ..*i
+            }),
             w_vo: product("w_vo", &w.w_v, &w.w_o, 1.0),
             w_dec_query: product(
                 "w_dec_query_keys",
@@ -315,6 +400,10 @@ impl Folded {
             ),
             w_dec_prev: product("w_dec_prev_values", &w.w_value, &w.w_dec_prev, 1.0),
         }
+    }
+
+    fn w_qk(&self) -> &Param {
+        self.w_qk.as_ref().expect("folded from the same weights")
     }
 }
 

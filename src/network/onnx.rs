@@ -169,6 +169,9 @@ impl Ops for GraphBuilder {
         let bt = self.node("Transpose", &[b], vec![ints_attr("perm", &[1, 0])], None);
         self.op("MatMul", &[a, &bt])
     }
+    fn transpose(&mut self, a: &String) -> String {
+        self.node("Transpose", &[a], vec![ints_attr("perm", &[1, 0])], None)
+    }
     fn add(&mut self, a: &String, b: &String) -> String {
         self.op("Add", &[a, b])
     }

@@ -25,6 +25,9 @@ impl Ops for Eager {
     fn matmul_t(&mut self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         a.dot(&b.t())
     }
+    fn transpose(&mut self, a: &Array2<f32>) -> Array2<f32> {
+        a.t().to_owned()
+    }
     fn add(&mut self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
         a + b
     }
@@ -158,7 +161,8 @@ mod tests {
     #[test]
     fn the_folded_layout_computes_the_trained_networks_logits() {
         let schema = default_schema();
-        for (seed, mixer) in (0..4).zip([Mixer::Attention, Mixer::Mean].into_iter().cycle()) {
+        let mixers = [Mixer::Attention, Mixer::Mean, Mixer::Induced];
+        for (seed, mixer) in (0..6).zip(mixers.into_iter().cycle()) {
             let dims = Dims {
                 hidden: 16,
                 embed: 4,

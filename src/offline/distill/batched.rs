@@ -61,6 +61,9 @@ impl Ops for BatchOps<'_> {
     fn matmul_t(&mut self, a: &Tensor, b: &Tensor) -> Tensor {
         ok(b.transpose(1, 2).and_then(|bt| a.matmul(&bt)))
     }
+    fn transpose(&mut self, a: &Tensor) -> Tensor {
+        ok(a.transpose(1, 2))
+    }
     fn add(&mut self, a: &Tensor, b: &Tensor) -> Tensor {
         ok(a.broadcast_add(b))
     }
@@ -76,6 +79,9 @@ impl Ops for BatchOps<'_> {
     fn softmax_rows(&mut self, a: &Tensor) -> Tensor {
         ok(a.broadcast_add(&self.key_mask)
             .and_then(|masked| candle_nn::ops::softmax(&masked, 2)))
+    }
+    fn softmax_rows_unmasked(&mut self, a: &Tensor) -> Tensor {
+        ok(candle_nn::ops::softmax(a, 2))
     }
     fn mean_rows(&mut self, a: &Tensor) -> Tensor {
         ok(a.broadcast_mul(&self.row_weights)

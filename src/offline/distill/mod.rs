@@ -76,7 +76,7 @@ impl Default for DistillConfig {
         DistillConfig {
             hidden: 32,
             embed: 8,
-            mixer: Mixer::Attention,
+            mixer: Mixer::default(),
             epochs: 48,
             batch_size: 32,
             learning_rate: 3e-3,

@@ -41,6 +41,7 @@ fn params(weights: &Weights) -> Vec<&Param> {
         &w.w_dec_query,
     ];
     all.extend(w.query_key.iter().flat_map(|qk| [&qk.w_q, &qk.w_k]));
+    all.extend(w.inducing.as_ref());
     all.extend(w.w_ctx.as_ref());
     all.extend(w.ctx_embedding.as_ref().map(|e| &e.table));
     all.extend(w.cand_embedding.as_ref().map(|e| &e.table));
@@ -72,6 +73,7 @@ fn params_mut(weights: &mut Weights) -> Vec<&mut Param> {
             .iter_mut()
             .flat_map(|qk| [&mut qk.w_q, &mut qk.w_k]),
     );
+    all.extend(w.inducing.as_mut());
     all.extend(w.w_ctx.as_mut());
     all.extend(w.ctx_embedding.as_mut().map(|e| &mut e.table));
     all.extend(w.cand_embedding.as_mut().map(|e| &mut e.table));
@@ -125,6 +127,9 @@ impl Ops for CandleOps {
     }
     fn matmul_t(&mut self, a: &Tensor, b: &Tensor) -> Tensor {
         ok(b.t().and_then(|bt| a.matmul(&bt)))
+    }
+    fn transpose(&mut self, a: &Tensor) -> Tensor {
+        ok(a.t())
     }
     fn add(&mut self, a: &Tensor, b: &Tensor) -> Tensor {
         ok(a.broadcast_add(b))

@@ -186,7 +186,9 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             PipelineConfig::load(&path)
         };
-        assert_eq!(load("").unwrap().distill.mixer, Mixer::Attention);
+        assert_eq!(load("").unwrap().distill.mixer, Mixer::Induced);
+        let attention = load("[distill]\nmixer = \"attention\"\n").unwrap();
+        assert_eq!(attention.distill.mixer, Mixer::Attention);
         let mean = load("[distill]\nmixer = \"mean\"\n").unwrap();
         assert_eq!(mean.distill.mixer, Mixer::Mean);
         let wrong = load("[distill]\nmixer = \"linear\"\n")
