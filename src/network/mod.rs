@@ -69,9 +69,9 @@ pub enum Mixer {
     Mean,
     /// Induced set attention (Set Transformer's ISAB): [`INDUCING_POINTS`] learned queries
     /// pool the set into as many summaries, which every candidate then attends to:
-    /// O(N·M·H) multiply-adds and 2·N·M `exp`, no N² term. The default: level with
-    /// attention on the simulator within a tenth of a point, at a fraction of its cost
-    /// from N ≈ 50 on (docs/offline.md).
+    /// O(N·M·H) multiply-adds and 2·N·M `exp`, no N² term. The default: 0.13 points of
+    /// the oracle below attention on the simulator, within what retraining moves, at a
+    /// fraction of its cost from N ≈ 50 on (docs/offline.md, docs/performance.md).
     #[default]
     Induced,
 }
@@ -301,7 +301,7 @@ impl Weights {
             },
             (Some(qk), Some(inducing)) => {
                 // Pooling: each inducing point's softmax over the candidates (padding masked
-                // in training). `x I` then its transpose: [N, M] is a quarter of x's size.
+                // in training); `x I` is transposed, `[N, M]`, rather than `x`, `[N, H]`.
                 let scores = match fold {
                     None => {
                         let scores = matmul_param(o, x, inducing);
