@@ -32,7 +32,7 @@ pub struct ExportArgs {
     pub embed: usize,
     /// How the encoder mixes the candidates: self-attention, attention through a few
     /// learned inducing points, or their mean (the last two with no N² term).
-    #[arg(long, value_enum, default_value = "induced")]
+    #[arg(long, value_enum, default_value_t = Mixer::default())]
     pub mixer: Mixer,
     /// Candidate limit written into the manifest (`limits.max_candidates`).
     #[arg(long, default_value_t = 256)]

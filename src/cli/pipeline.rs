@@ -122,7 +122,7 @@ pub struct DistillArgs {
     pub hidden: usize,
     /// How the encoder mixes the candidates: self-attention, attention through a few
     /// learned inducing points, or their mean (the last two with no N² term).
-    #[arg(long, value_enum, default_value = "induced")]
+    #[arg(long, value_enum, default_value_t = Mixer::default())]
     pub mixer: Mixer,
     /// Seed of initialisation and shuffling.
     #[arg(long, default_value_t = 0)]

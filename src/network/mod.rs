@@ -67,7 +67,7 @@ pub enum Mixer {
     /// The set's mean, projected and added to every candidate: O(N·H), about a third of
     /// the attention encoder's arithmetic at N = 100 (docs/performance.md).
     Mean,
-    /// Induced set attention (Set Transformer's ISAB): [`INDUCING_POINTS`] learned queries
+    /// Induced set attention (Set Transformer's ISAB): 8 learned columns (`INDUCING_POINTS`)
     /// pool the set into as many summaries, which every candidate then attends to:
     /// O(N·M·H) multiply-adds and 2·N·M `exp`, no N² term. The default: 0.13 points of
     /// the oracle below attention on the simulator, within what retraining moves, at a

@@ -166,7 +166,7 @@ impl Ops for GraphBuilder {
         self.op("MatMul", &[a, b])
     }
     fn matmul_t(&mut self, a: &String, b: &String) -> String {
-        let bt = self.node("Transpose", &[b], vec![ints_attr("perm", &[1, 0])], None);
+        let bt = self.transpose(b);
         self.op("MatMul", &[a, &bt])
     }
     fn transpose(&mut self, a: &String) -> String {
