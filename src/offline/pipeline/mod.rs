@@ -120,10 +120,13 @@ fn run_seed(
         "split-logs"
     });
 
-    let ensemble = stages::train_ensemble(config, &data.train, seed, dir, progress)?;
-    clock.lap("train-evaluator");
-    let judges = stages::train_judges(config, &data.judge, seed, dir, progress)?;
-    clock.lap("train-judges");
+    // Single-threaded trainings, all side by side: the mining ensemble and the judges.
+    let (ensemble, judges) = rayon::join(
+        || stages::train_ensemble(config, &data.train, seed, dir, progress),
+        || stages::train_judges(config, &data.judge, seed, dir),
+    );
+    let (ensemble, judges) = (ensemble?, judges?);
+    clock.lap("train-evaluators");
 
     // Simulated lists have the world's length; logged ones keep each request's own.
     let mine_slots = data.world.as_ref().map_or(0, |w| w.config.slots);

@@ -105,7 +105,9 @@ fn settings(config: &PipelineConfig, seed: u64, progress: bool) -> evaluator::Tr
 }
 
 /// The mining ensemble: `mining.evaluators` evaluators on the training requests, each
-/// with its own seed (member 0 has the run's seed), under `dir/evaluator[-m]`.
+/// with its own seed (member 0 has the run's seed), under `dir/evaluator[-m]`. Each
+/// trains on one thread, side by side on rayon's pool; only member 0 shows progress (one
+/// bar, not several fighting over the terminal).
 pub fn train_ensemble(
     config: &PipelineConfig,
     rows: &[LoggedRequest],
@@ -114,6 +116,7 @@ pub fn train_ensemble(
     progress: bool,
 ) -> anyhow::Result<Ensemble> {
     let members = (0..config.mining.evaluators)
+        .into_par_iter()
         .map(|m| {
             let (seed, out) = match m {
                 0 => (seed, dir.join("evaluator")),
@@ -122,7 +125,7 @@ pub fn train_ensemble(
                     dir.join(format!("evaluator-{m}")),
                 ),
             };
-            train_evaluator(config, rows, seed, &out, progress)
+            train_evaluator(config, rows, seed, &out, progress && m == 0)
         })
         .collect::<anyhow::Result<_>>()?;
     Ensemble::new(members, config.mining.pessimism)
@@ -130,37 +133,52 @@ pub fn train_ensemble(
 
 /// The gate's judges: evaluators on bootstrap samples of the judge split, each with its
 /// own seed, under `dir/judge-<j>`, and a pointwise one on the same sample under
-/// `dir/judge-<j>-pointwise`. Each validates on requests its sample does not hold.
+/// `dir/judge-<j>-pointwise`. Each validates on requests its sample does not hold. All
+/// train side by side on rayon's pool, without progress bars (the stage line says when
+/// they are done).
 pub fn train_judges(
     config: &PipelineConfig,
     rows: &[LoggedRequest],
     seed: u64,
     dir: &Path,
-    progress: bool,
 ) -> anyhow::Result<Panel> {
-    let mut panel = Panel {
-        judges: Vec::new(),
-        pointwise: Vec::new(),
+    let samples: Vec<_> = (0..config.judges)
+        .map(|j| {
+            let seed = seed.wrapping_add(1_000_003 * (j as u64 + 1));
+            let (sample, split) = bootstrap(rows, seed);
+            (j, seed, sample, split)
+        })
+        .collect();
+    let kinds: &[bool] = if config.pointwise_judges {
+        &[true, false]
+    } else {
+        &[true]
     };
-    for j in 0..config.judges {
-        let seed = seed.wrapping_add(1_000_003 * (j as u64 + 1));
-        let (sample, split) = bootstrap(rows, seed);
-        let list_aware = settings(config, seed, progress);
-        let train = |settings: &evaluator::TrainConfig, name: String| {
-            evaluator::train_split(&sample, split.clone(), settings, &dir.join(name), false)
-        };
-        panel.judges.push(train(&list_aware, format!("judge-{j}"))?);
-        if config.pointwise_judges {
-            let pointwise = evaluator::TrainConfig {
-                interactions: false,
-                ..list_aware.clone()
+    let jobs: Vec<_> = samples
+        .iter()
+        .flat_map(|job| kinds.iter().map(move |&interactions| (job, interactions)))
+        .collect();
+    let trained = jobs
+        .into_par_iter()
+        .map(|((j, seed, sample, split), interactions)| {
+            let settings = evaluator::TrainConfig {
+                interactions,
+                ..settings(config, *seed, false)
             };
-            panel
-                .pointwise
-                .push(train(&pointwise, format!("judge-{j}-pointwise"))?);
-        }
-    }
-    Ok(panel)
+            let name = match interactions {
+                true => format!("judge-{j}"),
+                false => format!("judge-{j}-pointwise"),
+            };
+            let trained =
+                evaluator::train_split(sample, split.clone(), &settings, &dir.join(name), false)?;
+            Ok((interactions, trained))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (judges, pointwise): (Vec<_>, Vec<_>) = trained.into_iter().partition(|(list, _)| *list);
+    Ok(Panel {
+        judges: judges.into_iter().map(|(_, e)| e).collect(),
+        pointwise: pointwise.into_iter().map(|(_, e)| e).collect(),
+    })
 }
 
 /// A bootstrap sample of `rows` (as many draws as rows) to train on, and the rows it
