@@ -53,16 +53,11 @@ async fn open_loop(
     start: Instant,
     tx: mpsc::UnboundedSender<Outcome>,
 ) {
-    let interval = Duration::from_secs_f64(1.0 / args.rate);
     let timeout = Duration::from_millis(args.timeout_ms);
     let outstanding = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
-    for i in 0u64.. {
-        let due = interval.mul_f64(i as f64);
-        if due >= args.duration() || args.max_requests.is_some_and(|m| i >= m) {
-            break;
-        }
-        tokio::time::sleep_until((start + due).into()).await;
+    let mut due_times = pace(args, start);
+    while let Some((i, due)) = due_times.recv().await {
         if outstanding.load(Ordering::Relaxed) >= args.max_outstanding {
             let _ = tx.send(Outcome::ClientOverloaded);
             continue;
@@ -80,6 +75,30 @@ async fn open_loop(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Each request's index and due time, from a thread of its own that sleeps until it. tokio's
+/// timer fires on whole milliseconds: a `sleep_until` loop sent requests in bursts up to a
+/// millisecond or two late, and that lateness, rightly counted from the due time, was most
+/// of the open loop's latency (against the echo server, p50 1.34 ms at 2,950/s where a
+/// closed loop of one measures 0.25 ms). `std::thread::sleep` wakes within tens of µs.
+fn pace(args: &RunArgs, start: Instant) -> mpsc::UnboundedReceiver<(u64, Duration)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let (duration, max_requests) = (args.duration(), args.max_requests);
+    std::thread::spawn(move || {
+        for i in 0u64.. {
+            let due = interval.mul_f64(i as f64);
+            if due >= duration || max_requests.is_some_and(|m| i >= m) {
+                break;
+            }
+            std::thread::sleep(due.saturating_sub(start.elapsed()));
+            if tx.send((i, due)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// `concurrency` workers, each sending its next request as soon as the last one returns.
