@@ -80,11 +80,41 @@ pub enum Mixer {
 /// (docs/offline.md has the quality measured against full attention).
 pub const INDUCING_POINTS: usize = 8;
 
-/// Attention's query and key projections; absent with [`Mixer::Mean`].
+/// The mixer's own weights, one variant per [`Mixer`]: a weight set cannot hold a
+/// combination that no mixer reads. `Wv` and `Wo`, which every mixer uses, are in
+/// [`Weights`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct QueryKey {
-    pub w_q: Param,
-    pub w_k: Param,
+pub enum MixerWeights {
+    Mean,
+    /// Query and key projections.
+    Attention {
+        w_q: Param,
+        w_k: Param,
+    },
+    /// The same, and the inducing points, `[H, INDUCING_POINTS]`.
+    Induced {
+        w_q: Param,
+        w_k: Param,
+        inducing: Param,
+    },
+}
+
+impl MixerWeights {
+    pub fn params(&self) -> Vec<&Param> {
+        match self {
+            MixerWeights::Mean => vec![],
+            MixerWeights::Attention { w_q, w_k } => vec![w_q, w_k],
+            MixerWeights::Induced { w_q, w_k, inducing } => vec![w_q, w_k, inducing],
+        }
+    }
+
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        match self {
+            MixerWeights::Mean => vec![],
+            MixerWeights::Attention { w_q, w_k } => vec![w_q, w_k],
+            MixerWeights::Induced { w_q, w_k, inducing } => vec![w_q, w_k, inducing],
+        }
+    }
 }
 
 /// One categorical side (context or candidate): a flat table holding every feature's rows,
@@ -104,9 +134,7 @@ pub struct Weights {
     pub b_ctx: Param,
     pub w_item: Param,
     pub b_item: Param,
-    pub query_key: Option<QueryKey>,
-    /// `[H, INDUCING_POINTS]`, with [`Mixer::Induced`] only.
-    pub inducing: Option<Param>,
+    pub mixer: MixerWeights,
     pub w_v: Param,
     pub w_o: Param,
     pub w_ff1: Param,
@@ -156,23 +184,22 @@ impl Weights {
         };
         let cand_in =
             schema.candidate_dense.len() + upstream + schema.candidate_categorical.len() * e;
+        // Drawn in the same order whatever the mixer (the query and key projections even
+        // for the mean, the inducing points last), so a seed gives the shared weights the
+        // same start with every mixer. Fields initialise in the order written.
         let ctx_embedding = embedding(&mut p, "ctx_table", &schema.context_categorical, e);
         let cand_embedding = embedding(&mut p, "cand_table", &schema.candidate_categorical, e);
-        let mut weights = Weights {
+        let w_ctx = (ctx_in > 0).then(|| p("w_ctx", ctx_in, h));
+        let w_item = p("w_item", cand_in, h);
+        let (w_q, w_k) = (p("w_q", h, h), p("w_k", h, h));
+        Weights {
             dims,
             ctx_embedding,
             cand_embedding,
-            w_ctx: (ctx_in > 0).then(|| p("w_ctx", ctx_in, h)),
+            w_ctx,
             b_ctx: zeros("b_ctx", h),
-            w_item: p("w_item", cand_in, h),
+            w_item,
             b_item: zeros("b_item", h),
-            // Drawn for either mixer, so a seed gives the other weights the same start.
-            query_key: Some(QueryKey {
-                w_q: p("w_q", h, h),
-                w_k: p("w_k", h, h),
-            })
-            .filter(|_| mixer != Mixer::Mean),
-            inducing: None,
             w_v: p("w_v", h, h),
             w_o: p("w_o", h, h),
             w_ff1: p("w_ff1", h, 2 * h),
@@ -186,10 +213,17 @@ impl Weights {
             w_dec_prev: p("w_dec_prev", h, h),
             b_dec: zeros("b_dec", h),
             w_dec_query: p("w_dec_query", h, h),
-        };
-        // Drawn last, so the other weights start as they do with the other mixers.
-        weights.inducing = (mixer == Mixer::Induced).then(|| p("inducing", h, INDUCING_POINTS));
-        weights
+            // Last: the inducing points are drawn after every other weight.
+            mixer: match mixer {
+                Mixer::Mean => MixerWeights::Mean,
+                Mixer::Attention => MixerWeights::Attention { w_q, w_k },
+                Mixer::Induced => MixerWeights::Induced {
+                    w_q,
+                    w_k,
+                    inducing: p("inducing", h, INDUCING_POINTS),
+                },
+            },
+        }
     }
 
     /// Runs the encoder once over the request's candidates.
@@ -274,62 +308,27 @@ impl Weights {
 
     /// What each candidate gets from the others (`Mixer`): `h = x + mix(x)`.
     fn mix<O: Ops>(&self, o: &mut O, x: &O::Mat, fold: Option<&Folded>) -> O::Mat {
-        match (&self.query_key, &self.inducing) {
-            (None, _) => {
+        if let Some(f) = fold {
+            return f.mix(o, x);
+        }
+        match &self.mixer {
+            MixerWeights::Mean => {
                 let mean = o.mean_rows(x);
-                match fold {
-                    None => {
-                        let mean = matmul_param(o, &mean, &self.w_v);
-                        matmul_param(o, &mean, &self.w_o)
-                    }
-                    Some(f) => matmul_param(o, &mean, &f.w_vo),
-                }
+                let mean = matmul_param(o, &mean, &self.w_v);
+                matmul_param(o, &mean, &self.w_o)
             }
-            (Some(qk), None) => match fold {
-                None => {
-                    let q = matmul_param(o, x, &qk.w_q);
-                    let k = matmul_param(o, x, &qk.w_k);
-                    self.attend(o, &q, &k, x, true)
-                }
-                Some(f) => {
-                    let q = matmul_param(o, x, f.w_qk());
-                    let scores = o.matmul_t(&q, x);
-                    let attention = o.softmax_rows(&scores);
-                    let v = matmul_param(o, x, &f.w_vo);
-                    o.matmul(&attention, &v)
-                }
-            },
-            (Some(qk), Some(inducing)) => {
-                // Pooling: each inducing point's softmax over the candidates (padding masked
-                // in training); `x I` is transposed, `[N, M]`, rather than `x`, `[N, H]`.
-                let scores = match fold {
-                    None => {
-                        let scores = matmul_param(o, x, inducing);
-                        o.scale(&scores, self.inv_sqrt_h())
-                    }
-                    Some(f) => {
-                        let inducing = f.inducing.as_ref().expect("folded from the same weights");
-                        matmul_param(o, x, inducing)
-                    }
-                };
-                let scores = o.transpose(&scores);
-                let pooling = o.softmax_rows(&scores);
-                let summaries = o.matmul(&pooling, x);
-                match fold {
-                    None => {
-                        let q = matmul_param(o, x, &qk.w_q);
-                        let k = matmul_param(o, &summaries, &qk.w_k);
-                        self.attend(o, &q, &k, &summaries, false)
-                    }
-                    // (x Wq)(S Wk)ᵀ/√H = x (S · Wk Wqᵀ/√H)ᵀ: the projection on M rows, not N.
-                    Some(f) => {
-                        let k = matmul_param(o, &summaries, f.w_qk());
-                        let scores = o.matmul_t(x, &k);
-                        let attention = o.softmax_rows_unmasked(&scores);
-                        let v = matmul_param(o, &summaries, &f.w_vo);
-                        o.matmul(&attention, &v)
-                    }
-                }
+            MixerWeights::Attention { w_q, w_k } => {
+                let q = matmul_param(o, x, w_q);
+                let k = matmul_param(o, x, w_k);
+                self.attend(o, &q, &k, x, true)
+            }
+            MixerWeights::Induced { w_q, w_k, inducing } => {
+                let scores = matmul_param(o, x, inducing);
+                let scores = o.scale(&scores, self.inv_sqrt_h());
+                let summaries = summaries(o, x, &scores);
+                let q = matmul_param(o, x, w_q);
+                let k = matmul_param(o, &summaries, w_k);
+                self.attend(o, &q, &k, &summaries, false)
             }
         }
     }
@@ -368,29 +367,43 @@ impl Weights {
 /// request. Four H×H products per candidate fewer; the served logits equal the trained
 /// network's up to rounding, which the reference and golden tests hold them to.
 pub struct Folded {
-    /// Attention: `Wq Wkᵀ/√H`, applied to the candidates; induced: `Wk Wqᵀ/√H`, applied to
-    /// the summaries.
-    w_qk: Option<Param>,
-    /// `I/√H`.
-    inducing: Option<Param>,
+    mixer: FoldedMixer,
     w_vo: Param,
     w_dec_query: Param,
     w_dec_prev: Param,
+}
+
+enum FoldedMixer {
+    Mean,
+    /// `Wq Wkᵀ/√H`, applied to the candidates.
+    Attention {
+        w_qk: Param,
+    },
+    /// `Wk Wqᵀ/√H`, applied to the summaries, and `I/√H`.
+    Induced {
+        w_kq: Param,
+        inducing: Param,
+    },
 }
 
 impl Folded {
     pub fn new(w: &Weights) -> Folded {
         let inv = w.inv_sqrt_h();
         Folded {
-            w_qk: (w.query_key.as_ref()).map(|qk| match w.inducing {
-                None => product("w_qk", &qk.w_q, &transposed(&qk.w_k), inv),
-                Some(_) => product("w_kq", &qk.w_k, &transposed(&qk.w_q), inv),
-            }),
-            inducing: (w.inducing.as_ref()).map(|i| Param {
-                name: "inducing_scaled",
-                data: i.data.iter().map(|v| v * inv).collect(),
-                ..*i
-            }),
+            mixer: match &w.mixer {
+                MixerWeights::Mean => FoldedMixer::Mean,
+                MixerWeights::Attention { w_q, w_k } => FoldedMixer::Attention {
+                    w_qk: product("w_qk", w_q, &transposed(w_k), inv),
+                },
+                MixerWeights::Induced { w_q, w_k, inducing } => FoldedMixer::Induced {
+                    w_kq: product("w_kq", w_k, &transposed(w_q), inv),
+                    inducing: Param {
+                        name: "inducing_scaled",
+                        data: inducing.data.iter().map(|v| v * inv).collect(),
+                        ..*inducing
+                    },
+                },
+            },
             w_vo: product("w_vo", &w.w_v, &w.w_o, 1.0),
             w_dec_query: product(
                 "w_dec_query_keys",
@@ -402,9 +415,41 @@ impl Folded {
         }
     }
 
-    fn w_qk(&self) -> &Param {
-        self.w_qk.as_ref().expect("folded from the same weights")
+    /// [`Weights::mix`] over the folded products.
+    fn mix<O: Ops>(&self, o: &mut O, x: &O::Mat) -> O::Mat {
+        match &self.mixer {
+            FoldedMixer::Mean => {
+                let mean = o.mean_rows(x);
+                matmul_param(o, &mean, &self.w_vo)
+            }
+            FoldedMixer::Attention { w_qk } => {
+                let q = matmul_param(o, x, w_qk);
+                let scores = o.matmul_t(&q, x);
+                let attention = o.softmax_rows(&scores);
+                let v = matmul_param(o, x, &self.w_vo);
+                o.matmul(&attention, &v)
+            }
+            // (x Wq)(S Wk)ᵀ/√H = x (S · Wk Wqᵀ/√H)ᵀ: the projection on M rows, not N.
+            FoldedMixer::Induced { w_kq, inducing } => {
+                let scores = matmul_param(o, x, inducing);
+                let summaries = summaries(o, x, &scores);
+                let k = matmul_param(o, &summaries, w_kq);
+                let scores = o.matmul_t(x, &k);
+                let attention = o.softmax_rows_unmasked(&scores);
+                let v = matmul_param(o, &summaries, &self.w_vo);
+                o.matmul(&attention, &v)
+            }
+        }
     }
+}
+
+/// The induced mixer's summaries `S = softmax((x I)ᵀ/√H) x` from the scaled scores
+/// `x I/√H`, `[N, M]`: each inducing point's softmax over the candidates (padding masked
+/// in training). The scores are transposed, `[M, N]`, rather than `x`, `[N, H]`.
+fn summaries<O: Ops>(o: &mut O, x: &O::Mat, scores: &O::Mat) -> O::Mat {
+    let scores = o.transpose(scores);
+    let pooling = o.softmax_rows(&scores);
+    o.matmul(&pooling, x)
 }
 
 /// `scale · a b`, accumulated in f64 so folding adds no rounding of its own.

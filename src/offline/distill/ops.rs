@@ -40,8 +40,7 @@ fn params(weights: &Weights) -> Vec<&Param> {
         &w.b_dec,
         &w.w_dec_query,
     ];
-    all.extend(w.query_key.iter().flat_map(|qk| [&qk.w_q, &qk.w_k]));
-    all.extend(w.inducing.as_ref());
+    all.extend(w.mixer.params());
     all.extend(w.w_ctx.as_ref());
     all.extend(w.ctx_embedding.as_ref().map(|e| &e.table));
     all.extend(w.cand_embedding.as_ref().map(|e| &e.table));
@@ -68,12 +67,7 @@ fn params_mut(weights: &mut Weights) -> Vec<&mut Param> {
         &mut w.b_dec,
         &mut w.w_dec_query,
     ];
-    all.extend(
-        w.query_key
-            .iter_mut()
-            .flat_map(|qk| [&mut qk.w_q, &mut qk.w_k]),
-    );
-    all.extend(w.inducing.as_mut());
+    all.extend(w.mixer.params_mut());
     all.extend(w.w_ctx.as_mut());
     all.extend(w.ctx_embedding.as_mut().map(|e| &mut e.table));
     all.extend(w.cand_embedding.as_mut().map(|e| &mut e.table));
