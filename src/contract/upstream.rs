@@ -27,15 +27,16 @@ pub fn features(scores: &[f32], out: &mut Vec<f32>) {
         .sum::<f64>()
         / n as f64;
     let inv_sd = if var > 0.0 { 1.0 / var.sqrt() } else { 0.0 };
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    // Descending, ties by position: a total order, so the unstable sort gives the stable
-    // sort's result without its buffer.
-    order.sort_unstable_by(|&a, &b| {
-        (scores[b as usize].total_cmp(&scores[a as usize])).then(a.cmp(&b))
-    });
+    // Descending, ties by position, as one integer per candidate: the score's bits made to
+    // sort descending above its index. Plain integers sort several times faster than
+    // indices compared through their scores (this sort was 2% of a request's CPU).
+    let mut order: Vec<u64> = (scores.iter().enumerate())
+        .map(|(i, &s)| u64::from(descending(s)) << 32 | i as u64)
+        .collect();
+    order.sort_unstable();
     let mut rank = vec![0u32; n];
-    for (place, &i) in order.iter().enumerate() {
-        rank[i as usize] = place as u32;
+    for (place, &key) in order.iter().enumerate() {
+        rank[key as u32 as usize] = place as u32;
     }
     let last = (n - 1).max(1) as f32;
     let start = out.len();
@@ -45,6 +46,18 @@ pub fn features(scores: &[f32], out: &mut Vec<f32>) {
         row[0] = z.clamp(-Z_CLIP, Z_CLIP) as f32;
         row[1] = rank[i] as f32 / last;
     }
+}
+
+/// A key whose ascending order is `f32::total_cmp`'s descending order.
+fn descending(score: f32) -> u32 {
+    let bits = score.to_bits();
+    // total_cmp's order as unsigned integers: negative values reversed below the positive.
+    let ascending = if bits >> 31 == 1 {
+        !bits
+    } else {
+        bits | 1 << 31
+    };
+    !ascending
 }
 
 /// The scores a request without `ranking_score` stands for: its candidates are in the
@@ -97,6 +110,39 @@ mod tests {
         let r = rows(&outlier);
         assert!(r.iter().all(|r| r[0].is_finite() && r[0].abs() <= 4.0));
         assert_eq!(r[0], [4.0, 0.0]);
+    }
+
+    #[test]
+    fn ranks_follow_total_cmp_descending_with_ties_by_position() {
+        let s = [
+            -1.5f32,
+            0.0,
+            -0.0,
+            2.0,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            1e-40,
+            -1e-40,
+            2.0,
+            f32::MAX,
+            f32::MIN,
+            -1.5,
+            0.0,
+            3.25,
+            -7.0,
+        ];
+        let mut want: Vec<usize> = (0..s.len()).collect();
+        want.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+        let last = (s.len() - 1) as f32;
+        let got = rows(&s);
+        for (place, &i) in want.iter().enumerate() {
+            assert_eq!(
+                (got[i][1] * last).round(),
+                place as f32,
+                "score {} at {i}",
+                s[i]
+            );
+        }
     }
 
     #[test]
