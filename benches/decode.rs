@@ -3,15 +3,15 @@
 //! A decoder step is `(time(K=N) − time(K=1)) / (N − 1)` at the same N.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use degre::api::{self, v1};
+use degre::contract::FeatureSchema;
+use degre::repository::Repository;
+use degre::runtime::{Engine, LoadedModel};
 
 /// The server's allocator (`src/main.rs`): validation allocates per candidate, and glibc's
 /// `malloc` and `free` were half of its time here.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use degre::api::{self, v1};
-use degre::contract::FeatureSchema;
-use degre::repository::Repository;
-use degre::runtime::{Engine, LoadedModel};
 
 /// A deterministic request of `n` candidates that fits `schema`.
 fn request(schema: &FeatureSchema, n: usize, k: u32) -> v1::RerankRequest {
