@@ -149,14 +149,15 @@ pub fn train_judges(
             (j, seed, sample, split)
         })
         .collect();
-    let kinds: &[bool] = if config.pointwise_judges {
+    // A list-aware judge (interactions on) per sample, and a pointwise one if asked for.
+    let interactions: &[bool] = if config.pointwise_judges {
         &[true, false]
     } else {
         &[true]
     };
     let jobs: Vec<_> = samples
         .iter()
-        .flat_map(|job| kinds.iter().map(move |&interactions| (job, interactions)))
+        .flat_map(|sample| interactions.iter().map(move |&on| (sample, on)))
         .collect();
     let trained = jobs
         .into_par_iter()
