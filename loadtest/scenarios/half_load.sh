@@ -3,7 +3,7 @@
 # from core 1, and the server's own latency histogram (warm-up subtracted), the admission
 # refusals, the client's latency, and what core 0 did (`/proc/stat`); then the echo server
 # at the same rate for comparison.
-#   RATE=3500 N=100 K=20 loadtest/scenarios/half_load.sh
+#   RATE=3500 N=100 K=20 loadtest/scenarios/half_load.sh   # SERVE_ARGS="--max-queue-ms 100" adds flags
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -30,7 +30,7 @@ serve() {
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; trap - EXIT; }
 
 serve target/release/degre serve --grpc-addr "$ADDR" --metrics-addr "$METRICS" \
-  --models models --log-format json
+  --models models --log-format json ${SERVE_ARGS:-}
 curl -s "$METRICS/metrics" > "$OUT/before.prom"
 grep '^cpu0 ' /proc/stat > "$OUT/before.stat"
 run "degre-r$RATE" --duration-s "$DUR" --mode open --rate "$RATE"
@@ -59,7 +59,7 @@ total = b["+Inf"] - a.get("+Inf", 0)
 shares = "  ".join(f"<= {float(le) * 1e3:g} ms {100 * (b[le] - a.get(le, 0)) / total:.2f}%"
                    for le in ["0.0005", "0.001", "0.002", "0.005"] if le in b)
 print(f"degre server-side, {total:.0f} requests: {shares}")
-print(f"refused by admission: {refused(f'{out}/after.prom') - refused(f'{out}/before.prom'):.0f}")
+print(f"RESOURCE_EXHAUSTED (admission or the compute queue's limit): {refused(f'{out}/after.prom') - refused(f'{out}/before.prom'):.0f}")
 t0 = [int(v) for v in open(f"{out}/before.stat").read().split()[1:]]
 t1 = [int(v) for v in open(f"{out}/after.stat").read().split()[1:]]
 d = [y - x for x, y in zip(t0, t1)]
