@@ -8,8 +8,8 @@ use degre::contract::FeatureSchema;
 use degre::repository::Repository;
 use degre::runtime::{Engine, LoadedModel};
 
-/// The server's allocator (`src/main.rs`): validation allocates per candidate, and glibc's
-/// `malloc` and `free` were half of its time here.
+/// The server's allocator (`src/main.rs`): validation allocates per candidate, and under
+/// glibc it measured 8.3–8.5 µs at N = 100 against 5.2–5.5 with this one.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -325,7 +325,7 @@ impl Weights {
             MixerWeights::Induced { w_q, w_k, inducing } => {
                 let scores = matmul_param(o, x, inducing);
                 let scores = o.scale(&scores, self.inv_sqrt_h());
-                let summaries = summaries(o, x, &scores);
+                let summaries = induced_summaries(o, x, &scores);
                 let q = matmul_param(o, x, w_q);
                 let k = matmul_param(o, &summaries, w_k);
                 self.attend(o, &q, &k, &summaries, false)
@@ -432,7 +432,7 @@ impl Folded {
             // (x Wq)(S Wk)ᵀ/√H = x (S · Wk Wqᵀ/√H)ᵀ: the projection on M rows, not N.
             FoldedMixer::Induced { w_kq, inducing } => {
                 let scores = matmul_param(o, x, inducing);
-                let summaries = summaries(o, x, &scores);
+                let summaries = induced_summaries(o, x, &scores);
                 let k = matmul_param(o, &summaries, w_kq);
                 let scores = o.matmul_t(x, &k);
                 let attention = o.softmax_rows_unmasked(&scores);
@@ -446,7 +446,7 @@ impl Folded {
 /// The induced mixer's summaries `S = softmax((x I)ᵀ/√H) x` from the scaled scores
 /// `x I/√H`, `[N, M]`: each inducing point's softmax over the candidates (padding masked
 /// in training). The scores are transposed, `[M, N]`, rather than `x`, `[N, H]`.
-fn summaries<O: Ops>(o: &mut O, x: &O::Mat, scores: &O::Mat) -> O::Mat {
+fn induced_summaries<O: Ops>(o: &mut O, x: &O::Mat, scores: &O::Mat) -> O::Mat {
     let scores = o.transpose(scores);
     let pooling = o.softmax_rows(&scores);
     o.matmul(&pooling, x)

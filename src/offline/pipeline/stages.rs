@@ -142,43 +142,33 @@ pub fn train_judges(
     seed: u64,
     dir: &Path,
 ) -> anyhow::Result<Panel> {
-    let samples: Vec<_> = (0..config.judges)
+    let pairs = (0..config.judges)
+        .into_par_iter()
         .map(|j| {
             let seed = seed.wrapping_add(1_000_003 * (j as u64 + 1));
             let (sample, split) = bootstrap(rows, seed);
-            (j, seed, sample, split)
-        })
-        .collect();
-    // A list-aware judge (interactions on) per sample, and a pointwise one if asked for.
-    let interactions: &[bool] = if config.pointwise_judges {
-        &[true, false]
-    } else {
-        &[true]
-    };
-    let jobs: Vec<_> = samples
-        .iter()
-        .flat_map(|sample| interactions.iter().map(move |&on| (sample, on)))
-        .collect();
-    let trained = jobs
-        .into_par_iter()
-        .map(|((j, seed, sample, split), interactions)| {
-            let settings = evaluator::TrainConfig {
-                interactions,
-                ..settings(config, *seed, false)
+            let train = |interactions: bool, name: String| {
+                let settings = evaluator::TrainConfig {
+                    interactions,
+                    ..settings(config, seed, false)
+                };
+                evaluator::train_split(&sample, split.clone(), &settings, &dir.join(name), false)
             };
-            let name = match interactions {
-                true => format!("judge-{j}"),
-                false => format!("judge-{j}-pointwise"),
-            };
-            let trained =
-                evaluator::train_split(sample, split.clone(), &settings, &dir.join(name), false)?;
-            Ok((interactions, trained))
+            let (judge, pointwise) = rayon::join(
+                || train(true, format!("judge-{j}")),
+                || {
+                    (config.pointwise_judges)
+                        .then(|| train(false, format!("judge-{j}-pointwise")))
+                        .transpose()
+                },
+            );
+            Ok((judge?, pointwise?))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let (judges, pointwise): (Vec<_>, Vec<_>) = trained.into_iter().partition(|(list, _)| *list);
+    let (judges, pointwise): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
     Ok(Panel {
-        judges: judges.into_iter().map(|(_, e)| e).collect(),
-        pointwise: pointwise.into_iter().map(|(_, e)| e).collect(),
+        judges,
+        pointwise: pointwise.into_iter().flatten().collect(),
     })
 }
 
