@@ -15,12 +15,37 @@ cargo build --release -p degre -p degre-loadtest --bins
 LOAD=target/release/degre-loadtest
 MANIFEST=models/degre/1/manifest.json
 
-summary() {
-  python3 - "$1" <<'PY'
+# The server's CPU time so far (user + system), in clock ticks.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+summary() { # report, server CPU ticks spent during the run: adds `server_cpu_us` to it
+  python3 - "$1" "$2" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1]))
+path = sys.argv[1]
+r = json.load(open(path))
+r["server_cpu_us"] = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / max(r["ok"], 1)
+json.dump(r, open(path, "w"), indent=1)
 l = r["latency"]
-print(f"{r['label']:>24}  ok/s {r['achieved_rate']:8.0f}  p50 {l['p50_ms']:.3f} ms  p99 {l['p99_ms']:.3f} ms  errors {r['errors']}")
+print(f"{r['label']:>24}  ok/s {r['achieved_rate']:8.0f}  server CPU {r['server_cpu_us']:6.1f} us/request  p50 {l['p50_ms']:.3f} ms  p99 {l['p99_ms']:.3f} ms  errors {r['errors']}")
+PY
+}
+
+# Against the echo floor: each server's best closed loop (the issue's measure), the
+# closed loops of 16, and the CPU a request costs at each one's best.
+ratios() {
+  python3 - "$OUT" "$@" <<'PY'
+import json, sys
+out, labels = sys.argv[1], sys.argv[2:]
+runs = {l: [json.load(open(f"{out}/{l}-c{c}.json")) for c in (1, 8, 16)] for l in labels}
+best = {l: max(rs, key=lambda r: r["achieved_rate"]) for l, rs in runs.items()}
+echo = best["echo"]
+for l in labels[:-1]:
+    b = best[l]
+    print(f"{l} / echo: best {b['achieved_rate']:.0f} (c{b['concurrency']}) / {echo['achieved_rate']:.0f} "
+          f"(c{echo['concurrency']}) = {b['achieved_rate'] / echo['achieved_rate']:.2f}; "
+          f"c16 {runs[l][2]['achieved_rate'] / runs['echo'][2]['achieved_rate']:.2f}; "
+          f"CPU per request {echo['server_cpu_us']:.0f} / {b['server_cpu_us']:.0f} us = "
+          f"{echo['server_cpu_us'] / b['server_cpu_us']:.2f}")
 PY
 }
 
@@ -37,8 +62,13 @@ measure() { # label, then the server command
       --connections 8 "$@" >/dev/null
   }
   D=2 run "$label-warmup" --mode closed --concurrency 2
-  for c in 1 8 16; do run "$label-c$c" --mode closed --concurrency $c; summary "$OUT/$label-c$c.json"; done
-  if [ -n "$RATE" ]; then run "$label-r$RATE" --mode open --rate "$RATE"; summary "$OUT/$label-r$RATE.json"; fi
+  measured() { # name, then loadtest flags
+    local before; before=$(ticks $server)
+    run "$@"
+    summary "$OUT/$1.json" $(( $(ticks $server) - before ))
+  }
+  for c in 1 8 16; do measured "$label-c$c" --mode closed --concurrency $c; done
+  if [ -n "$RATE" ]; then measured "$label-r$RATE" --mode open --rate "$RATE"; fi
   kill $server; wait $server 2>/dev/null || true
   trap - EXIT
 }
@@ -50,3 +80,4 @@ if [ -n "${BEFORE:-}" ]; then
 fi
 measure degre target/release/degre "${SERVE[@]}" --models models
 measure echo "$LOAD" echo-server --addr "$ADDR"
+ratios ${BEFORE:+before} degre echo
