@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-core comparison of docs/performance.md: a server pinned to core 0 and the load
 # generator to core 1, closed loops of 1, 8 and 16 outstanding requests, for `degre serve`
-# on the bundled model and for the echo transport floor, in one run.
+# on the bundled model and for the echo transport floor, in one run: ok/s, latency and the
+# server's CPU per request of each, then the ratios to the echo floor.
 #   N=100 K=20 DUR=8 loadtest/scenarios/one_core.sh        # env BEFORE=path/to/old/degre adds a row
 #   (served from BEFORE_MODELS, default models: an old binary, or an old model, or both)
 set -euo pipefail
