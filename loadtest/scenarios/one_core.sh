@@ -40,7 +40,7 @@ out, labels = sys.argv[1], sys.argv[2:]
 runs = {l: [json.load(open(f"{out}/{l}-c{c}.json")) for c in (1, 8, 16)] for l in labels}
 best = {l: max(rs, key=lambda r: r["achieved_rate"]) for l, rs in runs.items()}
 echo = best["echo"]
-for l in labels[:-1]:
+for l in (l for l in labels if l != "echo"):
     b = best[l]
     print(f"{l} / echo: best {b['achieved_rate']:.0f} (c{b['concurrency']}) / {echo['achieved_rate']:.0f} "
           f"(c{echo['concurrency']}) = {b['achieved_rate'] / echo['achieved_rate']:.2f}; "
