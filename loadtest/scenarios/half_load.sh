@@ -4,6 +4,7 @@
 # refusals, the client's latency, and what core 0 did (`/proc/stat`); then the echo server
 # at the same rate for comparison.
 #   RATE=3500 N=100 K=20 loadtest/scenarios/half_load.sh   # SERVE_ARGS="--max-queue-ms 100" adds flags
+#   DEGRE=/tmp/degre-before ... serves another build of degre, for a before/after pair
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,6 +14,7 @@ OUT=${OUT:-loadtest/results/half-load}
 mkdir -p "$OUT"
 cargo build --release -p degre -p degre-loadtest --bins
 LOAD=target/release/degre-loadtest
+DEGRE=${DEGRE:-target/release/degre}
 
 run() { # label, then loadtest flags
   local label=$1; shift
@@ -29,7 +31,7 @@ serve() {
 }
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; trap - EXIT; }
 
-serve target/release/degre serve --grpc-addr "$ADDR" --metrics-addr "$METRICS" \
+serve "$DEGRE" serve --grpc-addr "$ADDR" --metrics-addr "$METRICS" \
   --models models --log-format json ${SERVE_ARGS:-}
 curl -s "$METRICS/metrics" > "$OUT/before.prom"
 grep '^cpu0 ' /proc/stat > "$OUT/before.stat"

@@ -7,11 +7,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body::{Body, Frame};
 use tonic::Code;
 
+use super::deadline;
+use super::queue::ComputeQueue;
 use crate::telemetry;
 
 const RERANK_PATH: &str = "/degre.v1.Reranker/Rerank";
@@ -22,19 +24,37 @@ const RERANK_PATH: &str = "/degre.v1.Reranker/Rerank";
 pub struct ServedBy(pub u64);
 
 /// The tower layer: wraps every service of the server; only Rerank calls are counted.
-/// `in_flight` holds the Rerank calls not answered yet (a drain waits for these only); one
-/// more than `max_in_flight` is refused here, before its body is read or decoded.
-#[derive(Debug, Clone)]
+/// `in_flight` holds the Rerank calls not answered yet (a drain waits for these only). One
+/// more than `max_in_flight`, or one the compute queue would hold too long, is refused
+/// here, before its body is read or decoded; an admitted one carries its queue ticket to
+/// the service in its extensions.
+#[derive(Clone)]
 pub struct CountAnswers {
     pub in_flight: Arc<AtomicUsize>,
+    admission: Admission,
+}
+
+#[derive(Clone)]
+struct Admission {
     max_in_flight: usize,
+    queue: Arc<ComputeQueue>,
+    /// The server's own limit on a request, for requests whose client sets no deadline.
+    request_timeout: Duration,
 }
 
 impl CountAnswers {
-    pub fn new(max_in_flight: usize) -> CountAnswers {
+    pub fn new(
+        max_in_flight: usize,
+        queue: Arc<ComputeQueue>,
+        request_timeout: Duration,
+    ) -> CountAnswers {
         CountAnswers {
             in_flight: Arc::default(),
-            max_in_flight,
+            admission: Admission {
+                max_in_flight,
+                queue,
+                request_timeout,
+            },
         }
     }
 }
@@ -45,16 +65,16 @@ impl<S> tower::Layer<S> for CountAnswers {
         Counted {
             inner,
             in_flight: self.in_flight.clone(),
-            max_in_flight: self.max_in_flight,
+            admission: self.admission.clone(),
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Counted<S> {
     inner: S,
     in_flight: Arc<AtomicUsize>,
-    max_in_flight: usize,
+    admission: Admission,
 }
 
 impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for Counted<S>
@@ -70,29 +90,43 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let counted = request.uri().path() == RERANK_PATH;
         let started = Instant::now();
+        let max_in_flight = self.admission.max_in_flight;
         // Refused before anything is read: under overload a refusal costs no decode, and
         // the requests waiting to be polled stay few, so the admitted ones answer fast.
-        if counted && self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+        if counted && self.in_flight.fetch_add(1, Ordering::AcqRel) >= max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             telemetry::request_done(Code::ResourceExhausted, None, 0.0);
             let status = tonic::Status::resource_exhausted(format!(
-                "server is overloaded: {} requests in flight (--max-in-flight)",
-                self.max_in_flight
+                "server is overloaded: {max_in_flight} requests in flight (--max-in-flight)"
             ));
             let response = status.into_http();
             return Box::pin(async move { Ok(response) });
         }
         // Counted from now until answered, even if this future is dropped on the way.
-        let answer = counted.then(|| Answer {
+        let mut answer = counted.then(|| Answer {
             started,
             version: None,
             done: false,
             in_flight: self.in_flight.clone(),
             gauge: Some(telemetry::InFlight::enter()),
         });
+        if let Some(answer) = &mut answer {
+            let client = request.extensions().get::<deadline::ClientTimeout>();
+            let budget = deadline::budget(client.copied(), self.admission.request_timeout);
+            match self.admission.queue.admit(budget) {
+                Ok(ticket) => {
+                    request.extensions_mut().insert(Arc::new(ticket));
+                }
+                Err(err) => {
+                    answer.record(err.code());
+                    let response = tonic::Status::from(err).into_http();
+                    return Box::pin(async move { Ok(response) });
+                }
+            }
+        }
         let future = self.inner.call(request);
         Box::pin(async move {
             let mut response = future.await?;

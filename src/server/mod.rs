@@ -29,7 +29,8 @@ use crate::config::Config;
 use crate::repository::watcher::Watcher;
 use crate::repository::ModelStore;
 use crate::repository::Repository;
-pub use service::RerankService;
+use queue::ComputeQueue;
+use service::RerankService;
 
 const SERVICE_NAME: &str = "degre.v1.Reranker";
 const STREAM_WINDOW: u32 = 128 << 10;
@@ -157,7 +158,8 @@ impl BoundServer {
             (None, None)
         };
         crate::api::codec::set_max_candidates(config.max_candidates);
-        let reranker = RerankerServer::new(RerankService::new(store, &config))
+        let queue = Arc::new(ComputeQueue::new(config.compute_threads, config.max_queue));
+        let reranker = RerankerServer::new(RerankService::new(store, queue.clone(), &config))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
         // tonic ignores the builder's TCP options for a listener we bound ourselves. Without
@@ -167,7 +169,8 @@ impl BoundServer {
             .with_keepalive(Some(Duration::from_secs(60)));
         let incoming = connections::bounded(incoming, config.max_connections, config.idle_timeout);
         let (drain, draining) = tokio::sync::oneshot::channel::<()>();
-        let answers = answers::CountAnswers::new(config.max_in_flight);
+        let answers =
+            answers::CountAnswers::new(config.max_in_flight, queue, config.request_timeout);
         let budget = bodies::BodyBudget::new(config.max_buffered_request_bytes);
         let in_flight = answers.in_flight.clone();
         // Per connection, at most `streams × max_message_bytes` of request bodies are held,
@@ -189,13 +192,14 @@ impl BoundServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_connection_age(config.max_connection_age)
             .max_connection_age_grace(config.shutdown_grace)
+            // The client's deadline first: admission to the compute queue reads it.
+            .layer(tower::util::MapRequestLayer::new(
+                deadline::record_client_timeout::<tonic::body::Body>,
+            ))
             .layer(answers.clone())
             .layer(tower::util::MapRequestLayer::new(move |request| {
                 budget.count::<tonic::body::Body>(request)
             }))
-            .layer(tower::util::MapRequestLayer::new(
-                deadline::record_client_timeout::<tonic::body::Body>,
-            ))
             .add_service(health_service)
             .add_optional_service(reflection_v1)
             .add_optional_service(reflection_v1alpha)

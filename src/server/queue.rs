@@ -1,8 +1,12 @@
-//! Admission to compute by queueing time: a request that would wait longer than the limit
-//! (or than its own deadline) is refused at once, so that under overload the requests that
-//! are admitted still answer fast, and the rest learn at once that they should go elsewhere.
+//! Admission to compute by queueing time. Compute runs on the tokio worker that received
+//! the request, so the queue is every request received and not yet computed: each is
+//! counted on arrival, before its body is read, and one that would wait longer than the
+//! limit (or than its own deadline) is refused there at once, before it costs a decode.
+//! Under overload the requests that are admitted still answer fast, and the rest learn at
+//! once that they should go elsewhere.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -13,70 +17,106 @@ use crate::telemetry;
 pub struct ComputeQueue {
     permits: Semaphore,
     threads: usize,
-    /// Requests waiting for or holding a permit.
-    queued: AtomicUsize,
-    /// Moving average of one request's compute time, in nanoseconds.
+    /// Requests received and not yet computed (or refused, or abandoned).
+    pending: AtomicUsize,
+    /// Moving average of one request's compute time, in nanoseconds; 0 until one computed.
     compute_ns: AtomicU64,
     limit: Duration,
+    /// Whether the runtime has other workers that could read sockets while one computes.
+    other_workers: bool,
 }
 
-/// A request's place in compute: its permit, and its count in the queue until dropped.
+/// A request's place in the queue, from its arrival until its compute ends or it is
+/// dropped unanswered. It travels in the request's extensions, hence the `Arc`.
+pub struct Ticket {
+    queue: Arc<ComputeQueue>,
+    arrived: Instant,
+}
+
+/// A request's compute turn: its permit, and its ticket until dropped.
 pub struct Slot<'a> {
-    queue: &'a ComputeQueue,
+    _ticket: Arc<Ticket>,
     _permit: SemaphorePermit<'a>,
     started: Instant,
 }
 
 impl ComputeQueue {
+    /// A queue for the current tokio runtime (its worker count decides [`Self::enter`]'s yield).
     pub fn new(threads: usize, limit: Duration) -> ComputeQueue {
+        let workers =
+            tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers());
         ComputeQueue {
+            other_workers: workers > 1,
             permits: Semaphore::new(threads),
             threads,
-            queued: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
             compute_ns: AtomicU64::new(0),
             limit,
         }
     }
 
-    /// Waits for a compute permit, unless the queue ahead is expected to take longer than
-    /// the limit or than `budget` (RESOURCE_EXHAUSTED at once). A wait that reaches the
-    /// limit anyway ends the same way, or as DEADLINE_EXCEEDED if `budget` ran out first.
-    pub async fn enter(&self, budget: Duration) -> Result<Slot<'_>, ServeError> {
-        let arrived = Instant::now();
-        let ahead = self.queued.fetch_add(1, Ordering::AcqRel);
-        let guard = Leave(self);
+    /// Counts a request that just arrived, unless the requests ahead of it are expected to
+    /// take longer than the limit or than `budget` to compute (RESOURCE_EXHAUSTED).
+    pub fn admit(self: &Arc<Self>, budget: Duration) -> Result<Ticket, ServeError> {
+        let ahead = self.pending.fetch_add(1, Ordering::AcqRel);
+        let ticket = Ticket {
+            queue: self.clone(),
+            arrived: Instant::now(),
+        };
         let per_request = Duration::from_nanos(self.compute_ns.load(Ordering::Relaxed));
         // Requests ahead, drained `threads` at a time.
         let expected = per_request.mul_f64(ahead.saturating_sub(self.threads - 1) as f64)
             / self.threads as u32;
         let limit = self.limit.min(budget);
-        let full = |expected: Duration| ServeError::QueueFull {
-            expected_ms: expected.as_millis() as u64,
-            limit_ms: limit.as_millis() as u64,
-        };
         if expected > limit {
-            return Err(full(expected));
+            return Err(ServeError::QueueFull {
+                expected_ms: expected.as_millis() as u64,
+                limit_ms: limit.as_millis() as u64,
+            });
         }
-        // Compute runs on this worker without awaiting: before taking the worker, let every
-        // request already received reach this point and count itself, so the queue length
-        // the estimate reads is the real one, not only who got here first.
-        tokio::task::yield_now().await;
-        let timed_out = || {
-            if budget <= self.limit {
-                ServeError::DeadlineExceeded
-            } else {
-                full(limit)
+        Ok(ticket)
+    }
+
+    /// Takes a compute permit for an admitted request. With fewer permits than workers a
+    /// request may wait for one: a wait that reaches the limit ends as RESOURCE_EXHAUSTED,
+    /// or as DEADLINE_EXCEEDED if `budget` ran out first.
+    pub async fn enter(
+        &self,
+        ticket: Arc<Ticket>,
+        budget: Duration,
+    ) -> Result<Slot<'_>, ServeError> {
+        // Compute holds this worker without awaiting, and a worker parked on its condvar
+        // (not on the socket poller) sleeps through it: a 9 s debug-build compute read no
+        // request meanwhile. A yield first polls the sockets and leaves their work queued
+        // where an idle worker is woken to take it. With one worker nobody could read
+        // meanwhile, and the yield only puts the request behind every ready task: 0.5-1.5%
+        // of requests past 1 ms at half load (docs/performance.md), so it is skipped.
+        if self.other_workers {
+            tokio::task::yield_now().await;
+        }
+        let permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let limit = self.limit.min(budget);
+                tokio::time::timeout(limit, self.permits.acquire())
+                    .await
+                    .map_err(|_| {
+                        if budget <= self.limit {
+                            ServeError::DeadlineExceeded
+                        } else {
+                            ServeError::QueueFull {
+                                expected_ms: limit.as_millis() as u64,
+                                limit_ms: limit.as_millis() as u64,
+                            }
+                        }
+                    })?
+                    .map_err(|e| ServeError::Task(e.to_string()))?
             }
         };
-        let permit = tokio::time::timeout(limit, self.permits.acquire())
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|e| ServeError::Task(e.to_string()))?;
-        std::mem::forget(guard); // the slot leaves the queue instead
         let started = Instant::now();
-        telemetry::queue_wait(started.duration_since(arrived).as_secs_f64());
+        telemetry::queue_wait(started.duration_since(ticket.arrived).as_secs_f64());
         Ok(Slot {
-            queue: self,
+            _ticket: ticket,
             _permit: permit,
             started,
         })
@@ -86,7 +126,7 @@ impl ComputeQueue {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let took = self.started.elapsed().as_nanos() as u64;
-        let q = self.queue;
+        let q = &self._ticket.queue;
         // An exponential moving average over ~8 requests; races lose an update, no more.
         let old = q.compute_ns.load(Ordering::Relaxed);
         let new = if old == 0 {
@@ -95,16 +135,12 @@ impl Drop for Slot<'_> {
             old - old / 8 + took / 8
         };
         q.compute_ns.store(new, Ordering::Relaxed);
-        q.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Takes a refused or abandoned request out of the queue count.
-struct Leave<'a>(&'a ComputeQueue);
-
-impl Drop for Leave<'_> {
+impl Drop for Ticket {
     fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+        self.queue.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -114,26 +150,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_long_queue_is_refused_at_once_and_a_short_one_waits() {
-        let queue = ComputeQueue::new(1, Duration::from_millis(10));
+        let queue = Arc::new(ComputeQueue::new(1, Duration::from_millis(10)));
+        let second = Duration::from_secs(1);
+        // Nothing computed yet: nothing to estimate, every request is admitted.
+        let early: Vec<_> = (0..50).map(|_| queue.admit(second).unwrap()).collect();
+        drop(early);
         // Teach it that a request computes for 4 ms.
-        let mut slot = queue.enter(Duration::from_secs(1)).await.unwrap();
+        let ticket = Arc::new(queue.admit(second).unwrap());
+        let mut slot = queue.enter(ticket, second).await.unwrap();
         slot.started -= Duration::from_millis(4);
         drop(slot);
         // One request computing, two waiting: the third in line expects 8 ms, admitted.
-        let computing = queue.enter(Duration::from_secs(1)).await.unwrap();
-        let second = queue.enter(Duration::from_secs(1));
-        let third = queue.enter(Duration::from_secs(1));
-        let (second, third) = (Box::pin(second), Box::pin(third));
-        // Poll both once so they take their places in the queue.
-        let (second, third) = {
-            let mut second = second;
-            let mut third = third;
-            assert!(futures_poll_once(&mut second).await.is_none());
-            assert!(futures_poll_once(&mut third).await.is_none());
-            (second, third)
-        };
-        // The fourth would wait 12 ms: refused on the estimate (a timeout would say 10).
-        let err = queue.enter(Duration::from_secs(1)).await.err().unwrap();
+        let computing = queue.admit(second).unwrap();
+        let waiting = [queue.admit(second).unwrap(), queue.admit(second).unwrap()];
+        // The fourth would wait 12 ms: refused on the estimate.
+        let err = queue.admit(second).err().unwrap();
         assert!(
             matches!(
                 err,
@@ -145,24 +176,39 @@ mod tests {
             "{err}"
         );
         // A tighter budget of the request's own is a tighter limit.
-        drop((second, third));
-        let err = queue.enter(Duration::from_millis(2)).await.err().unwrap();
+        drop(waiting);
+        let err = queue.admit(Duration::from_millis(2)).err().unwrap();
         assert!(
             matches!(err, ServeError::QueueFull { limit_ms: 2, .. }),
             "{err}"
         );
+        // Refused and finished requests leave the queue.
         drop(computing);
-        assert_eq!(queue.queued.load(Ordering::Acquire), 0);
+        assert_eq!(queue.pending.load(Ordering::Acquire), 0);
     }
 
-    /// Polls a future once: `Some` if it finished.
-    async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
-        std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match std::pin::Pin::new(&mut *f).poll(cx) {
-                std::task::Poll::Ready(v) => Some(v),
-                std::task::Poll::Pending => None,
-            })
-        })
-        .await
+    #[tokio::test]
+    async fn a_request_waits_for_a_permit_until_the_limit_or_its_budget() {
+        let queue = Arc::new(ComputeQueue::new(1, Duration::from_millis(20)));
+        let budget = Duration::from_secs(1);
+        let first = queue
+            .enter(Arc::new(queue.admit(budget).unwrap()), budget)
+            .await;
+        let _first = first.unwrap();
+        // The only permit is held: the next waits out the queue limit, then is refused.
+        let late = queue
+            .enter(Arc::new(queue.admit(budget).unwrap()), budget)
+            .await;
+        assert!(matches!(
+            late,
+            Err(ServeError::QueueFull { limit_ms: 20, .. })
+        ));
+        // Its own deadline, shorter than the limit, ends it as DEADLINE_EXCEEDED.
+        let short = Duration::from_millis(5);
+        let late = queue
+            .enter(Arc::new(queue.admit(short).unwrap()), short)
+            .await;
+        assert!(matches!(late, Err(ServeError::DeadlineExceeded)));
+        assert_eq!(queue.pending.load(Ordering::Acquire), 1);
     }
 }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::answers::ServedBy;
 use super::deadline;
-use super::queue::ComputeQueue;
+use super::queue::{ComputeQueue, Ticket};
 use super::routing::Routing;
 use super::status::ServeError;
 use crate::api::{self, v1};
@@ -24,8 +24,9 @@ use crate::telemetry;
 pub struct RerankService {
     store: Arc<ModelStore>,
     /// Requests computing at once (so that some workers stay free for I/O and health),
-    /// and how long they may queue for it.
-    compute: ComputeQueue,
+    /// and how long they may queue for it; requests are admitted to it on arrival
+    /// (`answers.rs`).
+    compute: Arc<ComputeQueue>,
     max_candidates: usize,
     request_timeout: Duration,
     routing: Routing,
@@ -33,10 +34,14 @@ pub struct RerankService {
 }
 
 impl RerankService {
-    pub fn new(store: Arc<ModelStore>, config: &Config) -> RerankService {
+    pub fn new(
+        store: Arc<ModelStore>,
+        compute: Arc<ComputeQueue>,
+        config: &Config,
+    ) -> RerankService {
         RerankService {
             store,
-            compute: ComputeQueue::new(config.compute_threads, config.max_queue),
+            compute,
             max_candidates: config.max_candidates,
             request_timeout: config.request_timeout,
             routing: Routing::new(config.canary_share, config.shadow_share),
@@ -44,24 +49,29 @@ impl RerankService {
         }
     }
 
-    /// Answers `request`, which must be answered by `deadline`.
+    /// Answers `request`, which must be answered by `deadline`; `ticket` is its place in
+    /// the compute queue, taken on arrival.
     async fn handle(
         &self,
         request: v1::RerankRequest,
+        ticket: Option<Arc<Ticket>>,
         deadline: Instant,
     ) -> Result<v1::RerankResponse, ServeError> {
-        // Admission (`--max-in-flight`) and the in-flight count happen before the body is
-        // read: `answers.rs`.
+        let budget = || deadline.saturating_duration_since(Instant::now());
+        // Admission (`--max-in-flight`, the queue's length) and the in-flight count happen
+        // before the body is read, in `answers.rs`; a request that came another way is
+        // admitted now.
+        let ticket = match ticket {
+            Some(ticket) => ticket,
+            None => Arc::new(self.compute.admit(budget())?),
+        };
         let draw = self.routing.draw(&request);
         let model = self
             .routing
             .answering(&self.store, request.model_version, &draw)?;
         let limit = model.max_candidates(self.max_candidates);
         let input = api::rerank_input(request, &model.manifest.schema, limit)?;
-        let slot = self
-            .compute
-            .enter(deadline.saturating_duration_since(Instant::now()))
-            .await?;
+        let slot = self.compute.enter(ticket, budget()).await?;
         let started = Instant::now();
         let picks = model.rerank(&input);
         telemetry::request_compute(input.candidates(), started.elapsed().as_secs_f64());
@@ -82,7 +92,7 @@ impl RerankService {
 impl v1::reranker_server::Reranker for RerankService {
     async fn rerank(
         &self,
-        request: Request<v1::RerankRequest>,
+        mut request: Request<v1::RerankRequest>,
     ) -> Result<Response<v1::RerankResponse>, Status> {
         let started = Instant::now();
         let client = request
@@ -91,6 +101,7 @@ impl v1::reranker_server::Reranker for RerankService {
             .copied();
         let budget = deadline::budget(client, self.request_timeout);
         let peer = request.remote_addr();
+        let ticket = request.extensions_mut().remove::<Arc<Ticket>>();
         // Debug-formatted: a client's newline cannot forge a log line.
         let span = tracing::info_span!(
             "rerank",
@@ -102,9 +113,10 @@ impl v1::reranker_server::Reranker for RerankService {
         span.record("request_id", tracing::field::debug(&request.request_id));
         let candidates = request.candidates.len();
         let result = async {
-            let result = tokio::time::timeout(budget, self.handle(request, started + budget))
-                .await
-                .unwrap_or(Err(ServeError::DeadlineExceeded));
+            let result =
+                tokio::time::timeout(budget, self.handle(request, ticket, started + budget))
+                    .await
+                    .unwrap_or(Err(ServeError::DeadlineExceeded));
             let ms = started.elapsed().as_secs_f64() * 1e3;
             match &result {
                 Ok(response) => tracing::debug!(
