@@ -85,13 +85,14 @@ impl ComputeQueue {
         ticket: Arc<Ticket>,
         budget: Duration,
     ) -> Result<Slot<'_>, ServeError> {
-        // Compute holds this worker without awaiting, and a worker parked on its condvar
-        // (not on the socket poller) sleeps through it: a 9 s debug-build compute read no
-        // request meanwhile. A yield first polls the sockets and leaves their work queued
-        // where an idle worker is woken to take it. With one worker nobody could read
-        // meanwhile, and the yield only puts the request behind every ready task: 0.5-1.5%
-        // of requests past 1 ms at half load (docs/performance.md), so it is skipped.
-        if self.other_workers {
+        // Compute holds this worker without awaiting, so a yield first lets the sockets be
+        // read: requests that arrived meanwhile are counted (and refused if the queue is
+        // long) instead of waiting unseen in the kernel's buffers, and with other workers
+        // their work is queued where an idle one is woken to take it (a worker parked on
+        // its condvar, not the socket poller, slept through a 9 s debug-build compute).
+        // On one worker with nobody else received the yield only delays this request
+        // behind a socket poll: skipped (docs/performance.md, eighth round).
+        if self.other_workers || self.pending.load(Ordering::Acquire) > 1 {
             tokio::task::yield_now().await;
         }
         let permit = match self.permits.try_acquire() {
