@@ -35,7 +35,7 @@ pub struct Ticket {
 
 /// A request's compute turn: its permit, and its ticket until dropped.
 pub struct Slot<'a> {
-    _ticket: Arc<Ticket>,
+    ticket: Arc<Ticket>,
     _permit: SemaphorePermit<'a>,
     started: Instant,
 }
@@ -117,7 +117,7 @@ impl ComputeQueue {
         let started = Instant::now();
         telemetry::queue_wait(started.duration_since(ticket.arrived).as_secs_f64());
         Ok(Slot {
-            _ticket: ticket,
+            ticket,
             _permit: permit,
             started,
         })
@@ -127,7 +127,7 @@ impl ComputeQueue {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let took = self.started.elapsed().as_nanos() as u64;
-        let q = &self._ticket.queue;
+        let q = &self.ticket.queue;
         // An exponential moving average over ~8 requests; races lose an update, no more.
         let old = q.compute_ns.load(Ordering::Relaxed);
         let new = if old == 0 {
