@@ -116,7 +116,7 @@ where
         if let Some(answer) = &mut answer {
             let client = request.extensions().get::<deadline::ClientTimeout>();
             let budget = deadline::budget(client.copied(), self.admission.request_timeout);
-            match self.admission.queue.admit(budget) {
+            match self.admission.queue.admit(started, budget) {
                 Ok(ticket) => {
                     request.extensions_mut().insert(Arc::new(ticket));
                 }

@@ -55,13 +55,18 @@ impl ComputeQueue {
         }
     }
 
-    /// Counts a request that just arrived, unless the requests ahead of it are expected to
-    /// take longer than the limit or than `budget` to compute (RESOURCE_EXHAUSTED).
-    pub fn admit(self: &Arc<Self>, budget: Duration) -> Result<Ticket, ServeError> {
+    /// Counts a request that `arrived` just now, unless the requests ahead of it are
+    /// expected to take longer than the limit or than `budget` to compute
+    /// (RESOURCE_EXHAUSTED).
+    pub fn admit(
+        self: &Arc<Self>,
+        arrived: Instant,
+        budget: Duration,
+    ) -> Result<Ticket, ServeError> {
         let ahead = self.pending.fetch_add(1, Ordering::AcqRel);
         let ticket = Ticket {
             queue: self.clone(),
-            arrived: Instant::now(),
+            arrived,
         };
         let per_request = Duration::from_nanos(self.compute_ns.load(Ordering::Relaxed));
         // Requests ahead, drained `threads` at a time.
@@ -149,23 +154,31 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    /// Admits a request arriving now.
+    fn admit(queue: &Arc<ComputeQueue>, budget: Duration) -> Result<Ticket, ServeError> {
+        queue.admit(Instant::now(), budget)
+    }
+
     #[tokio::test]
-    async fn a_long_queue_is_refused_at_once_and_a_short_one_waits() {
+    async fn a_long_queue_is_refused_on_arrival_and_a_short_one_admitted() {
         let queue = Arc::new(ComputeQueue::new(1, Duration::from_millis(10)));
         let second = Duration::from_secs(1);
         // Nothing computed yet: nothing to estimate, every request is admitted.
-        let early: Vec<_> = (0..50).map(|_| queue.admit(second).unwrap()).collect();
+        let early: Vec<_> = (0..50).map(|_| admit(&queue, second).unwrap()).collect();
         drop(early);
         // Teach it that a request computes for 4 ms.
-        let ticket = Arc::new(queue.admit(second).unwrap());
+        let ticket = Arc::new(admit(&queue, second).unwrap());
         let mut slot = queue.enter(ticket, second).await.unwrap();
         slot.started -= Duration::from_millis(4);
         drop(slot);
         // One request computing, two waiting: the third in line expects 8 ms, admitted.
-        let computing = queue.admit(second).unwrap();
-        let waiting = [queue.admit(second).unwrap(), queue.admit(second).unwrap()];
+        let computing = admit(&queue, second).unwrap();
+        let waiting = [
+            admit(&queue, second).unwrap(),
+            admit(&queue, second).unwrap(),
+        ];
         // The fourth would wait 12 ms: refused on the estimate.
-        let err = queue.admit(second).err().unwrap();
+        let err = admit(&queue, second).err().unwrap();
         assert!(
             matches!(
                 err,
@@ -178,7 +191,7 @@ mod tests {
         );
         // A tighter budget of the request's own is a tighter limit.
         drop(waiting);
-        let err = queue.admit(Duration::from_millis(2)).err().unwrap();
+        let err = admit(&queue, Duration::from_millis(2)).err().unwrap();
         assert!(
             matches!(err, ServeError::QueueFull { limit_ms: 2, .. }),
             "{err}"
@@ -193,12 +206,12 @@ mod tests {
         let queue = Arc::new(ComputeQueue::new(1, Duration::from_millis(20)));
         let budget = Duration::from_secs(1);
         let first = queue
-            .enter(Arc::new(queue.admit(budget).unwrap()), budget)
+            .enter(Arc::new(admit(&queue, budget).unwrap()), budget)
             .await;
         let _first = first.unwrap();
         // The only permit is held: the next waits out the queue limit, then is refused.
         let late = queue
-            .enter(Arc::new(queue.admit(budget).unwrap()), budget)
+            .enter(Arc::new(admit(&queue, budget).unwrap()), budget)
             .await;
         assert!(matches!(
             late,
@@ -207,7 +220,7 @@ mod tests {
         // Its own deadline, shorter than the limit, ends it as DEADLINE_EXCEEDED.
         let short = Duration::from_millis(5);
         let late = queue
-            .enter(Arc::new(queue.admit(short).unwrap()), short)
+            .enter(Arc::new(admit(&queue, short).unwrap()), short)
             .await;
         assert!(matches!(late, Err(ServeError::DeadlineExceeded)));
         assert_eq!(queue.pending.load(Ordering::Acquire), 1);

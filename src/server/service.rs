@@ -63,7 +63,7 @@ impl RerankService {
         // admitted now.
         let ticket = match ticket {
             Some(ticket) => ticket,
-            None => Arc::new(self.compute.admit(budget())?),
+            None => Arc::new(self.compute.admit(Instant::now(), budget())?),
         };
         let draw = self.routing.draw(&request);
         let model = self
