@@ -174,6 +174,69 @@ fn the_ensembles_pessimistic_value_is_below_its_mean_and_one_member_is_itself() 
 }
 
 #[test]
+fn a_pointwise_blend_mixes_every_member_with_the_pointwise_evaluator() {
+    let (rows, _, dir) = tiny();
+    let train = |seed: u64, interactions: bool, sub: &str| {
+        let config = TrainConfig {
+            hidden: 16,
+            epochs: 2,
+            seed,
+            interactions,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        evaluator::train(&rows, &config, &dir.path().join(sub), false).unwrap();
+    };
+    train(8, true, "a");
+    train(9, true, "b");
+    train(8, false, "pointwise");
+    let load = |sub: &str| Evaluator::load(&dir.path().join(sub)).unwrap();
+    let members = || vec![load("a"), load("b")];
+    let blended = |w: f64| {
+        Ensemble::new(members(), 1.0)
+            .unwrap()
+            .blended(load("pointwise"), w)
+            .unwrap()
+    };
+    let (plain, quarter, whole) = (
+        Ensemble::new(members(), 1.0).unwrap(),
+        blended(0.25),
+        blended(1.0),
+    );
+    let alone = Ensemble::single(load("pointwise"));
+    assert!(Ensemble::new(members(), 1.0)
+        .unwrap()
+        .blended(load("pointwise"), 1.5)
+        .is_err());
+    for row in rows.iter().take(10) {
+        let (p, q, w) = (
+            plain.scorer(row).unwrap(),
+            quarter.scorer(row).unwrap(),
+            whole.scorer(row).unwrap(),
+        );
+        let point = alone.scorer(row).unwrap();
+        let incumbent = row.upstream_list(3);
+        for list in [vec![0, 1, 2], vec![5, 3, 1], vec![2, 4, 0]] {
+            // Weight 1 is the members alone.
+            assert!((search::value(&w, &list) - search::value(&p, &list)).abs() < 1e-9);
+            assert!((w.advantage(&list, &incumbent) - p.advantage(&list, &incumbent)).abs() < 1e-9);
+            // Slot by slot, each member is w·itself + (1 − w)·pointwise.
+            let (mut sq, mut sp, mut spoint) = (q.initial(), p.initial(), point.initial());
+            for &a in &list {
+                let (mixed, own) = (q.member_gains(&sq, a), p.member_gains(&sp, a));
+                let pointwise = point.gain(&spoint, a);
+                for (m, o) in mixed.iter().zip(&own) {
+                    assert!((m - (0.25 * o + 0.75 * pointwise)).abs() < 1e-9, "{m} {o}");
+                }
+                q.push(&mut sq, a);
+                p.push(&mut sp, a);
+                point.push(&mut spoint, a);
+            }
+        }
+    }
+}
+
+#[test]
 fn the_teacher_departs_from_the_incumbent_only_where_the_evaluators_agree() {
     let (rows, _, dir) = tiny();
     let train = |seed: u64, sub: &str| {

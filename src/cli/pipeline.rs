@@ -29,6 +29,13 @@ pub struct MineArgs {
     /// How far below the ensemble's mean a slot's reward is taken, in standard deviations.
     #[arg(long, default_value_t = 1.0)]
     pub pessimism: f64,
+    /// A pointwise evaluator (`train-evaluator --pointwise`) blended into every member ...
+    #[arg(long, requires = "list_weight")]
+    pub pointwise: Option<PathBuf>,
+    /// ... as `w·member + (1 − w)·pointwise`: the `w` under which held-out clicks are most
+    /// likely (the pipeline fits it on the first member's validation split).
+    #[arg(long, requires = "pointwise")]
+    pub list_weight: Option<f64>,
     /// Output, JSON Lines: one mined request per line (its folder is created).
     #[arg(long)]
     pub out: PathBuf,
@@ -63,7 +70,10 @@ pub fn mine(args: MineArgs) -> anyhow::Result<()> {
         .iter()
         .map(|dir| Evaluator::load(dir))
         .collect::<anyhow::Result<_>>()?;
-    let evaluators = Ensemble::new(members, args.pessimism)?;
+    let mut evaluators = Ensemble::new(members, args.pessimism)?;
+    if let (Some(dir), Some(weight)) = (&args.pointwise, args.list_weight) {
+        evaluators = evaluators.blended(Evaluator::load(dir)?, weight)?;
+    }
     let summary = mine::mine(
         &logs,
         &evaluators,

@@ -21,12 +21,13 @@
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::offline::evaluator::blend::{best_weight, logged_slots, mixture_loss};
 use crate::offline::evaluator::Evaluator;
 use crate::offline::logs::LoggedRequest;
 use crate::offline::metrics::mean_std;
 use crate::offline::objective::Objective;
 use crate::offline::policy::{Policy, RequestContext};
-use crate::offline::search::{self, ListModel};
+use crate::offline::search;
 
 /// The method every other is compared with, the incumbent the gate requires it to beat,
 /// and the logged policy whose actual reward checks the judges.
@@ -282,63 +283,6 @@ pub fn judge(
     })
 }
 
-/// Per logged slot of every request: (clicked, the list-aware judge's click probability,
-/// the pointwise judge's; without a pointwise judge, the list-aware one's again).
-fn logged_slots(
-    test: &[LoggedRequest],
-    judge: &Evaluator,
-    pointwise: Option<&Evaluator>,
-) -> anyhow::Result<Vec<(bool, f64, f64)>> {
-    let probabilities = |judge: &Evaluator, request: &LoggedRequest| {
-        let scorer = judge.scorer(request)?;
-        let mut prefix = scorer.initial();
-        let mut p = Vec::with_capacity(request.exposed.len());
-        for &a in &request.exposed {
-            p.push(f64::from(scorer.click_probability(&prefix, a)));
-            scorer.push(&mut prefix, a);
-        }
-        anyhow::Ok(p)
-    };
-    let per_request: Vec<Vec<(bool, f64, f64)>> = test
-        .par_iter()
-        .map(|request| {
-            let list = probabilities(judge, request)?;
-            let point = match pointwise {
-                Some(pointwise) => probabilities(pointwise, request)?,
-                None => list.clone(),
-            };
-            Ok(request
-                .clicks
-                .iter()
-                .zip(list.into_iter().zip(point))
-                .map(|(&c, (l, p))| (c, l, p))
-                .collect())
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(per_request.concat())
-}
-
-/// Mean log loss of the logged clicks under `w·list + (1 − w)·pointwise`.
-fn mixture_loss(slots: &[(bool, f64, f64)], w: f64) -> f64 {
-    let loss: f64 = slots
-        .iter()
-        .map(|&(click, l, p)| {
-            let q = (w * l + (1.0 - w) * p).clamp(1e-6, 1.0 - 1e-6);
-            -if click { q.ln() } else { (1.0 - q).ln() }
-        })
-        .sum();
-    loss / slots.len().max(1) as f64
-}
-
-/// The list-aware judges' weight, in steps of 0.01, whose mixture best predicts the
-/// held-out logged clicks.
-fn best_weight(slots: &[(bool, f64, f64)]) -> f64 {
-    (0..=100)
-        .map(|k| f64::from(k) / 100.0)
-        .min_by(|&a, &b| mixture_loss(slots, a).total_cmp(&mixture_loss(slots, b)))
-        .unwrap_or(1.0)
-}
-
 /// Per judge: the mean over requests of method `a` minus method `b`.
 fn judge_means(values: &[Vec<Vec<f64>>], a: usize, b: usize) -> Vec<f64> {
     let judges = values.first().map_or(0, Vec::len);
@@ -370,43 +314,5 @@ impl GateReport {
                 Some(why) => format!("NOT shown ahead of the ranking stage's order: {why}"),
             }
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
-    use super::*;
-
-    /// Slots whose clicks follow `truth`; the list-aware family predicts `list`, the
-    /// pointwise one `pointwise`.
-    fn slots(
-        truth: impl Fn(usize) -> f64,
-        list: impl Fn(usize) -> f64,
-        pointwise: impl Fn(usize) -> f64,
-    ) -> Vec<(bool, f64, f64)> {
-        let mut rng = StdRng::seed_from_u64(3);
-        (0..20_000)
-            .map(|i| (rng.random_bool(truth(i)), list(i), pointwise(i)))
-            .collect()
-    }
-
-    #[test]
-    fn the_panel_weighs_the_judges_by_how_well_they_predict_clicks() {
-        // Clicks depend on something only the list-aware judges see: they get the weight.
-        let effect = |i: usize| if i.is_multiple_of(2) { 0.6 } else { 0.2 };
-        let s = slots(effect, effect, |_| 0.4);
-        assert!(best_weight(&s) > 0.9, "{}", best_weight(&s));
-        // They invent an effect the clicks do not show: the pointwise judges get it.
-        let s = slots(|_| 0.4, effect, |_| 0.4);
-        assert!(best_weight(&s) < 0.1, "{}", best_weight(&s));
-        // Each half right: a mixture beats both.
-        let half = |i: usize| if i % 4 < 2 { 0.6 } else { 0.2 };
-        let s = slots(|i| 0.5 * effect(i) + 0.5 * half(i), effect, half);
-        let w = best_weight(&s);
-        assert!((0.3..0.7).contains(&w), "{w}");
-        assert!(mixture_loss(&s, w) < mixture_loss(&s, 0.0).min(mixture_loss(&s, 1.0)));
     }
 }

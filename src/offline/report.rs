@@ -379,6 +379,18 @@ impl Report {
             100.0 * self.runs.iter().map(|r| r.kept_incumbent).sum::<f64>()
                 / self.runs.len() as f64
         );
+        let weights: Vec<String> = (self.runs.iter())
+            .filter_map(|r| r.teacher_list_weight.map(|w| format!("{w:.2}")))
+            .collect();
+        if !weights.is_empty() {
+            let _ = writeln!(
+                md,
+                "The teacher's evaluators were blended with a pointwise one at list weight \
+                 {} (per seed; 1: list effects fully trusted, 0: none, as the validation \
+                 clicks decided).",
+                weights.join(", ")
+            );
+        }
         md += "\n![true utility per method](utility.svg)\n\n![utility vs beam width](beam.svg)\n";
         md
     }

@@ -5,13 +5,14 @@
 //! summary) and `evaluator.safetensors` (weights).
 
 mod batch;
+pub mod blend;
 mod ensemble;
 mod model;
 mod scorer;
 mod train;
 
 pub use batch::{Batch, FeatureMap, Labels, ListRef};
-pub use ensemble::{Ensemble, EnsembleScorer};
+pub use ensemble::{Ensemble, EnsembleScorer, PointwiseBlend};
 pub use model::{click_loss, slot_outputs, value_loss, Dims, Params, SlotOutputs};
 pub use scorer::{Prefix, RequestScorer};
 pub use train::{train, train_split, TrainConfig, TrainSummary};

@@ -65,6 +65,9 @@ pub struct MiningSettings {
     /// How much more than the `ranking_score` order a list must be worth, as a share of
     /// its value, for the teacher to depart from it.
     pub trust_margin: f64,
+    /// Blend each evaluator with a pointwise one, by the weight under which the validation
+    /// split's clicks are most likely: list effects count as far as the logs show them.
+    pub pointwise_blend: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +113,7 @@ impl Default for MiningSettings {
             pessimism: 1.0,
             trust_region: true,
             trust_margin: 0.01,
+            pointwise_blend: true,
         }
     }
 }

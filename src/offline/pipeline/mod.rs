@@ -32,6 +32,8 @@ pub struct SeedRun {
     pub mining_requests_per_second: f64,
     /// Share of mined requests whose teacher list is the `ranking_score` order (trust region).
     pub kept_incumbent: f64,
+    /// The mining evaluators' weight against their pointwise blend (`mining.pointwise_blend`).
+    pub teacher_list_weight: Option<f64>,
     pub evaluator_training: Option<evaluator::TrainSummary>,
 }
 
@@ -209,6 +211,7 @@ fn run_seed(
         mining_requests_per_second: mining_rate,
         kept_incumbent: mined.iter().filter(|m| m.kept_incumbent).count() as f64
             / mined.len().max(1) as f64,
+        teacher_list_weight: ensemble.pointwise.as_ref().map(|p| p.list_weight),
         evaluator_training: ensemble.first().spec.training.clone(),
     };
     Ok((run, generators.degre))

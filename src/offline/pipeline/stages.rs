@@ -84,17 +84,6 @@ pub fn data(
     Ok(data)
 }
 
-/// An evaluator of the configured size and objective, trained on `rows` into `out`.
-pub fn train_evaluator(
-    config: &PipelineConfig,
-    rows: &[LoggedRequest],
-    seed: u64,
-    out: &Path,
-    progress: bool,
-) -> anyhow::Result<Evaluator> {
-    evaluator::train(rows, &settings(config, seed, progress), out, false)
-}
-
 fn settings(config: &PipelineConfig, seed: u64, progress: bool) -> evaluator::TrainConfig {
     evaluator::TrainConfig {
         objective: config.objective,
@@ -105,9 +94,11 @@ fn settings(config: &PipelineConfig, seed: u64, progress: bool) -> evaluator::Tr
 }
 
 /// The mining ensemble: `mining.evaluators` evaluators on the training requests, each
-/// with its own seed (member 0 has the run's seed), under `dir/evaluator[-m]`. Each
-/// trains on one thread, side by side on rayon's pool; only member 0 shows progress (one
-/// bar, not several fighting over the terminal).
+/// with its own seed (member 0 has the run's seed), under `dir/evaluator[-m]`, and (with
+/// `mining.pointwise_blend`) a pointwise one with member 0's seed, so the same validation
+/// split, under `dir/evaluator-pointwise`, blended into every member by the weight that
+/// best predicts that split's clicks. Each trains on one thread, side by side on rayon's
+/// pool; only member 0 shows progress (one bar, not several fighting over the terminal).
 pub fn train_ensemble(
     config: &PipelineConfig,
     rows: &[LoggedRequest],
@@ -115,20 +106,35 @@ pub fn train_ensemble(
     dir: &Path,
     progress: bool,
 ) -> anyhow::Result<Ensemble> {
-    let members = (0..config.mining.evaluators)
+    let blend = config.mining.pointwise_blend && config.evaluator.interactions;
+    let members = config.mining.evaluators;
+    let mut trained = (0..members + usize::from(blend))
         .into_par_iter()
         .map(|m| {
-            let (seed, out) = match m {
+            let (member_seed, out) = match m {
                 0 => (seed, dir.join("evaluator")),
+                m if m == members => (seed, dir.join("evaluator-pointwise")),
                 m => (
                     seed.wrapping_add(7_919 * m as u64),
                     dir.join(format!("evaluator-{m}")),
                 ),
             };
-            train_evaluator(config, rows, seed, &out, progress && m == 0)
+            let settings = evaluator::TrainConfig {
+                interactions: config.evaluator.interactions && m < members,
+                ..settings(config, member_seed, progress && m == 0)
+            };
+            evaluator::train(rows, &settings, &out, false)
         })
-        .collect::<anyhow::Result<_>>()?;
-    Ensemble::new(members, config.mining.pessimism)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pointwise = blend.then(|| trained.pop()).flatten();
+    let ensemble = Ensemble::new(trained, config.mining.pessimism)?;
+    let Some(pointwise) = pointwise else {
+        return Ok(ensemble);
+    };
+    let valid = training::split(rows.len(), config.evaluator.valid_fraction, seed).valid;
+    let valid: Vec<LoggedRequest> = valid.iter().map(|&i| rows[i].clone()).collect();
+    let weight = evaluator::blend::fit_list_weight(&valid, ensemble.first(), &pointwise)?;
+    ensemble.blended(pointwise, weight)
 }
 
 /// The gate's judges: evaluators on bootstrap samples of the judge split, each with its
