@@ -1,7 +1,7 @@
 //! The offline commands end to end, as a user runs them: `degre simulate` writes Parquet
 //! that pyarrow (a reader nobody here wrote) reads, `degre train-evaluator` trains on it,
-//! `degre mine` (in shards) and `degre distill` make a model, and `degre eval` compares it
-//! with other policies in a JSON report. pyarrow comes from python3; CI installs it and
+//! `degre mine` searches it (in shards, blended with a pointwise evaluator), and `degre
+//! eval` compares policies in a JSON report. pyarrow comes from python3; CI installs it and
 //! sets DEGRE_REQUIRE_PYARROW=1 so that check cannot be skipped there.
 #![cfg(feature = "offline")]
 
@@ -115,6 +115,69 @@ fn simulate_train_and_eval_from_the_command_line() {
     ]);
     assert!(evaluator.join("evaluator.safetensors").exists());
     assert!(evaluator.join("checkpoint/state.json").exists());
+
+    // A pointwise evaluator blended into the teacher, mined in two shards that together
+    // hold every request once.
+    let pointwise = dir.path().join("pointwise");
+    let mut args = vec!["train-evaluator", "--logs", train.to_str().unwrap()];
+    args.extend(["--out", pointwise.to_str().unwrap(), "--pointwise"]);
+    degre(&[&args[..], &["--epochs", "2", "--hidden", "16", "--quiet"]].concat());
+    let mined = dir.path().join("mined");
+    let mine = |shard: &str, blend: &[&str], name: &str| {
+        let out = mined.join(name);
+        let mut args = vec!["mine", "--logs", train.to_str().unwrap(), "--evaluator"];
+        args.extend([
+            evaluator.to_str().unwrap(),
+            "--beam-width",
+            "4",
+            "--shard",
+            shard,
+        ]);
+        args.extend(["--out", out.to_str().unwrap(), "--quiet"]);
+        degre(&[&args[..], blend].concat());
+        degre::offline::mine::read_mined(&[&out]).unwrap()
+    };
+    let blend = [
+        "--pointwise",
+        pointwise.to_str().unwrap(),
+        "--list-weight",
+        "0.5",
+    ];
+    let (first, second) = (
+        mine("0/2", &blend, "0.jsonl"),
+        mine("1/2", &blend, "1.jsonl"),
+    );
+    let mut ids: Vec<&str> = first
+        .iter()
+        .chain(&second)
+        .map(|m| &*m.request_id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 600);
+    assert!(first.iter().all(|m| m.list.len() == 4));
+    // The blend changes the teacher's values.
+    let alone = mine("0/2", &[], "alone.jsonl");
+    let moved = first
+        .iter()
+        .zip(&alone)
+        .filter(|(a, b)| (a.value - b.value).abs() > 1e-6);
+    assert!(moved.count() > first.len() / 2);
+    // A weight needs the evaluator it weighs.
+    let lone = Command::new(env!("CARGO_BIN_EXE_degre"))
+        .args([
+            "mine",
+            "--logs",
+            train.to_str().unwrap(),
+            "--list-weight",
+            "0.5",
+        ])
+        .args(["--evaluator", evaluator.to_str().unwrap(), "--out"])
+        .arg(mined.join("x.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!lone.status.success());
+    assert!(String::from_utf8_lossy(&lone.stderr).contains("--pointwise"));
 
     let report = dir.path().join("report.json");
     let test = sim.join("test.parquet");
