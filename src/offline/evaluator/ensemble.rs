@@ -79,6 +79,19 @@ impl Ensemble {
     }
 
     pub fn scorer(&self, request: &LoggedRequest) -> anyhow::Result<EnsembleScorer> {
+        let pointwise = match &self.pointwise {
+            None => None,
+            Some(p) => Some(PointwiseTable {
+                gains: p
+                    .evaluator
+                    .scorer(request)?
+                    .pointwise_gains()
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("the blended evaluator sees the items above a slot")
+                    })?,
+                weight: p.list_weight,
+            }),
+        };
         Ok(EnsembleScorer {
             members: self
                 .members
@@ -86,11 +99,7 @@ impl Ensemble {
                 .map(|m| m.scorer(request))
                 .collect::<anyhow::Result<_>>()?,
             pessimism: self.pessimism,
-            pointwise: self
-                .pointwise
-                .as_ref()
-                .map(|p| anyhow::Ok((p.evaluator.scorer(request)?, p.list_weight)))
-                .transpose()?,
+            pointwise,
         })
     }
 }
@@ -99,31 +108,59 @@ impl Ensemble {
 pub struct EnsembleScorer {
     members: Vec<RequestScorer>,
     pessimism: f64,
-    /// The pointwise scorer and the members' weight.
-    pointwise: Option<(RequestScorer, f64)>,
+    pointwise: Option<PointwiseTable>,
+}
+
+/// The pointwise evaluator on one request: nothing above a slot changes its gains, so they
+/// are computed once per (slot, candidate), not per prefix. With the members' weight.
+struct PointwiseTable {
+    gains: Vec<Vec<f64>>,
+    weight: f64,
+}
+
+impl PointwiseTable {
+    /// Slots past the longest logged list reuse the last position, as the scorer does.
+    fn gain(&self, slot: usize, a: usize) -> f64 {
+        self.gains[slot.min(self.gains.len() - 1)][a]
+    }
+
+    /// Summed in list order, as `search::value` sums a scorer's gains.
+    fn value(&self, list: &[usize]) -> f64 {
+        list.iter()
+            .enumerate()
+            .fold(0.0, |total, (t, &a)| total + self.gain(t, a))
+    }
 }
 
 impl EnsembleScorer {
     /// Each member's (blended) gain of `a` after `state`.
     pub fn member_gains(&self, state: &[Prefix], a: usize) -> Vec<f64> {
-        self.blended(|m, s| m.gain(s, a), state).collect()
+        self.blended_gains(state, a).collect()
     }
 
-    /// `f` of every member, blended with `f` of the pointwise scorer:
-    /// `w·f(member) + (1 − w)·f(pointwise)`. Its state is the last of `state`.
-    fn blended<'a>(
+    fn blended_gains<'a>(
         &'a self,
-        f: impl Fn(&RequestScorer, &Prefix) -> f64 + 'a,
         state: &'a [Prefix],
+        a: usize,
     ) -> impl Iterator<Item = f64> + 'a {
-        let rest = self
-            .pointwise
-            .as_ref()
-            .map(|(p, w)| (*w, (1.0 - w) * f(p, &state[self.members.len()])));
-        self.members.iter().zip(state).map(move |(m, s)| {
-            let own = f(m, s);
-            rest.map_or(own, |(w, rest)| w * own + rest)
-        })
+        let slot = state.first().map_or(0, |s| s.items.len());
+        let own = self
+            .members
+            .iter()
+            .zip(state)
+            .map(move |(m, s)| m.gain(s, a));
+        self.blended(own, move |p| p.gain(slot, a))
+    }
+
+    /// Each of `own` (one per member) blended with the pointwise evaluator's figure:
+    /// `w·own + (1 − w)·pointwise`, or `own` alone.
+    fn blended<'a>(
+        &self,
+        own: impl Iterator<Item = f64> + 'a,
+        pointwise: impl FnOnce(&PointwiseTable) -> f64,
+    ) -> impl Iterator<Item = f64> + 'a {
+        let rest = (self.pointwise.as_ref()).map(|p| (p.weight, (1.0 - p.weight) * pointwise(p)));
+        own.map(move |g| rest.map_or(g, |(w, rest)| w * g + rest))
     }
 }
 
@@ -149,23 +186,18 @@ impl ListModel for EnsembleScorer {
     }
 
     fn initial(&self) -> Vec<Prefix> {
-        let pointwise = usize::from(self.pointwise.is_some());
-        vec![Prefix::default(); self.members.len() + pointwise]
+        vec![Prefix::default(); self.members.len()]
     }
 
     /// The members' (blended) mean gain minus `pessimism` times their (population) spread.
     /// Called for every candidate of every prefix while mining: one pass, no allocation.
     fn gain(&self, state: &Vec<Prefix>, a: usize) -> f64 {
-        pessimistic(self.blended(|m, s| m.gain(s, a), state), self.pessimism)
+        pessimistic(self.blended_gains(state, a), self.pessimism)
     }
 
     fn push(&self, state: &mut Vec<Prefix>, a: usize) {
-        let scorers = self
-            .members
-            .iter()
-            .chain(self.pointwise.as_ref().map(|p| &p.0));
-        for (scorer, state) in scorers.zip(state) {
-            scorer.push(state, a);
+        for (member, state) in self.members.iter().zip(state) {
+            member.push(state, a);
         }
     }
 
@@ -173,11 +205,9 @@ impl ListModel for EnsembleScorer {
     /// departing from the incumbent needs evaluators that agree it pays, not one that
     /// over-values a list.
     fn advantage(&self, list: &[usize], incumbent: &[usize]) -> f64 {
-        let unused = self.initial();
-        let d = self.blended(
-            |m, _| search::value(m, list) - search::value(m, incumbent),
-            &unused,
-        );
+        let own =
+            (self.members.iter()).map(|m| search::value(m, list) - search::value(m, incumbent));
+        let d = self.blended(own, |p| p.value(list) - p.value(incumbent));
         pessimistic(d, self.pessimism)
     }
 }

@@ -219,8 +219,31 @@ impl RequestScorer {
     /// longest logged list reuse the last position.
     pub fn click_probability(&self, prefix: &Prefix, a: usize) -> f32 {
         let h = self.hidden;
-        let t = prefix.items.len().min(self.positions.len() - 1);
         let above = prefix.above.get(a * h..(a + 1) * h);
+        self.click_probability_at(prefix.items.len(), above, a)
+    }
+
+    /// A pointwise scorer's gains (`Dims::interactions` off: nothing above a slot changes
+    /// them), `[slot][candidate]` for every position it knows; `None` for a list-aware one.
+    pub fn pointwise_gains(&self) -> Option<Vec<Vec<f64>>> {
+        let n = self.base.len();
+        (!self.interactions).then(|| {
+            (0..self.positions.len())
+                .map(|t| {
+                    (0..n)
+                        .map(|a| {
+                            let p = self.click_probability_at(t, None, a);
+                            f64::from(p * self.reward_of_click[a])
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+    }
+
+    fn click_probability_at(&self, slot: usize, above: Option<&[f32]>, a: usize) -> f32 {
+        let h = self.hidden;
+        let t = slot.min(self.positions.len() - 1);
         let mut logit = self.out_b2;
         for i in 0..h {
             let pre = self.base[a][i] + self.positions[t][i] + above.map_or(0.0, |x| x[i]);
