@@ -208,6 +208,11 @@ fn a_pointwise_blend_mixes_every_member_with_the_pointwise_evaluator() {
         .unwrap()
         .blended(load("pointwise"), 1.5)
         .is_err());
+    // Blending in an evaluator that is not pointwise is refused.
+    assert!(Ensemble::new(members(), 1.0)
+        .unwrap()
+        .blended(load("a"), 0.5)
+        .is_err());
     for row in rows.iter().take(10) {
         let (p, q, w) = (
             plain.scorer(row).unwrap(),

@@ -54,6 +54,11 @@ impl Ensemble {
             "the pointwise evaluator was trained for another objective than the ensemble"
         );
         anyhow::ensure!(
+            !pointwise.spec.dims.interactions,
+            "the evaluator to blend in sees the items above a slot: train it with \
+             `train-evaluator --pointwise`"
+        );
+        anyhow::ensure!(
             (0.0..=1.0).contains(&list_weight),
             "the list weight must lie in [0, 1], not {list_weight}"
         );
