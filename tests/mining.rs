@@ -3,6 +3,8 @@
 //! be resumed after an interruption and split into shards.
 #![cfg(feature = "offline")]
 
+use std::path::Path;
+
 use degre::offline::evaluator::{self, Ensemble, Evaluator, TrainConfig};
 use degre::offline::logs::LoggedRequest;
 use degre::offline::mine::{mine, mine_request, read_mined, MineConfig, Shard};
@@ -32,6 +34,25 @@ fn tiny() -> (Vec<LoggedRequest>, Evaluator, tempfile::TempDir) {
     };
     let evaluator = evaluator::train(&rows, &train, dir.path(), false).unwrap();
     (rows, evaluator, dir)
+}
+
+/// A briefly trained evaluator on `rows`, saved under `dir/sub`.
+fn small(
+    rows: &[LoggedRequest],
+    dir: &Path,
+    seed: u64,
+    interactions: bool,
+    sub: &str,
+) -> Evaluator {
+    let config = TrainConfig {
+        hidden: 16,
+        epochs: 2,
+        seed,
+        interactions,
+        progress: false,
+        ..TrainConfig::default()
+    };
+    evaluator::train(rows, &config, &dir.join(sub), false).unwrap()
 }
 
 #[test]
@@ -176,20 +197,9 @@ fn the_ensembles_pessimistic_value_is_below_its_mean_and_one_member_is_itself() 
 #[test]
 fn a_pointwise_blend_mixes_every_member_with_the_pointwise_evaluator() {
     let (rows, _, dir) = tiny();
-    let train = |seed: u64, interactions: bool, sub: &str| {
-        let config = TrainConfig {
-            hidden: 16,
-            epochs: 2,
-            seed,
-            interactions,
-            progress: false,
-            ..TrainConfig::default()
-        };
-        evaluator::train(&rows, &config, &dir.path().join(sub), false).unwrap();
-    };
-    train(8, true, "a");
-    train(9, true, "b");
-    train(8, false, "pointwise");
+    small(&rows, dir.path(), 8, true, "a");
+    small(&rows, dir.path(), 9, true, "b");
+    small(&rows, dir.path(), 8, false, "pointwise");
     let load = |sub: &str| Evaluator::load(&dir.path().join(sub)).unwrap();
     let members = || vec![load("a"), load("b")];
     let blended = |w: f64| {
@@ -244,16 +254,7 @@ fn a_pointwise_blend_mixes_every_member_with_the_pointwise_evaluator() {
 #[test]
 fn the_teacher_departs_from_the_incumbent_only_where_the_evaluators_agree() {
     let (rows, _, dir) = tiny();
-    let train = |seed: u64, sub: &str| {
-        let config = TrainConfig {
-            hidden: 16,
-            epochs: 2,
-            seed,
-            progress: false,
-            ..TrainConfig::default()
-        };
-        evaluator::train(&rows, &config, &dir.path().join(sub), false).unwrap()
-    };
+    let train = |seed: u64, sub: &str| small(&rows, dir.path(), seed, true, sub);
     let members = || vec![train(5, "a"), train(6, "b"), train(7, "c")];
     let bold = Ensemble::new(members(), 0.0).unwrap();
     let cautious = Ensemble::new(members(), 3.0).unwrap();
