@@ -9,10 +9,10 @@ use degre::offline::metrics::spearman;
 use degre::offline::objective::Objective;
 use degre::offline::policy::Policy;
 use degre::offline::search::{self, ListModel};
-use degre::offline::sim::sample_split;
+use degre::offline::sim::{sample_split, SimConfig, World};
 
 mod common;
-use common::sim::small_world;
+use common::sim::{small_config, small_world};
 
 #[test]
 fn evaluator_learns_and_ranks_lists_like_the_true_utility() {
@@ -99,6 +99,70 @@ fn the_value_objective_learns_what_a_click_is_worth() {
     );
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let ratio = mean(&predicted) / mean(&price);
+    assert!(
+        (0.7..1.4).contains(&ratio),
+        "mean predicted / true = {ratio:.3}"
+    );
+}
+
+#[test]
+fn sparse_noisy_purchases_neither_move_the_click_model_nor_fool_the_value_network() {
+    // One click in five buys, and a purchase logs five times the price: the value column
+    // is mostly zero and noisy, as GMV is, while a click's expected value is still its price.
+    let world = World::generate(
+        SimConfig {
+            purchase_rate: 0.2,
+            ..small_config()
+        },
+        3,
+    );
+    let train = sample_split(&world, "train", 3000);
+    let test = sample_split(&world, "test", 200);
+    let trained = |objective: Objective| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrainConfig {
+            hidden: 32,
+            epochs: 6,
+            seed: 2,
+            progress: false,
+            objective: Some(objective),
+            ..TrainConfig::default()
+        };
+        evaluator::train(&train, &config, dir.path(), false).unwrap()
+    };
+    let (value, clicks) = (trained(Objective::VALUE), trained(Objective::CLICKS));
+    let lists: Vec<ListRef<'_>> = test.iter().map(ListRef::logged).collect();
+    let (by_value, by_clicks) = (
+        value.slot_predictions(&lists).unwrap(),
+        clicks.slot_probabilities(&lists).unwrap(),
+    );
+    // The value network shares no weight with the click model: the same clicks, the same
+    // click probabilities, whatever the value column holds.
+    let (value_summary, click_summary) = (
+        value.spec.training.clone().unwrap(),
+        clicks.spec.training.clone().unwrap(),
+    );
+    assert_eq!(value_summary.best_epoch, click_summary.best_epoch);
+    for (v, c) in by_value.iter().flatten().zip(by_clicks.iter().flatten()) {
+        assert!((v.0 - c).abs() < 1e-5, "{} vs {c}", v.0);
+    }
+    // And it still learns what a click is worth from the few purchases.
+    let ids = world.id_map();
+    let (mut predicted, mut price) = (Vec::new(), Vec::new());
+    for (row, slots) in test.iter().zip(&by_value) {
+        for (&a, &(_, reward)) in row.exposed.iter().zip(slots) {
+            predicted.push(f64::from(reward));
+            price.push(world.items[ids[&row.candidates[a].item_id]].price);
+        }
+    }
+    let rho = spearman(&predicted, &price).unwrap();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let ratio = mean(&predicted) / mean(&price);
+    eprintln!("Spearman {rho:.3}, mean ratio {ratio:.3}");
+    assert!(
+        rho > 0.6,
+        "Spearman(predicted value of a click, price) = {rho:.3}"
+    );
     assert!(
         (0.7..1.4).contains(&ratio),
         "mean predicted / true = {ratio:.3}"

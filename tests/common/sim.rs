@@ -3,13 +3,16 @@
 
 use degre::offline::sim::{SimConfig, World};
 
-pub fn small_world(seed: u64) -> World {
-    let config = SimConfig {
+pub fn small_config() -> SimConfig {
+    SimConfig {
         items: 500,
         candidates: 10,
         slots: 5,
         retrieval_pool: 100,
         ..SimConfig::default()
-    };
-    World::generate(config, seed)
+    }
+}
+
+pub fn small_world(seed: u64) -> World {
+    World::generate(small_config(), seed)
 }

@@ -34,7 +34,7 @@ pub struct Spec {
     pub features: FeatureMap,
     /// The reward `V` sums, per slot.
     pub objective: Objective,
-    /// Mean logged value per click in the training data: the unit of the value head.
+    /// Mean logged value per click in the training data: the unit of the value network.
     pub value_per_click: f64,
     pub training: Option<TrainSummary>,
 }
@@ -109,7 +109,7 @@ impl Evaluator {
         Ok(out)
     }
 
-    /// The objective's reward of a click whose value head reads `value` (in units of the
+    /// The objective's reward of a click whose value network reads `value` (in units of the
     /// mean value per click).
     pub fn reward_of_click(&self, value: f64) -> f64 {
         let spec = &self.spec;

@@ -6,9 +6,11 @@
 //! strictly causal interaction sum `m_t = Σ_{k<t} σ(q_t·k_k/√A)·v_k` (a sum, not an average,
 //! so it can count repeated categories above), its position, `c`, `pool`, `c ⊙ x_t`, and
 //! for each categorical feature the number of items above with the same id.
-//! The slot's click logit comes from a one-hidden-layer MLP over those. A second head
-//! predicts the value of a click on the item, `softplus([x_t, c ⊙ x_t]·w_v + b_v)`, in units
-//! of the training data's mean value per click. A slot's expected reward is
+//! The slot's click logit comes from a one-hidden-layer MLP over those. A separate network
+//! (the `value.` weights: its own embeddings, one hidden layer over the item's and the
+//! context's features, a softplus) predicts the value of a click on the item, in units of
+//! the training data's mean value per click; sharing no weight with the click model, it
+//! can stop at its own best epoch (`train.rs`). A slot's expected reward is
 //! `p_t · (clicks + value·v_t)` under the objective, and `V(s_t)` sums it over the prefix
 //! (docs/offline.md, "The Lookahead Evaluator": the per-step form).
 
@@ -96,7 +98,21 @@ impl Params {
             &mut rng,
         )?;
         matrix("out.w2".into(), h, 1, &mut rng)?;
-        matrix("value.w".into(), 2 * h, 1, &mut rng)?;
+        for (j, &vocab) in context_vocab.iter().enumerate() {
+            matrix(
+                format!("value.emb.context.{j}"),
+                vocab as usize + 1,
+                e,
+                &mut rng,
+            )?;
+        }
+        for (j, &vocab) in candidate_vocab.iter().enumerate() {
+            let name = format!("value.emb.candidate.{j}");
+            matrix(name, vocab as usize + 1, e, &mut rng)?;
+        }
+        matrix("value.item.w1".into(), item_in, h, &mut rng)?;
+        matrix("value.context.w1".into(), context_in, h, &mut rng)?;
+        matrix("value.w2".into(), h, 1, &mut rng)?;
         let mut params = Params { vars };
         for (name, size, value) in [
             ("item.b1", h, 0.0),
@@ -105,7 +121,8 @@ impl Params {
             ("out.b1", h, 0.0),
             ("out.b2", 1, output_bias),
             // softplus(ln(e − 1)) = 1: a click starts worth the mean value per click.
-            ("value.b", 1, (std::f32::consts::E - 1.0).ln()),
+            ("value.b1", h, 0.0),
+            ("value.b2", 1, (std::f32::consts::E - 1.0).ln()),
         ] {
             let bias = Var::from_vec(vec![value; size], size, &Device::Cpu)?;
             params.vars.push((name.into(), bias));
@@ -119,6 +136,12 @@ impl Params {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_tensor())
             .ok_or_else(|| candle_core::Error::Msg(format!("missing weight `{name}`")))
+    }
+
+    pub fn set(&self, name: &str, value: &Tensor) -> candle_core::Result<()> {
+        let var = (self.vars.iter().find(|(n, _)| n == name))
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing weight `{name}`")))?;
+        var.1.set(value)
     }
 
     pub fn all(&self) -> Vec<Var> {
@@ -155,6 +178,9 @@ impl Params {
         Ok(())
     }
 }
+
+/// Every weight of the value network starts with this (and no other weight does).
+pub const VALUE_NETWORK: &str = "value.";
 
 fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_matmul(w)?.broadcast_add(b)
@@ -267,18 +293,46 @@ pub fn slot_outputs(
             batch.same_above.zeros_like()?
         });
     }
-    let value_in = Tensor::cat(&[&x, &(&c_t * &x)?], D::Minus1)?;
     let z = Tensor::cat(&parts, D::Minus1)?;
     let o = relu(linear(&z, params.get("out.w1")?, params.get("out.b1")?)?)?;
     Ok(SlotOutputs {
         click_logits: linear(&o, params.get("out.w2")?, params.get("out.b2")?)?.squeeze(2)?,
-        click_values: softplus(&linear(
-            &value_in,
-            params.get("value.w")?,
-            params.get("value.b")?,
-        )?)?
-        .squeeze(2)?,
+        click_values: click_values(params, batch)?
+            .flatten_all()?
+            .index_select(&batch.list, 0)?
+            .reshape((b, t))?,
     })
+}
+
+/// The value network: every candidate's value of a click, `[B, N]`.
+fn click_values(params: &Params, batch: &Batch) -> candle_core::Result<Tensor> {
+    let (b, n) = (batch.requests, batch.candidates);
+    let items = with_embeddings(
+        params,
+        "value.emb.candidate",
+        &batch.candidate_dense,
+        &batch.candidate_ids,
+        batch.candidate_fields,
+    )?;
+    let context = with_embeddings(
+        params,
+        "value.emb.context",
+        &batch.context_dense,
+        &batch.context_ids,
+        batch.context_fields,
+    )?;
+    let item_part = items.broadcast_matmul(params.get("value.item.w1")?)?;
+    let context_part = linear(
+        &context,
+        params.get("value.context.w1")?,
+        params.get("value.b1")?,
+    )?;
+    let hidden = item_part
+        .reshape((b, n, ()))?
+        .broadcast_add(&context_part.unsqueeze(1)?)?
+        .relu()?;
+    let out = linear(&hidden, params.get("value.w2")?, params.get("value.b2")?)?;
+    softplus(&out)?.squeeze(2)
 }
 
 /// `log(1 + e^x)`, stable for any x: `max(x, 0) + log(1 + e^{−|x|})`.

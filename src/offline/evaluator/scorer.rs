@@ -84,7 +84,7 @@ pub struct RequestScorer {
     out_w2: Vec<f32>,
     out_b2: f32,
     scale: f32,
-    /// Per candidate: the objective's reward of a click on it (value head included).
+    /// Per candidate: the objective's reward of a click on it (the value network included).
     reward_of_click: Vec<f32>,
 }
 
@@ -173,16 +173,32 @@ impl RequestScorer {
             cols: h,
             data: out_w1.data[from * h..(from + count) * h].to_vec(),
         };
-        let (value_w, value_b) = (m("value.w")?, m("value.b")?);
-        let reward_of_click = items
+        // The value network, as model.rs's `click_values`.
+        let (mut dense, mut ids) = (Vec::new(), Vec::new());
+        map.context_dense(&request.context.dense, &mut dense);
+        map.context_ids(&request.context.categorical, &mut ids);
+        let value_context = m("value.context.w1")?.apply(
+            &embedded(dense, ids, "value.emb.context")?,
+            Some(&m("value.b1")?),
+        );
+        let (value_item, value_w2, value_b2) =
+            (m("value.item.w1")?, m("value.w2")?, m("value.b2")?);
+        let reward_of_click = request
+            .candidates
             .iter()
-            .map(|x| {
-                let cx: Vec<f32> = context.iter().zip(x).map(|(c, x)| c * x).collect();
-                let z = dot(x, &value_w.data[..h]) + dot(&cx, &value_w.data[h..]) + value_b.data[0];
+            .enumerate()
+            .map(|(i, c)| {
+                let dense = all_dense[i * width..(i + 1) * width].to_vec();
+                let mut ids = Vec::new();
+                map.candidate_ids(&c.features.categorical, &mut ids);
+                let x = embedded(dense, ids, "value.emb.candidate")?;
+                let mut hidden = value_context.clone();
+                value_item.add_product(&x, 0, &mut hidden);
+                let z = dot(&relu(hidden), &value_w2.data) + value_b2.data[0];
                 let value = f64::from(z.max(0.0)) + (-f64::from(z.abs())).exp().ln_1p();
-                evaluator.reward_of_click(value) as f32
+                Ok(evaluator.reward_of_click(value) as f32)
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         let fields = map.candidate_vocab.len();
         let (interaction, same_above) = (rows(m_rows, a), rows(5 * h + a, fields));
         let values = project("att.v")?;

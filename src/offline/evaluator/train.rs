@@ -5,9 +5,11 @@
 use std::path::Path;
 
 use anyhow::Context;
+use candle_core::Tensor;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
+use super::model::VALUE_NETWORK;
 use super::{
     click_loss, slot_outputs, value_loss, Batch, Dims, Evaluator, FeatureMap, Labels, ListRef, Spec,
 };
@@ -88,7 +90,7 @@ pub struct TrainSummary {
     /// Per-slot click BCE on the validation split: the model, and the best constant.
     pub valid_loss: f64,
     pub constant_valid_loss: f64,
-    /// The value head's MSE on the validation split (units of the mean value per click).
+    /// The value network's MSE on the validation split (units of the mean value per click).
     #[serde(default)]
     pub valid_value_loss: Option<f64>,
     pub seconds: f64,
@@ -153,12 +155,6 @@ struct Losses {
     value: Option<f64>,
 }
 
-impl Losses {
-    fn total(&self) -> f64 {
-        self.click + self.value.unwrap_or(0.0)
-    }
-}
-
 fn mean_losses(
     evaluator: &Evaluator,
     lists: &[ListRef<'_>],
@@ -199,6 +195,10 @@ struct Trainee<'a> {
     labels: &'a [Logged],
     valid: &'a [ListRef<'a>],
     out: &'a Path,
+    /// The value network's best validation MSE so far and its weights then: it shares no
+    /// weight with the click model, so it keeps its own best epoch (a noisy value column
+    /// overfits long before the clicks do).
+    best_value: Option<(f64, Vec<(String, Tensor)>)>,
 }
 
 impl training::Trainee for Trainee<'_> {
@@ -218,7 +218,21 @@ impl training::Trainee for Trainee<'_> {
     }
 
     fn validate(&mut self) -> anyhow::Result<f64> {
-        Ok(mean_losses(&self.evaluator, self.valid, 512)?.total())
+        let losses = mean_losses(&self.evaluator, self.valid, 512)?;
+        if let Some(value) = losses.value {
+            if self
+                .best_value
+                .as_ref()
+                .is_none_or(|(best, _)| value < *best)
+            {
+                let snapshot = (self.evaluator.params.vars.iter())
+                    .filter(|(name, _)| name.starts_with(VALUE_NETWORK))
+                    .map(|(name, v)| Ok((name.clone(), v.as_tensor().copy()?)))
+                    .collect::<candle_core::Result<_>>()?;
+                self.best_value = Some((value, snapshot));
+            }
+        }
+        Ok(losses.click)
     }
 
     fn keep_best(&mut self) -> anyhow::Result<()> {
@@ -335,6 +349,7 @@ pub fn train_split(
         labels: &labels,
         valid: &valid_lists,
         out,
+        best_value: None,
     };
     let outcome = training::run(
         &config.schedule(),
@@ -348,6 +363,12 @@ pub fn train_split(
         }),
     )?;
     let mut best = Evaluator::load(out)?;
+    if let Some((_, weights)) = trainee.best_value.take() {
+        for (name, weight) in &weights {
+            best.params.set(name, weight)?;
+        }
+        best.save(out)?;
+    }
     // Of the saved best, also after a resumed run that never improved.
     let losses = mean_losses(&best, &valid_lists, 512)?;
     best.spec.training = Some(TrainSummary {

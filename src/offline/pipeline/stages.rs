@@ -108,6 +108,8 @@ pub fn train_ensemble(
 ) -> anyhow::Result<Ensemble> {
     let blend = config.mining.pointwise_blend && config.evaluator.interactions;
     let members = config.mining.evaluators;
+    // Member 0 and the pointwise one validate on the split the blend is fitted on.
+    let split = training::split(rows.len(), config.evaluator.valid_fraction, seed);
     let mut trained = (0..members + usize::from(blend))
         .into_par_iter()
         .map(|m| {
@@ -123,7 +125,11 @@ pub fn train_ensemble(
                 interactions: config.evaluator.interactions && m < members,
                 ..settings(config, member_seed, progress && m == 0)
             };
-            evaluator::train(rows, &settings, &out, false)
+            if m == 0 || m == members {
+                evaluator::train_split(rows, split.clone(), &settings, &out, false)
+            } else {
+                evaluator::train(rows, &settings, &out, false)
+            }
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let pointwise = blend.then(|| trained.pop()).flatten();
@@ -131,8 +137,7 @@ pub fn train_ensemble(
     let Some(pointwise) = pointwise else {
         return Ok(ensemble);
     };
-    let valid = training::split(rows.len(), config.evaluator.valid_fraction, seed).valid;
-    let valid: Vec<LoggedRequest> = valid.iter().map(|&i| rows[i].clone()).collect();
+    let valid: Vec<LoggedRequest> = split.valid.iter().map(|&i| rows[i].clone()).collect();
     let weight = evaluator::blend::fit_list_weight(&valid, ensemble.first(), &pointwise)?;
     ensemble.blended(pointwise, weight)
 }

@@ -46,6 +46,10 @@ pub struct SimConfig {
     /// Cascade examination: probability of looking at the next slot after a skip / a click.
     pub continue_after_skip: f64,
     pub continue_after_click: f64,
+    /// A click buys with this probability, and a purchase logs `price / purchase_rate`: a
+    /// click's expected value stays its price (the truth), while the logged `values` get as
+    /// sparse and noisy as real GMV (most clicks buy nothing). 1: every click logs its price.
+    pub purchase_rate: f64,
     /// Standard deviation of the ranking stage's error on the true logit.
     pub ranking_noise: f64,
     /// Logging policy: Plackett-Luce over the ranking score at this temperature ...
@@ -82,6 +86,7 @@ impl Default for SimConfig {
             fatigue: 0.0,
             continue_after_skip: 0.9,
             continue_after_click: 0.7,
+            purchase_rate: 1.0,
             ranking_noise: 0.7,
             logging_temperature: 0.5,
             exploration: 0.1,
@@ -137,6 +142,9 @@ impl SimConfig {
         }
         if self.complement_pairs > self.categories * (self.categories - 1) {
             return Err("`complement_pairs` exceeds the ordered pairs of categories".into());
+        }
+        if !(self.purchase_rate > 0.0 && self.purchase_rate <= 1.0) {
+            return Err("`purchase_rate` must be within (0, 1]".into());
         }
         let non_negative = [
             ("affinity_scale", self.affinity_scale),

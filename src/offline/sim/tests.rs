@@ -167,9 +167,57 @@ fn configs_are_validated() {
         bad.validate().unwrap_err(),
         "`redundancy` must be within [0, 1]"
     );
+    let bad = SimConfig {
+        purchase_rate: 0.0,
+        ..SimConfig::default()
+    };
+    assert_eq!(
+        bad.validate().unwrap_err(),
+        "`purchase_rate` must be within (0, 1]"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sim.toml");
     std::fs::write(&path, "candidates = 12\nslotz = 3\n").unwrap();
     let err = SimConfig::load(&path).unwrap_err().to_string();
     assert!(err.contains("unknown field `slotz`"), "{err}");
+}
+
+#[test]
+fn purchases_make_values_sparse_but_keep_a_clicks_expected_value() {
+    let world = World::generate(
+        SimConfig {
+            purchase_rate: 0.25,
+            ..small_config()
+        },
+        4,
+    );
+    let ids = world.id_map();
+    let mut rng = StdRng::seed_from_u64(9);
+    let (mut clicks, mut bought, mut logged, mut price) = (0usize, 0usize, 0.0, 0.0);
+    for i in 0..20_000 {
+        let request = world.sample_request(format!("r{i}"), &mut rng);
+        let values = request.values.as_ref().unwrap();
+        for ((&a, &click), &value) in request.exposed.iter().zip(&request.clicks).zip(values) {
+            if click {
+                let p = world.items[ids[&request.candidates[a].item_id]].price;
+                clicks += 1;
+                bought += usize::from(value > 0.0);
+                logged += f64::from(value);
+                price += p;
+                if value > 0.0 {
+                    assert!((f64::from(value) - p / 0.25).abs() < 1e-3 * p / 0.25);
+                }
+            } else {
+                assert_eq!(value, 0.0);
+            }
+        }
+    }
+    // About one click in four buys; a click's logged value is its price on average.
+    let rate = bought as f64 / clicks as f64;
+    assert!(
+        (0.23..0.27).contains(&rate),
+        "{rate} of {clicks} clicks bought"
+    );
+    let ratio = logged / price;
+    assert!((0.9..1.1).contains(&ratio), "logged / price = {ratio:.3}");
 }

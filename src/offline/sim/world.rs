@@ -152,8 +152,11 @@ impl World {
             .iter()
             .zip(&clicks)
             .map(|(&a, &click)| {
-                if click {
-                    self.items[scored[a].0].price as f32
+                let price = self.items[scored[a].0].price;
+                // Drawn only below 1, so the default world's logs do not change.
+                let bought = c.purchase_rate >= 1.0 || rng.random_bool(c.purchase_rate);
+                if click && bought {
+                    (price / c.purchase_rate) as f32
                 } else {
                     0.0
                 }
