@@ -120,8 +120,8 @@ impl Params {
             ("context.b1", h, 0.0),
             ("out.b1", h, 0.0),
             ("out.b2", 1, output_bias),
-            // softplus(ln(e − 1)) = 1: a click starts worth the mean value per click.
             ("value.b1", h, 0.0),
+            // softplus(ln(e − 1)) = 1: a click starts worth the mean value per click.
             ("value.b2", 1, (std::f32::consts::E - 1.0).ln()),
         ] {
             let bias = Var::from_vec(vec![value; size], size, &Device::Cpu)?;

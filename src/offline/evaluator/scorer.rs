@@ -110,29 +110,32 @@ impl RequestScorer {
             }
             Ok(x)
         };
-        let (mut dense, mut ids) = (Vec::new(), Vec::new());
-        map.context_dense(&request.context.dense, &mut dense);
-        map.context_ids(&request.context.categorical, &mut ids);
-        let context = relu(m("context.w1")?.apply(
-            &embedded(dense, ids, "emb.context")?,
-            Some(&m("context.b1")?),
-        ));
-        let (w1, b1, w2, b2) = (m("item.w1")?, m("item.b1")?, m("item.w2")?, m("item.b2")?);
+        // The context's and every candidate's input row, embedded by `table`'s embeddings
+        // (the click model's and the value network's are separate).
+        let context_input = |table: &str| {
+            let (mut dense, mut ids) = (Vec::new(), Vec::new());
+            map.context_dense(&request.context.dense, &mut dense);
+            map.context_ids(&request.context.categorical, &mut ids);
+            embedded(dense, ids, table)
+        };
         let mut all_dense = Vec::new();
         map.candidates_dense(request, &mut all_dense);
         let width = map.candidate_width();
-        let items: Vec<Vec<f32>> = request
-            .candidates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let dense = all_dense[i * width..(i + 1) * width].to_vec();
-                let mut ids = Vec::new();
-                map.candidate_ids(&c.features.categorical, &mut ids);
-                let x = embedded(dense, ids, "emb.candidate")?;
-                Ok(w2.apply(&relu(w1.apply(&x, Some(&b1))), Some(&b2)))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let candidate_inputs = |table: &str| -> anyhow::Result<Vec<Vec<f32>>> {
+            (request.candidates.iter().enumerate())
+                .map(|(i, c)| {
+                    let mut ids = Vec::new();
+                    map.candidate_ids(&c.features.categorical, &mut ids);
+                    embedded(all_dense[i * width..(i + 1) * width].to_vec(), ids, table)
+                })
+                .collect()
+        };
+        let context =
+            relu(m("context.w1")?.apply(&context_input("emb.context")?, Some(&m("context.b1")?)));
+        let (w1, b1, w2, b2) = (m("item.w1")?, m("item.b1")?, m("item.w2")?, m("item.b2")?);
+        let items: Vec<Vec<f32>> = (candidate_inputs("emb.candidate")?.iter())
+            .map(|x| w2.apply(&relu(w1.apply(x, Some(&b1))), Some(&b2)))
+            .collect();
         let mut pool = vec![0.0; h];
         for item in &items {
             pool.iter_mut().zip(item).for_each(|(p, x)| *p += x);
@@ -174,31 +177,19 @@ impl RequestScorer {
             data: out_w1.data[from * h..(from + count) * h].to_vec(),
         };
         // The value network, as model.rs's `click_values`.
-        let (mut dense, mut ids) = (Vec::new(), Vec::new());
-        map.context_dense(&request.context.dense, &mut dense);
-        map.context_ids(&request.context.categorical, &mut ids);
-        let value_context = m("value.context.w1")?.apply(
-            &embedded(dense, ids, "value.emb.context")?,
-            Some(&m("value.b1")?),
-        );
+        let value_context = m("value.context.w1")?
+            .apply(&context_input("value.emb.context")?, Some(&m("value.b1")?));
         let (value_item, value_w2, value_b2) =
             (m("value.item.w1")?, m("value.w2")?, m("value.b2")?);
-        let reward_of_click = request
-            .candidates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let dense = all_dense[i * width..(i + 1) * width].to_vec();
-                let mut ids = Vec::new();
-                map.candidate_ids(&c.features.categorical, &mut ids);
-                let x = embedded(dense, ids, "value.emb.candidate")?;
+        let reward_of_click = (candidate_inputs("value.emb.candidate")?.iter())
+            .map(|x| {
                 let mut hidden = value_context.clone();
-                value_item.add_product(&x, 0, &mut hidden);
+                value_item.add_product(x, 0, &mut hidden);
                 let z = dot(&relu(hidden), &value_w2.data) + value_b2.data[0];
                 let value = f64::from(z.max(0.0)) + (-f64::from(z.abs())).exp().ln_1p();
-                Ok(evaluator.reward_of_click(value) as f32)
+                evaluator.reward_of_click(value) as f32
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect();
         let fields = map.candidate_vocab.len();
         let (interaction, same_above) = (rows(m_rows, a), rows(5 * h + a, fields));
         let values = project("att.v")?;
