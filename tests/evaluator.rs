@@ -65,40 +65,56 @@ fn evaluator_learns_and_ranks_lists_like_the_true_utility() {
     assert!(utility("evaluator-greedy") > 1.08 * utility("random"));
 }
 
-#[test]
-fn the_value_objective_learns_what_a_click_is_worth() {
-    let world = small_world(3);
-    let train = sample_split(&world, "train", 3000);
-    let test = sample_split(&world, "test", 200);
+/// An evaluator for `objective`, trained on `rows` as the value tests here train them.
+fn trained_for(objective: Objective, rows: &[LoggedRequest]) -> Evaluator {
     let dir = tempfile::tempdir().unwrap();
     let config = TrainConfig {
         hidden: 32,
         epochs: 6,
         seed: 2,
         progress: false,
-        objective: Some(Objective::VALUE),
+        objective: Some(objective),
         ..TrainConfig::default()
     };
-    let trained = evaluator::train(&train, &config, dir.path(), false).unwrap();
-    assert_eq!(trained.spec.objective, Objective::VALUE);
-    // The value head's reward of a click tracks the item's true price (a click's value in
-    // this world), slot by slot on held-out lists.
+    evaluator::train(rows, &config, dir.path(), false).unwrap()
+}
+
+/// How the predicted reward of a click on every logged slot of `test` tracks the item's
+/// true price (a click's expected value in these worlds): Spearman, and mean over mean.
+fn value_against_price(
+    world: &World,
+    test: &[LoggedRequest],
+    predictions: &[Vec<(f32, f32)>],
+) -> (f64, f64) {
     let ids = world.id_map();
-    let lists: Vec<ListRef<'_>> = test.iter().map(ListRef::logged).collect();
     let (mut predicted, mut price) = (Vec::new(), Vec::new());
-    for (row, slots) in test.iter().zip(trained.slot_predictions(&lists).unwrap()) {
-        for (&a, (_, reward)) in row.exposed.iter().zip(slots) {
+    for (row, slots) in test.iter().zip(predictions) {
+        for (&a, &(_, reward)) in row.exposed.iter().zip(slots) {
             predicted.push(f64::from(reward));
             price.push(world.items[ids[&row.candidates[a].item_id]].price);
         }
     }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let rho = spearman(&predicted, &price).unwrap();
+    (rho, mean(&predicted) / mean(&price))
+}
+
+#[test]
+fn the_value_objective_learns_what_a_click_is_worth() {
+    let world = small_world(3);
+    let train = sample_split(&world, "train", 3000);
+    let test = sample_split(&world, "test", 200);
+    let trained = trained_for(Objective::VALUE, &train);
+    assert_eq!(trained.spec.objective, Objective::VALUE);
+    // The value network's reward of a click tracks the item's true price, slot by slot on
+    // held-out lists.
+    let lists: Vec<ListRef<'_>> = test.iter().map(ListRef::logged).collect();
+    let predictions = trained.slot_predictions(&lists).unwrap();
+    let (rho, ratio) = value_against_price(&world, &test, &predictions);
     assert!(
         rho > 0.8,
         "Spearman(predicted value of a click, price) = {rho:.3}"
     );
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let ratio = mean(&predicted) / mean(&price);
     assert!(
         (0.7..1.4).contains(&ratio),
         "mean predicted / true = {ratio:.3}"
@@ -118,19 +134,8 @@ fn sparse_noisy_purchases_neither_move_the_click_model_nor_fool_the_value_networ
     );
     let train = sample_split(&world, "train", 3000);
     let test = sample_split(&world, "test", 200);
-    let trained = |objective: Objective| {
-        let dir = tempfile::tempdir().unwrap();
-        let config = TrainConfig {
-            hidden: 32,
-            epochs: 6,
-            seed: 2,
-            progress: false,
-            objective: Some(objective),
-            ..TrainConfig::default()
-        };
-        evaluator::train(&train, &config, dir.path(), false).unwrap()
-    };
-    let (value, clicks) = (trained(Objective::VALUE), trained(Objective::CLICKS));
+    let value = trained_for(Objective::VALUE, &train);
+    let clicks = trained_for(Objective::CLICKS, &train);
     let lists: Vec<ListRef<'_>> = test.iter().map(ListRef::logged).collect();
     let (by_value, by_clicks) = (
         value.slot_predictions(&lists).unwrap(),
@@ -147,18 +152,7 @@ fn sparse_noisy_purchases_neither_move_the_click_model_nor_fool_the_value_networ
         assert!((v.0 - c).abs() < 1e-5, "{} vs {c}", v.0);
     }
     // And it still learns what a click is worth from the few purchases.
-    let ids = world.id_map();
-    let (mut predicted, mut price) = (Vec::new(), Vec::new());
-    for (row, slots) in test.iter().zip(&by_value) {
-        for (&a, &(_, reward)) in row.exposed.iter().zip(slots) {
-            predicted.push(f64::from(reward));
-            price.push(world.items[ids[&row.candidates[a].item_id]].price);
-        }
-    }
-    let rho = spearman(&predicted, &price).unwrap();
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let ratio = mean(&predicted) / mean(&price);
-    eprintln!("Spearman {rho:.3}, mean ratio {ratio:.3}");
+    let (rho, ratio) = value_against_price(&world, &test, &by_value);
     assert!(
         rho > 0.6,
         "Spearman(predicted value of a click, price) = {rho:.3}"

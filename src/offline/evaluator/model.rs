@@ -72,16 +72,19 @@ impl Params {
         let e = dims.embed;
         let item_in = dims.candidate_dense + e * candidate_vocab.len();
         let context_in = dims.context_dense + e * context_vocab.len();
-        for (j, &vocab) in context_vocab.iter().enumerate() {
-            matrix(format!("emb.context.{j}"), vocab as usize + 1, e, &mut rng)?;
-        }
-        for (j, &vocab) in candidate_vocab.iter().enumerate() {
-            matrix(
-                format!("emb.candidate.{j}"),
-                vocab as usize + 1,
-                e,
-                &mut rng,
-            )?;
+        // One table per categorical feature (its ids and the unknown row): name and rows.
+        let embeddings = |prefix: &str| -> Vec<(String, usize)> {
+            let sides = [("context", context_vocab), ("candidate", candidate_vocab)];
+            (sides.into_iter())
+                .flat_map(|(side, vocabs)| {
+                    (vocabs.iter().enumerate()).map(move |(j, &vocab)| {
+                        (format!("{prefix}.{side}.{j}"), vocab as usize + 1)
+                    })
+                })
+                .collect()
+        };
+        for (name, rows) in embeddings("emb") {
+            matrix(name, rows, e, &mut rng)?;
         }
         matrix("item.w1".into(), item_in, h, &mut rng)?;
         matrix("item.w2".into(), h, h, &mut rng)?;
@@ -98,17 +101,8 @@ impl Params {
             &mut rng,
         )?;
         matrix("out.w2".into(), h, 1, &mut rng)?;
-        for (j, &vocab) in context_vocab.iter().enumerate() {
-            matrix(
-                format!("value.emb.context.{j}"),
-                vocab as usize + 1,
-                e,
-                &mut rng,
-            )?;
-        }
-        for (j, &vocab) in candidate_vocab.iter().enumerate() {
-            let name = format!("value.emb.candidate.{j}");
-            matrix(name, vocab as usize + 1, e, &mut rng)?;
+        for (name, rows) in embeddings("value.emb") {
+            matrix(name, rows, e, &mut rng)?;
         }
         matrix("value.item.w1".into(), item_in, h, &mut rng)?;
         matrix("value.context.w1".into(), context_in, h, &mut rng)?;

@@ -103,33 +103,45 @@ impl RequestScorer {
         let map = &evaluator.spec.features;
         let (h, a) = (dims.hidden, dims.attention);
         let m = |name: &str| Matrix::of(p, name);
-        let embedded = |dense: Vec<f32>, ids: Vec<u32>, table: &str| -> anyhow::Result<Vec<f32>> {
-            let mut x = dense;
-            for (j, &id) in ids.iter().enumerate() {
-                x.extend_from_slice(m(&format!("{table}.{j}"))?.row(id as usize));
-            }
-            Ok(x)
+        // A row of dense features followed by each id's embedding in `table.{j}` (each
+        // table read once per call, not once per row).
+        let embedded = |rows: Vec<(Vec<f32>, Vec<u32>)>, table: &str| {
+            let fields = rows.first().map_or(0, |(_, ids)| ids.len());
+            let tables = (0..fields)
+                .map(|j| m(&format!("{table}.{j}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::Ok(
+                (rows.into_iter())
+                    .map(|(mut x, ids)| {
+                        for (t, &id) in tables.iter().zip(&ids) {
+                            x.extend_from_slice(t.row(id as usize));
+                        }
+                        x
+                    })
+                    .collect::<Vec<_>>(),
+            )
         };
-        // The context's and every candidate's input row, embedded by `table`'s embeddings
-        // (the click model's and the value network's are separate).
-        let context_input = |table: &str| {
-            let (mut dense, mut ids) = (Vec::new(), Vec::new());
-            map.context_dense(&request.context.dense, &mut dense);
-            map.context_ids(&request.context.categorical, &mut ids);
-            embedded(dense, ids, table)
-        };
+        // The context's and every candidate's input rows, for the click model's and the
+        // value network's embeddings alike.
+        let (mut dense, mut ids) = (Vec::new(), Vec::new());
+        map.context_dense(&request.context.dense, &mut dense);
+        map.context_ids(&request.context.categorical, &mut ids);
+        let context_row = (dense, ids);
         let mut all_dense = Vec::new();
         map.candidates_dense(request, &mut all_dense);
         let width = map.candidate_width();
-        let candidate_inputs = |table: &str| -> anyhow::Result<Vec<Vec<f32>>> {
-            (request.candidates.iter().enumerate())
-                .map(|(i, c)| {
-                    let mut ids = Vec::new();
-                    map.candidate_ids(&c.features.categorical, &mut ids);
-                    embedded(all_dense[i * width..(i + 1) * width].to_vec(), ids, table)
-                })
-                .collect()
+        let candidate_rows: Vec<(Vec<f32>, Vec<u32>)> = (request.candidates.iter().enumerate())
+            .map(|(i, c)| {
+                let mut ids = Vec::new();
+                map.candidate_ids(&c.features.categorical, &mut ids);
+                (all_dense[i * width..(i + 1) * width].to_vec(), ids)
+            })
+            .collect();
+        let context_input = |table: &str| {
+            let mut rows = embedded(vec![context_row.clone()], table)?;
+            anyhow::Ok(rows.pop().unwrap_or_default())
         };
+        let candidate_inputs = |table: &str| embedded(candidate_rows.clone(), table);
         let context =
             relu(m("context.w1")?.apply(&context_input("emb.context")?, Some(&m("context.b1")?)));
         let (w1, b1, w2, b2) = (m("item.w1")?, m("item.b1")?, m("item.w2")?, m("item.b2")?);

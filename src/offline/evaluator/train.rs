@@ -363,11 +363,11 @@ pub fn train_split(
         }),
     )?;
     let mut best = Evaluator::load(out)?;
+    // The value network from its own best epoch (saved with the summary below).
     if let Some((_, weights)) = trainee.best_value.take() {
         for (name, weight) in &weights {
             best.params.set(name, weight)?;
         }
-        best.save(out)?;
     }
     // Of the saved best, also after a resumed run that never improved.
     let losses = mean_losses(&best, &valid_lists, 512)?;
