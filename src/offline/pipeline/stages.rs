@@ -214,6 +214,43 @@ fn bootstrap(rows: &[LoggedRequest], seed: u64) -> (Vec<LoggedRequest>, training
     (sample, split)
 }
 
+/// What `[mining] max_requests = 0` mines at most, in units of `(N·K)²` summed over the
+/// requests: a request's lookahead costs `O(K²·N²)` (docs/offline.md, "Cost in N"). It is
+/// 13,500 requests of 50 candidates and 10 slots, about 3 minutes on 2 cores (estimated
+/// from the rates measured at N = 20 and N = 100), so logs like the simulator's (N = 20)
+/// are mined whole.
+const MINING_BUDGET: f64 = 13_500.0 * 500.0 * 500.0;
+/// ... but never fewer requests than this (when the logs have them): the generator needs
+/// examples more than the budget needs keeping.
+const MIN_AUTO_MINED: usize = 2_000;
+
+/// The training requests to mine: the first `max_requests`, or with 0 the first that fit
+/// [`MINING_BUDGET`] (at least [`MIN_AUTO_MINED`]).
+pub fn mining_requests(train: &[LoggedRequest], max_requests: usize) -> Vec<&LoggedRequest> {
+    let sizes = train.iter().map(|r| (r.candidates.len(), r.exposed.len()));
+    train
+        .iter()
+        .take(mining_count(sizes, max_requests))
+        .collect()
+}
+
+/// How many of the requests with these (candidates, slots) [`mining_requests`] keeps.
+fn mining_count(sizes: impl Iterator<Item = (usize, usize)>, max_requests: usize) -> usize {
+    let mut spent = 0.0;
+    let mut count = 0;
+    for (n, k) in sizes {
+        if max_requests > 0 && count == max_requests {
+            break;
+        }
+        spent += ((n * k) as f64).powi(2);
+        if max_requests == 0 && count >= MIN_AUTO_MINED && spent > MINING_BUDGET {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
 /// Beam-searches `requests` at width `width` into `dir/file`; returns the mined lists and
 /// the mining rate (requests per second).
 pub fn mine(
@@ -514,5 +551,20 @@ mod tests {
         assert_eq!(train.len() + valid.len(), 200);
         assert_eq!(valid.len(), split.valid.len());
         assert!((50..100).contains(&valid.len()), "{}", valid.len());
+    }
+
+    #[test]
+    fn user_logs_are_mined_whole_unless_their_requests_are_large() {
+        let logs = |count: usize, n: usize| std::iter::repeat_n((n, 10), count);
+        // The simulator's size (N = 20, K = 10): 20,000 requests fit the budget.
+        assert_eq!(mining_count(logs(20_000, 20), 0), 20_000);
+        // N = 100: the budget's share, (13,500 · 500²) / 1,000².
+        assert_eq!(mining_count(logs(20_000, 100), 0), 3_375);
+        // N = 400: the budget would allow 210; the floor keeps 2,000.
+        assert_eq!(mining_count(logs(20_000, 400), 0), MIN_AUTO_MINED);
+        assert_eq!(mining_count(logs(500, 400), 0), 500);
+        // A cap the user sets wins, either way.
+        assert_eq!(mining_count(logs(20_000, 20), 7), 7);
+        assert_eq!(mining_count(logs(20_000, 400), 5_000), 5_000);
     }
 }
