@@ -236,19 +236,16 @@ pub fn mining_requests(train: &[LoggedRequest], max_requests: usize) -> Vec<&Log
 
 /// How many of the requests with these (candidates, slots) [`mining_requests`] keeps.
 fn mining_count(sizes: impl Iterator<Item = (usize, usize)>, max_requests: usize) -> usize {
-    let mut spent = 0.0;
-    let mut count = 0;
-    for (n, k) in sizes {
-        if max_requests > 0 && count == max_requests {
-            break;
-        }
-        spent += ((n * k) as f64).powi(2);
-        if max_requests == 0 && count >= MIN_AUTO_MINED && spent > MINING_BUDGET {
-            break;
-        }
-        count += 1;
+    if max_requests > 0 {
+        return sizes.take(max_requests).count();
     }
-    count
+    let mut spent = 0.0;
+    (sizes.enumerate())
+        .take_while(|&(i, (n, k))| {
+            spent += ((n * k) as f64).powi(2);
+            i < MIN_AUTO_MINED || spent <= MINING_BUDGET
+        })
+        .count()
 }
 
 /// Beam-searches `requests` at width `width` into `dir/file`; returns the mined lists and
