@@ -37,6 +37,11 @@ pub struct Dims {
     /// its items (the gate's pointwise judges).
     #[serde(default = "interactions_default")]
     pub interactions: bool,
+    /// The user reads the list top-down and may stop (a cascade): a slot's click needs it
+    /// examined, and whether the user reads on depends on a click there (`exam.click`,
+    /// `exam.skip`: the continuation probabilities). Off in evaluators saved before it.
+    #[serde(default)]
+    pub examination: bool,
 }
 
 /// Evaluators saved before the flag existed saw the items above.
@@ -121,6 +126,13 @@ impl Params {
             let bias = Var::from_vec(vec![value; size], size, &Device::Cpu)?;
             params.vars.push((name.into(), bias));
         }
+        if dims.examination {
+            // σ(3) ≈ 0.95: the cascade starts close to a user who reads everything.
+            for name in [CONTINUE_AFTER_CLICK, CONTINUE_AFTER_SKIP] {
+                let logit = Var::from_vec(vec![3.0 / CONTINUATION_RATE], 1, &Device::Cpu)?;
+                params.vars.push((name.into(), logit));
+            }
+        }
         Ok(params)
     }
 
@@ -175,6 +187,18 @@ impl Params {
 
 /// Every weight of the value network starts with this (and no other weight does).
 pub const VALUE_NETWORK: &str = "value.";
+/// Logits of the probability that the user reads on after a click / after a skip.
+pub const CONTINUE_AFTER_CLICK: &str = "exam.click";
+pub const CONTINUE_AFTER_SKIP: &str = "exam.skip";
+/// The continuation logits are stored divided by this: an Adam step moves a weight by about
+/// the learning rate, and these two must travel several units of logit in a few hundred
+/// steps (a judge trained on a quarter of the logs takes ~40 steps an epoch).
+pub const CONTINUATION_RATE: f32 = 10.0;
+
+/// The probability that the user reads on after a click, or after a skip: `σ(rate·θ)`.
+pub fn continuation(params: &Params, name: &str) -> candle_core::Result<Tensor> {
+    candle_nn::ops::sigmoid(&(params.get(name)? * f64::from(CONTINUATION_RATE))?)
+}
 
 fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     x.broadcast_matmul(w)?.broadcast_add(b)
@@ -334,12 +358,68 @@ fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
     x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
-/// Mean binary cross-entropy of the logged slots (`slot_mask` 1), from logits.
-pub fn click_loss(logits: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
-    // softplus(l) − y·l is the BCE of a logit.
-    let per_slot = (softplus(logits)? - (logits * &batch.clicks)?)?;
+/// Mean binary cross-entropy of the logged slots (`slot_mask` 1). Without examination a
+/// slot's click probability is its attraction `σ(logit)`; with it, the attraction times
+/// the probability that the user examined the slot given the clicks logged above it
+/// ([`examined`]): the likelihood of the logged click sequence, which is what separates
+/// a user who stopped reading from items that hurt each other.
+pub fn click_loss(
+    params: &Params,
+    dims: &Dims,
+    logits: &Tensor,
+    batch: &Batch,
+) -> candle_core::Result<Tensor> {
+    let per_slot = if dims.examination {
+        let p = (examined(params, logits, Some(&batch.clicks))? * candle_nn::ops::sigmoid(logits)?)?;
+        let (y, eps) = (&batch.clicks, 1e-6);
+        let hit = (y * (&p + eps)?.log()?)?;
+        let miss = ((1.0 - y)? * (1.0 + eps - &p)?.log()?)?;
+        (hit + miss)?.neg()?
+    } else {
+        // softplus(l) − y·l is the BCE of a logit.
+        (softplus(logits)? - (logits * &batch.clicks)?)?
+    };
     let masked = (per_slot * &batch.slot_mask)?.sum_all()?;
     masked / batch.slot_mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
+}
+
+/// The probability that the user examines each slot, `[B, T]`, under the cascade: the
+/// first slot is read; after slot t the user reads on with probability `γ_click` after a
+/// click and `γ_skip` after a skip. With `clicks` logged, it is conditioned on them
+/// (a click proves the slot was examined; a skip leaves examined-and-skipped or never
+/// examined, by Bayes); without, it is the expectation over the user's clicks, the
+/// marginal that `V` sums.
+pub fn examined(
+    params: &Params,
+    logits: &Tensor,
+    clicks: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let attraction = candle_nn::ops::sigmoid(logits)?;
+    let (b, t) = attraction.dims2()?;
+    let after_click = continuation(params, CONTINUE_AFTER_CLICK)?;
+    let after_skip = continuation(params, CONTINUE_AFTER_SKIP)?;
+    let mut examine = Tensor::ones(b, DType::F32, &Device::Cpu)?;
+    let mut columns = Vec::with_capacity(t);
+    for slot in 0..t {
+        columns.push(examine.clone());
+        if slot + 1 == t {
+            break;
+        }
+        let q = attraction.narrow(1, slot, 1)?.squeeze(1)?;
+        examine = match clicks {
+            Some(clicks) => {
+                let y = clicks.narrow(1, slot, 1)?.squeeze(1)?;
+                let seen = (&examine * &q)?;
+                let skipped = ((&examine - &seen)? / (1.0 - &seen)?.clamp(1e-6, 1.0)?)?;
+                (y.broadcast_mul(&after_click)? + (1.0 - &y)?.broadcast_mul(&after_skip)?.mul(&skipped)?)?
+            }
+            None => {
+                let reads_on = (q.broadcast_mul(&after_click)? + (1.0 - &q)?.broadcast_mul(&after_skip)?)?;
+                (&examine * reads_on)?
+            }
+        };
+    }
+    Tensor::stack(&columns, 1)
 }
 
 /// Mean squared error of the predicted click values on the clicked slots that logged a

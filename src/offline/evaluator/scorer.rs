@@ -107,6 +107,9 @@ pub struct RequestScorer {
     nothing_above: Vec<f32>,
     /// Off: nothing placed above a slot changes it (`Dims::interactions`).
     interactions: bool,
+    /// The cascade's probabilities of reading on after a click and after a skip
+    /// (`Dims::examination`); `None`: every slot is examined.
+    continuation: Option<(f32, f32)>,
     hidden: usize,
     /// Each candidate's categorical ids, for the same-id counts.
     ids: Vec<Vec<i64>>,
@@ -117,12 +120,24 @@ pub struct RequestScorer {
     reward_of_click: Vec<f32>,
 }
 
-/// A prefix: the candidates placed so far, in order, and for every candidate what they add
-/// to its output layer's pre-activation (`N × H`, empty before the first item).
-#[derive(Debug, Clone, Default)]
+/// A prefix: the candidates placed so far, in order, for every candidate what they add
+/// to its output layer's pre-activation (`N × H`, empty before the first item), and the
+/// probability that the user reads the next slot.
+#[derive(Debug, Clone)]
 pub struct Prefix {
     pub items: Vec<usize>,
     above: Vec<f32>,
+    examine: f32,
+}
+
+impl Default for Prefix {
+    fn default() -> Self {
+        Prefix {
+            items: Vec::new(),
+            above: Vec::new(),
+            examine: 1.0,
+        }
+    }
 }
 
 impl RequestScorer {
@@ -253,6 +268,17 @@ impl RequestScorer {
             hidden: h,
             nothing_above: vec![0.0; h],
             interactions: dims.interactions,
+            continuation: if dims.examination {
+                let continues = |name| {
+                    anyhow::Ok(super::model::continuation(p, name)?.to_vec1::<f32>()?[0])
+                };
+                Some((
+                    continues(super::model::CONTINUE_AFTER_CLICK)?,
+                    continues(super::model::CONTINUE_AFTER_SKIP)?,
+                ))
+            } else {
+                None
+            },
             ids: request
                 .candidates
                 .iter()
@@ -265,9 +291,15 @@ impl RequestScorer {
         })
     }
 
-    /// Click probability of candidate `a` in the slot after `prefix`. Slots past the
-    /// longest logged list reuse the last position.
+    /// Click probability of candidate `a` in the slot after `prefix`: the probability
+    /// that the user reads the slot times `a`'s attraction there.
     pub fn click_probability(&self, prefix: &Prefix, a: usize) -> f32 {
+        prefix.examine * self.attraction(prefix, a)
+    }
+
+    /// Click probability of candidate `a` in the slot after `prefix` if the user reads it.
+    /// Slots past the longest logged list reuse the last position.
+    fn attraction(&self, prefix: &Prefix, a: usize) -> f32 {
         let h = self.hidden;
         let above = prefix.above.get(a * h..(a + 1) * h);
         self.click_probability_at(prefix.items.len(), above, a)
@@ -316,9 +348,13 @@ impl ListModel for RequestScorer {
     }
 
     /// Adds what `j`, placed next, contributes to every candidate below it: its value
-    /// through the causal interaction sum (weight `σ(q_a·k_j/√A)`), and one to each
-    /// categorical feature whose id it shares.
+    /// through the causal interaction sum (weight `σ(q_a·k_j/√A)`), one to each
+    /// categorical feature whose id it shares, and its chance of stopping the user.
     fn push(&self, state: &mut Prefix, j: usize) {
+        if let Some((after_click, after_skip)) = self.continuation {
+            let q = self.attraction(state, j);
+            state.examine *= q * after_click + (1.0 - q) * after_skip;
+        }
         state.items.push(j);
         if !self.interactions {
             return;

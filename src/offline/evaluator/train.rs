@@ -36,6 +36,8 @@ pub struct TrainConfig {
     pub ranking_score: bool,
     /// Each slot sees the items above it; off trains a pointwise model (`Dims`).
     pub interactions: bool,
+    /// The cascade: the user may stop reading, more or less after a click (`Dims`).
+    pub examination: bool,
     /// Set per run (the pipeline's objective and seed), not in the `[evaluator]` section.
     /// No objective: value when the logs carry it, else clicks.
     #[serde(skip)]
@@ -72,6 +74,7 @@ impl Default for TrainConfig {
             valid_fraction: 0.1,
             ranking_score: true,
             interactions: true,
+            examination: true,
             objective: None,
             seed: 0,
             progress: true,
@@ -164,9 +167,11 @@ fn mean_losses(
     let (mut click, mut slots, mut value, mut valued) = (0.0, 0.0, 0.0, 0.0);
     for chunk in lists.chunks(batch_size) {
         let batch = Batch::new(&evaluator.spec.features, chunk)?;
-        let o = slot_outputs(&evaluator.params, &evaluator.spec.dims, &batch)?;
+        let (params, dims) = (&evaluator.params, &evaluator.spec.dims);
+        let o = slot_outputs(params, dims, &batch)?;
         let n = f64::from(batch.slot_mask.sum_all()?.to_scalar::<f32>()?);
-        click += f64::from(click_loss(&o.click_logits, &batch)?.to_scalar::<f32>()?) * n;
+        let loss = click_loss(params, dims, &o.click_logits, &batch)?;
+        click += f64::from(loss.to_scalar::<f32>()?) * n;
         slots += n;
         if learns_value {
             let m = f64::from(batch.value_mask.sum_all()?.to_scalar::<f32>()?);
@@ -208,8 +213,9 @@ impl training::Trainee for Trainee<'_> {
             .map(|&i| self.labels[i].list(&self.rows[i]))
             .collect();
         let batch = Batch::new(&self.evaluator.spec.features, &lists)?;
-        let o = slot_outputs(&self.evaluator.params, &self.evaluator.spec.dims, &batch)?;
-        let mut loss = click_loss(&o.click_logits, &batch)?;
+        let (params, dims) = (&self.evaluator.params, &self.evaluator.spec.dims);
+        let o = slot_outputs(params, dims, &batch)?;
+        let mut loss = click_loss(params, dims, &o.click_logits, &batch)?;
         if self.evaluator.spec.objective.uses_value() {
             loss = (loss + value_loss(&o.click_values, &batch)?)?;
         }
@@ -325,6 +331,8 @@ pub fn train_split(
             attention: config.attention,
             max_slots: shape.max_exposed,
             interactions: config.interactions,
+            // A pointwise model sees nothing above a slot, its examination included.
+            examination: config.interactions && config.examination,
         },
         features: FeatureMap::fit(&train_rows, &shape, config.ranking_score),
         objective,
