@@ -65,6 +65,39 @@ fn evaluator_learns_and_ranks_lists_like_the_true_utility() {
     assert!(utility("evaluator-greedy") > 1.08 * utility("random"));
 }
 
+/// The cascade's continuation probabilities are learned from the logged click sequences:
+/// the default user (reads on 0.7 after a click, 0.9 after a skip) and one who reads
+/// everything, whom the model must not invent a cascade for.
+#[test]
+fn the_examination_model_recovers_how_users_read_on() {
+    for (after_click, after_skip) in [(0.7, 0.9), (1.0, 1.0)] {
+        let world = World::generate(
+            SimConfig {
+                continue_after_click: after_click,
+                continue_after_skip: after_skip,
+                ..small_config()
+            },
+            3,
+        );
+        let train = sample_split(&world, "train", 3000);
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrainConfig {
+            hidden: 32,
+            epochs: 10,
+            seed: 1,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let trained = evaluator::train(&train, &config, dir.path(), false).unwrap();
+        let [click, skip] = trained.continuation().unwrap().unwrap();
+        let truth = [after_click.min(0.97), after_skip.min(0.97)];
+        assert!(
+            (click - truth[0]).abs() < 0.08 && (skip - truth[1]).abs() < 0.08,
+            "learned {click:.3} / {skip:.3}, truth {after_click} / {after_skip}"
+        );
+    }
+}
+
 /// An evaluator for `objective`, trained on `rows` as the value tests here train them.
 fn trained_for(objective: Objective, rows: &[LoggedRequest]) -> Evaluator {
     let dir = tempfile::tempdir().unwrap();
@@ -177,14 +210,16 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
             values.truncate(row.exposed.len());
         }
     }
-    // Both kinds: the gate's pointwise judges take the same two paths.
-    for interactions in [true, false] {
+    // Every kind: with the cascade (the default), without it (evaluators saved before
+    // it), and the gate's pointwise judges.
+    for (interactions, examination) in [(true, true), (true, false), (false, false)] {
         let dir = tempfile::tempdir().unwrap();
         let config = TrainConfig {
             hidden: 16,
             epochs: 1,
             seed: 4,
             interactions,
+            examination,
             progress: false,
             ..TrainConfig::default()
         };

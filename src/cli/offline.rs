@@ -81,6 +81,9 @@ pub struct TrainEvaluatorArgs {
     /// A pointwise model: a slot does not see the items above it (no list effects).
     #[arg(long)]
     pub pointwise: bool,
+    /// Every slot is read: no cascade, where the user stops reading (docs/offline.md).
+    #[arg(long)]
+    pub no_examination: bool,
     /// Continue from `OUT/checkpoint` if present.
     #[arg(long)]
     pub resume: bool,
@@ -109,6 +112,7 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         valid_fraction: args.valid_fraction,
         objective: args.objective,
         interactions: !args.pointwise,
+        examination: !args.no_examination,
         seed: args.seed,
         progress: !args.quiet,
         ..TrainConfig::default()
@@ -119,8 +123,11 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         .training
         .as_ref()
         .context("training summary")?;
+    let cascade = summary.continuation.map_or(String::new(), |[click, skip]| {
+        format!(", reads on after a click {click:.3} / a skip {skip:.3}")
+    });
     println!(
-        "evaluator ({}): best epoch {} of {}, validation BCE {:.4} (constant {:.4}); wrote {} in {:.1} s",
+        "evaluator ({}): best epoch {} of {}, validation BCE {:.4} (constant {:.4}){cascade}; wrote {} in {:.1} s",
         evaluator.spec.objective,
         summary.best_epoch,
         summary.epochs_run,

@@ -113,6 +113,21 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// The cascade's probabilities of reading on after a click and after a skip; `None`
+    /// without examination (`Dims::examination`).
+    pub fn continuation(&self) -> anyhow::Result<Option<[f64; 2]>> {
+        if !self.spec.dims.examination {
+            return Ok(None);
+        }
+        let read_on = |name| -> anyhow::Result<f64> {
+            Ok(model::continuation(&self.params, name)?.to_vec1::<f32>()?[0].into())
+        };
+        Ok(Some([
+            read_on(model::CONTINUE_AFTER_CLICK)?,
+            read_on(model::CONTINUE_AFTER_SKIP)?,
+        ]))
+    }
+
     /// The objective's reward of a click whose value network reads `value` (in units of the
     /// mean value per click).
     pub fn reward_of_click(&self, value: f64) -> f64 {

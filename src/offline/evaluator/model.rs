@@ -370,7 +370,8 @@ pub fn click_loss(
     batch: &Batch,
 ) -> candle_core::Result<Tensor> {
     let per_slot = if dims.examination {
-        let p = (examined(params, logits, Some(&batch.clicks))? * candle_nn::ops::sigmoid(logits)?)?;
+        let p =
+            (examined(params, logits, Some(&batch.clicks))? * candle_nn::ops::sigmoid(logits)?)?;
         let (y, eps) = (&batch.clicks, 1e-6);
         let hit = (y * (&p + eps)?.log()?)?;
         let miss = ((1.0 - y)? * (1.0 + eps - &p)?.log()?)?;
@@ -411,10 +412,12 @@ pub fn examined(
                 let y = clicks.narrow(1, slot, 1)?.squeeze(1)?;
                 let seen = (&examine * &q)?;
                 let skipped = ((&examine - &seen)? / (1.0 - &seen)?.clamp(1e-6, 1.0)?)?;
-                (y.broadcast_mul(&after_click)? + (1.0 - &y)?.broadcast_mul(&after_skip)?.mul(&skipped)?)?
+                (y.broadcast_mul(&after_click)?
+                    + (1.0 - &y)?.broadcast_mul(&after_skip)?.mul(&skipped)?)?
             }
             None => {
-                let reads_on = (q.broadcast_mul(&after_click)? + (1.0 - &q)?.broadcast_mul(&after_skip)?)?;
+                let reads_on =
+                    (q.broadcast_mul(&after_click)? + (1.0 - &q)?.broadcast_mul(&after_skip)?)?;
                 (&examine * reads_on)?
             }
         };
@@ -428,4 +431,44 @@ pub fn value_loss(click_values: &Tensor, batch: &Batch) -> candle_core::Result<T
     let error = (click_values - &batch.values)?.sqr()?;
     let masked = (error * &batch.value_mask)?.sum_all()?;
     masked / batch.value_mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two continuation logits (stored over `CONTINUATION_RATE`) and nothing else.
+    fn cascade(after_click: f64, after_skip: f64) -> Params {
+        let stored = |p: f64| (((p / (1.0 - p)).ln()) as f32) / CONTINUATION_RATE;
+        let var = |p| Var::from_vec(vec![stored(p)], 1, &Device::Cpu).unwrap();
+        Params {
+            vars: vec![
+                (CONTINUE_AFTER_CLICK.into(), var(after_click)),
+                (CONTINUE_AFTER_SKIP.into(), var(after_skip)),
+            ],
+        }
+    }
+
+    /// By hand, attraction 0.5 at every slot, reading on 0.7 after a click and 0.9 after a
+    /// skip. Unconditioned: 1, 0.5·0.7 + 0.5·0.9 = 0.8, 0.8². After a logged click at slot
+    /// 1, slot 2 is read with 0.7; after a skip there, by Bayes, 0.9 · 0.7·0.5 / (1 − 0.35).
+    #[test]
+    fn examination_is_the_cascade_with_and_without_the_logged_clicks() {
+        let params = cascade(0.7, 0.9);
+        let logits = Tensor::zeros((1, 3), DType::F32, &Device::Cpu).unwrap();
+        let rows = |clicks: Option<&Tensor>| -> Vec<f32> {
+            let e = examined(&params, &logits, clicks).unwrap();
+            e.to_vec2::<f32>().unwrap().remove(0)
+        };
+        let clicks = Tensor::new(&[[1.0f32, 0.0, 0.0]], &Device::Cpu).unwrap();
+        let expected: [(Vec<f32>, [f32; 3]); 2] = [
+            (rows(None), [1.0, 0.8, 0.64]),
+            (rows(Some(&clicks)), [1.0, 0.7, 0.9 * 0.35 / 0.65]),
+        ];
+        for (got, want) in expected {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-5, "{got:?} against {want:?}");
+            }
+        }
+    }
 }

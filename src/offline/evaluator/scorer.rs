@@ -268,17 +268,9 @@ impl RequestScorer {
             hidden: h,
             nothing_above: vec![0.0; h],
             interactions: dims.interactions,
-            continuation: if dims.examination {
-                let continues = |name| {
-                    anyhow::Ok(super::model::continuation(p, name)?.to_vec1::<f32>()?[0])
-                };
-                Some((
-                    continues(super::model::CONTINUE_AFTER_CLICK)?,
-                    continues(super::model::CONTINUE_AFTER_SKIP)?,
-                ))
-            } else {
-                None
-            },
+            continuation: evaluator
+                .continuation()?
+                .map(|[click, skip]| (click as f32, skip as f32)),
             ids: request
                 .candidates
                 .iter()

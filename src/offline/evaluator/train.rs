@@ -96,6 +96,9 @@ pub struct TrainSummary {
     /// The value network's MSE on the validation split (units of the mean value per click).
     #[serde(default)]
     pub valid_value_loss: Option<f64>,
+    /// The learned cascade: the probability of reading on after a click, after a skip.
+    #[serde(default)]
+    pub continuation: Option<[f64; 2]>,
     pub seconds: f64,
 }
 
@@ -388,6 +391,7 @@ pub fn train_split(
         train_loss: outcome.train_loss,
         valid_loss: losses.click,
         valid_value_loss: losses.value,
+        continuation: best.continuation()?,
         constant_valid_loss,
         seconds: outcome.seconds,
     });
