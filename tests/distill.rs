@@ -33,15 +33,19 @@ fn world(candidates: usize) -> World {
 
 #[test]
 fn the_distilled_generator_reproduces_its_teachers_lists() {
-    let rows = sample_split(&world(6), "train", 40);
+    // A teacher with real preferences (an evaluator that learnt from 400 requests, not
+    // the near-ties of one that saw a handful); the generator distilled from its lists on
+    // the same requests must follow them (its best epoch is chosen on held-out requests,
+    // so it cannot just memorise a few).
+    let rows = sample_split(&world(6), "train", 400);
     let dir = tempfile::tempdir().unwrap();
     let train = TrainConfig {
         hidden: 16,
-        epochs: 2,
+        epochs: 4,
         seed: 1,
         progress: false,
         objective: Some(Objective::CLICKS),
-        // Memorising needs no incumbent; with it, 4 validation requests pick an early epoch.
+        // Memorising needs no incumbent.
         ranking_score: false,
         ..TrainConfig::default()
     };
@@ -56,7 +60,7 @@ fn the_distilled_generator_reproduces_its_teachers_lists() {
         hidden: 16,
         embed: 4,
         epochs: 40,
-        batch_size: 8,
+        batch_size: 16,
         learning_rate: 5e-3,
         ce_weight: 0.5,
         patience: 40,
@@ -78,8 +82,9 @@ fn the_distilled_generator_reproduces_its_teachers_lists() {
         .zip(&mined)
         .filter(|(r, m)| generator.rerank(r, 3).unwrap() == m.list)
         .count();
+    // Chance is 1 list in 120; evaluator seeds 1 to 4 gave 63–69%.
     assert!(
-        same * 10 >= rows.len() * 8,
+        same * 2 >= rows.len(),
         "{same} of {} lists reproduced",
         rows.len()
     );
