@@ -45,7 +45,7 @@ fn the_distilled_generator_reproduces_its_teachers_lists() {
         seed: 1,
         progress: false,
         objective: Some(Objective::CLICKS),
-        // Memorising needs no incumbent.
+        // The teacher's preferences come from the features; no incumbent needed.
         ranking_score: false,
         ..TrainConfig::default()
     };

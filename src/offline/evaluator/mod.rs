@@ -13,7 +13,7 @@ mod train;
 
 pub use batch::{Batch, FeatureMap, Labels, ListRef};
 pub use ensemble::{Ensemble, EnsembleScorer, PointwiseBlend};
-pub use model::{click_loss, examined, slot_outputs, value_loss, Dims, Params, SlotOutputs};
+pub use model::{click_loss, slot_outputs, value_loss, Dims, Params, SlotOutputs};
 pub use scorer::{Prefix, RequestScorer};
 pub use train::{train, train_split, TrainConfig, TrainSummary};
 
@@ -86,7 +86,8 @@ impl Evaluator {
     }
 
     /// Per slot of each list: the click probability (examination included) and the
-    /// reward of a click under the objective (`[lists][slot]`), so the slot's expected reward is their product.
+    /// reward of a click under the objective (`[lists][slot]`), so the slot's expected
+    /// reward is their product.
     pub fn slot_predictions(&self, lists: &[ListRef<'_>]) -> anyhow::Result<Vec<Vec<(f32, f32)>>> {
         let mut out = Vec::with_capacity(lists.len());
         for chunk in lists.chunks(256) {
@@ -94,7 +95,7 @@ impl Evaluator {
             let o = slot_outputs(&self.params, &self.spec.dims, &batch)?;
             let mut probs = candle_nn::ops::sigmoid(&o.click_logits)?;
             if self.spec.dims.examination {
-                probs = (probs * examined(&self.params, &o.click_logits, None)?)?;
+                probs = (probs * model::examined(&self.params, &o.click_logits, None)?)?;
             }
             let probs = probs.to_vec2::<f32>()?;
             let values = o.click_values.to_vec2::<f32>()?;

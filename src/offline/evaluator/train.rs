@@ -90,7 +90,9 @@ pub struct TrainSummary {
     pub epochs_run: usize,
     pub best_epoch: usize,
     pub train_loss: f64,
-    /// Per-slot click BCE on the validation split: the model, and the best constant.
+    /// Per-slot click BCE on the validation split: the model (with examination, given the
+    /// clicks logged above each slot: the click sequence's likelihood), and the best
+    /// constant.
     pub valid_loss: f64,
     pub constant_valid_loss: f64,
     /// The value network's MSE on the validation split (units of the mean value per click).
