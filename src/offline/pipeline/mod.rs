@@ -132,8 +132,8 @@ fn run_seed(
 
     // Simulated lists have the world's length; logged ones keep each request's own.
     let mine_slots = data.world.as_ref().map_or(0, |w| w.config.slots);
-    let requests = stages::mining_requests(&data.train, config.mining.max_requests);
-    if config.mining.max_requests == 0 && requests.len() < data.train.len() {
+    let (requests, budget_cut) = stages::mining_requests(&data.train, config.mining.max_requests);
+    if budget_cut {
         // Always said: a run that mines a share of the logs must not do it silently.
         eprintln!(
             "seed {seed}: mining the first {} of {} training requests, the work budget for \

@@ -225,13 +225,15 @@ const MINING_BUDGET: f64 = 13_500.0 * 500.0 * 500.0;
 const MIN_AUTO_MINED: usize = 2_000;
 
 /// The training requests to mine: the first `max_requests`, or with 0 the first that fit
-/// [`MINING_BUDGET`] (at least [`MIN_AUTO_MINED`]).
-pub fn mining_requests(train: &[LoggedRequest], max_requests: usize) -> Vec<&LoggedRequest> {
+/// [`MINING_BUDGET`] (at least [`MIN_AUTO_MINED`]); and whether the budget left some out.
+pub fn mining_requests(
+    train: &[LoggedRequest],
+    max_requests: usize,
+) -> (Vec<&LoggedRequest>, bool) {
     let sizes = train.iter().map(|r| (r.candidates.len(), r.exposed.len()));
-    train
-        .iter()
-        .take(mining_count(sizes, max_requests))
-        .collect()
+    let count = mining_count(sizes, max_requests);
+    let budget_cut = max_requests == 0 && count < train.len();
+    (train.iter().take(count).collect(), budget_cut)
 }
 
 /// How many of the requests with these (candidates, slots) [`mining_requests`] keeps.
