@@ -95,7 +95,7 @@ impl Evaluator {
             let o = slot_outputs(&self.params, &self.spec.dims, &batch)?;
             let mut probs = candle_nn::ops::sigmoid(&o.click_logits)?;
             if self.spec.dims.examination {
-                probs = (model::examined(&self.params, &probs, None)? * probs)?;
+                probs = (probs * model::examined(&self.params, &o.click_logits, None)?)?;
             }
             let probs = probs.to_vec2::<f32>()?;
             let values = o.click_values.to_vec2::<f32>()?;

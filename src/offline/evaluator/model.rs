@@ -370,8 +370,8 @@ pub fn click_loss(
     batch: &Batch,
 ) -> candle_core::Result<Tensor> {
     let per_slot = if dims.examination {
-        let attraction = candle_nn::ops::sigmoid(logits)?;
-        let p = (examined(params, &attraction, Some(&batch.clicks))? * &attraction)?;
+        let p =
+            (examined(params, logits, Some(&batch.clicks))? * candle_nn::ops::sigmoid(logits)?)?;
         let (y, eps) = (&batch.clicks, 1e-6);
         let hit = (y * (&p + eps)?.log()?)?;
         let miss = ((1.0 - y)? * (1.0 + eps - &p)?.log()?)?;
@@ -384,17 +384,18 @@ pub fn click_loss(
     masked / batch.slot_mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
 }
 
-/// The probability that the user examines each slot, `[B, T]`, given each slot's
-/// attraction `σ(logit)` (`[B, T]`), under the cascade: the first slot is read; after slot t the user reads on with probability `γ_click` after a
+/// The probability that the user examines each slot, `[B, T]`, under the cascade: the
+/// first slot is read; after slot t the user reads on with probability `γ_click` after a
 /// click and `γ_skip` after a skip. With `clicks` logged, it is conditioned on them
 /// (a click proves the slot was examined; a skip leaves examined-and-skipped or never
 /// examined, by Bayes); without, it is the expectation over the user's clicks, the
 /// marginal that `V` sums.
 pub fn examined(
     params: &Params,
-    attraction: &Tensor,
+    logits: &Tensor,
     clicks: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
+    let attraction = candle_nn::ops::sigmoid(logits)?;
     let (b, t) = attraction.dims2()?;
     let after_click = continuation(params, CONTINUE_AFTER_CLICK)?;
     let after_skip = continuation(params, CONTINUE_AFTER_SKIP)?;
@@ -454,9 +455,9 @@ mod tests {
     #[test]
     fn examination_is_the_cascade_with_and_without_the_logged_clicks() {
         let params = cascade(0.7, 0.9);
-        let attraction = Tensor::full(0.5f32, (1, 3), &Device::Cpu).unwrap();
+        let logits = Tensor::zeros((1, 3), DType::F32, &Device::Cpu).unwrap();
         let rows = |clicks: Option<&Tensor>| -> Vec<f32> {
-            let e = examined(&params, &attraction, clicks).unwrap();
+            let e = examined(&params, &logits, clicks).unwrap();
             e.to_vec2::<f32>().unwrap().remove(0)
         };
         let clicks = Tensor::new(&[[1.0f32, 0.0, 0.0]], &Device::Cpu).unwrap();
