@@ -183,10 +183,11 @@ fn sparse_noisy_purchases_neither_move_the_click_model_nor_fool_the_value_networ
     for (v, c) in by_value.iter().flatten().zip(by_clicks.iter().flatten()) {
         assert!((v.0 - c).abs() < 1e-5, "{} vs {c}", v.0);
     }
-    // And it still learns what a click is worth from the few purchases.
+    // And it still learns what a click is worth from the few purchases: on worlds 3 to 8
+    // the two-part value network reached Spearman 0.88 to 0.91 (one softplus: 0.62 to 0.93).
     let (rho, ratio) = value_against_price(&world, &test, &by_value);
     assert!(
-        rho > 0.6,
+        rho > 0.8,
         "Spearman(predicted value of a click, price) = {rho:.3}"
     );
     assert!(

@@ -8,8 +8,9 @@
 //! for each categorical feature the number of items above with the same id.
 //! The slot's click logit comes from a one-hidden-layer MLP over those. A separate network
 //! (the `value.` weights: its own embeddings, one hidden layer over the item's and the
-//! context's features, a softplus) predicts the value of a click on the item, in units of
-//! the training data's mean value per click; sharing no weight with the click model, it
+//! context's features; a softplus for a purchase's amount, a logit for whether the click
+//! buys) predicts the value of a click on the item, in units of the training data's mean
+//! value per click; sharing no weight with the click model, it
 //! can stop at its own best epoch (`train.rs`). A slot's expected reward is
 //! `p_t · (clicks + value·v_t)` under the objective, and `V(s_t)` sums it over the prefix
 //! (docs/offline.md, "The Lookahead Evaluator": the per-step form).
@@ -42,6 +43,12 @@ pub struct Dims {
     /// `exam.skip`: the continuation probabilities). Off in evaluators saved before it.
     #[serde(default)]
     pub examination: bool,
+    /// A click's value is a purchase's amount times whether it buys (`value.buy.`: a
+    /// logit): two parts, fitted by the purchase's likelihood and by the amount's squared
+    /// error where something was bought. Off in evaluators saved before it: one softplus
+    /// fitted to every click's value.
+    #[serde(default)]
+    pub purchases: bool,
 }
 
 /// Evaluators saved before the flag existed saw the items above.
@@ -112,6 +119,9 @@ impl Params {
         matrix("value.item.w1".into(), item_in, h, &mut rng)?;
         matrix("value.context.w1".into(), context_in, h, &mut rng)?;
         matrix("value.w2".into(), h, 1, &mut rng)?;
+        if dims.purchases {
+            matrix(BUY_WEIGHTS.into(), h, 1, &mut rng)?;
+        }
         let mut params = Params { vars };
         for (name, size, value) in [
             ("item.b1", h, 0.0),
@@ -122,7 +132,11 @@ impl Params {
             ("value.b1", h, 0.0),
             // softplus(ln(e − 1)) = 1: a click starts worth the mean value per click.
             ("value.b2", 1, (std::f32::consts::E - 1.0).ln()),
+            (BUY_BIAS, usize::from(dims.purchases), 0.0),
         ] {
+            if size == 0 {
+                continue;
+            }
             let bias = Var::from_vec(vec![value; size], size, &Device::Cpu)?;
             params.vars.push((name.into(), bias));
         }
@@ -187,6 +201,11 @@ impl Params {
 
 /// Every weight of the value network starts with this (and no other weight does).
 pub const VALUE_NETWORK: &str = "value.";
+/// The purchase logit's output layer, inside the value network.
+pub const BUY_WEIGHTS: &str = "value.buy.w2";
+pub const BUY_BIAS: &str = "value.buy.b2";
+/// The amount's output bias: `softplus` of it is a purchase's amount before training.
+pub const AMOUNT_BIAS: &str = "value.b2";
 /// Logits of the probability that the user reads on after a click / after a skip.
 pub const CONTINUE_AFTER_CLICK: &str = "exam.click";
 pub const CONTINUE_AFTER_SKIP: &str = "exam.skip";
@@ -233,6 +252,9 @@ pub struct SlotOutputs {
     pub click_logits: Tensor,
     /// Value of a click on the slot's item, in units of the mean value per click.
     pub click_values: Tensor,
+    /// With `purchases`: the purchase logit and the amount of a purchase, whose product
+    /// (`σ(logit)·amount`) is `click_values`; the value loss fits them.
+    pub purchase: Option<(Tensor, Tensor)>,
 }
 
 pub fn slot_outputs(
@@ -313,17 +335,31 @@ pub fn slot_outputs(
     }
     let z = Tensor::cat(&parts, D::Minus1)?;
     let o = relu(linear(&z, params.get("out.w1")?, params.get("out.b1")?)?)?;
+    let along_list = |x: Tensor| {
+        x.flatten_all()?
+            .index_select(&batch.list, 0)?
+            .reshape((b, t))
+    };
+    let (amounts, buy_logits) = value_network(params, dims, batch)?;
+    let amounts = along_list(amounts)?;
+    let purchase = buy_logits.map(along_list).transpose()?;
     Ok(SlotOutputs {
         click_logits: linear(&o, params.get("out.w2")?, params.get("out.b2")?)?.squeeze(2)?,
-        click_values: click_values(params, batch)?
-            .flatten_all()?
-            .index_select(&batch.list, 0)?
-            .reshape((b, t))?,
+        click_values: match &purchase {
+            Some(logits) => (candle_nn::ops::sigmoid(logits)? * &amounts)?,
+            None => amounts.clone(),
+        },
+        purchase: purchase.map(|logits| (logits, amounts)),
     })
 }
 
-/// The value network: every candidate's value of a click, `[B, N]`.
-fn click_values(params: &Params, batch: &Batch) -> candle_core::Result<Tensor> {
+/// The value network, `[B, N]` each: every candidate's value of a click (with `purchases`:
+/// a purchase's amount) and, with `purchases`, the logit that a click buys.
+fn value_network(
+    params: &Params,
+    dims: &Dims,
+    batch: &Batch,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let (b, n) = (batch.requests, batch.candidates);
     let items = with_embeddings(
         params,
@@ -349,8 +385,11 @@ fn click_values(params: &Params, batch: &Batch) -> candle_core::Result<Tensor> {
         .reshape((b, n, ()))?
         .broadcast_add(&context_part.unsqueeze(1)?)?
         .relu()?;
-    let out = linear(&hidden, params.get("value.w2")?, params.get("value.b2")?)?;
-    softplus(&out)?.squeeze(2)
+    let out = linear(&hidden, params.get("value.w2")?, params.get(AMOUNT_BIAS)?)?;
+    let buy = dims
+        .purchases
+        .then(|| linear(&hidden, params.get(BUY_WEIGHTS)?, params.get(BUY_BIAS)?)?.squeeze(2));
+    Ok((softplus(&out)?.squeeze(2)?, buy.transpose()?))
 }
 
 /// `log(1 + e^x)`, stable for any x: `max(x, 0) + log(1 + e^{−|x|})`.
@@ -425,12 +464,28 @@ pub fn examined(
     Tensor::stack(&columns, 1)
 }
 
-/// Mean squared error of the predicted click values on the clicked slots that logged a
-/// value (`value_mask` 1): its minimiser is the expected value given a click.
-pub fn value_loss(click_values: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
-    let error = (click_values - &batch.values)?.sqr()?;
-    let masked = (error * &batch.value_mask)?.sum_all()?;
-    masked / batch.value_mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
+/// The value network's loss on the clicked slots that logged a value (`value_mask` 1).
+/// Without `purchases`: the squared error of the click's value, minimised by its
+/// expectation. With: the purchase logit's BCE (a value above zero is a purchase) plus the
+/// amount's squared error on the purchases; their product estimates the same expectation
+/// with far less variance when most clicks buy nothing, as with GMV (docs/offline.md).
+pub fn value_loss(outputs: &SlotOutputs, batch: &Batch) -> candle_core::Result<Tensor> {
+    let mean_over = |x: Tensor, mask: &Tensor| -> candle_core::Result<Tensor> {
+        (x * mask)?.sum_all()? / mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
+    };
+    let Some((logits, amounts)) = &outputs.purchase else {
+        let error = (&outputs.click_values - &batch.values)?.sqr()?;
+        return mean_over(error, &batch.value_mask);
+    };
+    let bought = batch.values.gt(0.0)?.to_dtype(DType::F32)?;
+    // softplus(l) − y·l is the BCE of a logit.
+    let buy = mean_over(
+        (softplus(logits)? - (logits * &bought)?)?,
+        &batch.value_mask,
+    )?;
+    let purchases = (&bought * &batch.value_mask)?;
+    let amount = mean_over((amounts - &batch.values)?.sqr()?, &purchases)?;
+    buy + amount
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 use std::sync::OnceLock;
 
+use super::model::{BUY_BIAS, BUY_WEIGHTS};
 use super::{Evaluator, Params};
 use crate::offline::logs::LoggedRequest;
 use crate::offline::search::ListModel;
@@ -232,17 +233,25 @@ impl RequestScorer {
             cols: h,
             data: out_w1.data[from * h..(from + count) * h].to_vec(),
         };
-        // The value network, as model.rs's `click_values`.
+        // The value network, as model.rs's `value_network`: softplus(amount), times the
+        // purchase probability with `purchases`.
         let value_context = m("value.context.w1")?
             .apply(&context_input("value.emb.context")?, Some(&m("value.b1")?));
         let (value_item, value_w2, value_b2) =
             (m("value.item.w1")?, m("value.w2")?, m("value.b2")?);
+        let buy = (dims.purchases)
+            .then(|| anyhow::Ok((m(BUY_WEIGHTS)?, m(BUY_BIAS)?)))
+            .transpose()?;
         let reward_of_click = (candidate_inputs("value.emb.candidate")?.iter())
             .map(|x| {
                 let mut hidden = value_context.clone();
                 value_item.add_product(x, 0, &mut hidden);
-                let z = dot(&relu(hidden), &value_w2.data) + value_b2.data[0];
-                let value = f64::from(z.max(0.0)) + (-f64::from(z.abs())).exp().ln_1p();
+                let hidden = relu(hidden);
+                let z = dot(&hidden, &value_w2.data) + value_b2.data[0];
+                let mut value = f64::from(z.max(0.0)) + (-f64::from(z.abs())).exp().ln_1p();
+                if let Some((w, b)) = &buy {
+                    value *= sigmoid(f64::from(dot(&hidden, &w.data) + b.data[0]));
+                }
                 evaluator.reward_of_click(value) as f32
             })
             .collect();

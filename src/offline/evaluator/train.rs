@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use super::model::VALUE_NETWORK;
+use super::model::{AMOUNT_BIAS, BUY_BIAS, VALUE_NETWORK};
 use super::{
     click_loss, slot_outputs, value_loss, Batch, Dims, Evaluator, FeatureMap, Labels, ListRef, Spec,
 };
@@ -156,6 +156,29 @@ fn value_per_click<'a>(rows: impl Iterator<Item = &'a LoggedRequest>) -> f64 {
     }
 }
 
+/// Over the clicked slots that logged a value in `rows`: the share that bought (value
+/// above zero), and a purchase's mean amount in units of the mean value per click.
+fn purchases<'a>(
+    rows: impl Iterator<Item = &'a LoggedRequest>,
+    value_per_click: f64,
+) -> Option<(f64, f64)> {
+    let (mut clicks, mut bought, mut amount) = (0usize, 0usize, 0.0);
+    for row in rows {
+        let values = row.values.as_deref().unwrap_or_default();
+        for (&click, &value) in row.clicks.iter().zip(values) {
+            clicks += usize::from(click);
+            if click && value > 0.0 {
+                bought += 1;
+                amount += f64::from(value);
+            }
+        }
+    }
+    (bought > 0).then(|| {
+        let share = bought as f64 / clicks as f64;
+        (share, amount / bought as f64 / value_per_click)
+    })
+}
+
 /// Held-out losses: per-slot click BCE, and (with a value objective) the value MSE.
 #[derive(Debug, Clone, Copy)]
 struct Losses {
@@ -180,7 +203,7 @@ fn mean_losses(
         slots += n;
         if learns_value {
             let m = f64::from(batch.value_mask.sum_all()?.to_scalar::<f32>()?);
-            value += f64::from(value_loss(&o.click_values, &batch)?.to_scalar::<f32>()?) * m;
+            value += f64::from(value_loss(&o, &batch)?.to_scalar::<f32>()?) * m;
             valued += m;
         }
     }
@@ -222,7 +245,7 @@ impl training::Trainee for Trainee<'_> {
         let o = slot_outputs(params, dims, &batch)?;
         let mut loss = click_loss(params, dims, &o.click_logits, &batch)?;
         if self.evaluator.spec.objective.uses_value() {
-            loss = (loss + value_loss(&o.click_values, &batch)?)?;
+            loss = (loss + value_loss(&o, &batch)?)?;
         }
         self.optimizer.backward_step(&loss)?;
         Ok(f64::from(loss.to_scalar::<f32>()?))
@@ -338,6 +361,7 @@ pub fn train_split(
             interactions: config.interactions,
             // A pointwise model sees nothing above a slot, its examination included.
             examination: config.interactions && config.examination,
+            purchases: true,
         },
         features: FeatureMap::fit(&train_rows, &shape, config.ranking_score),
         objective,
@@ -346,6 +370,19 @@ pub fn train_split(
     };
     let output_bias = (base_rate / (1.0 - base_rate)).ln() as f32;
     let evaluator = Evaluator::new(spec, output_bias, config.seed)?;
+    let logged_purchases = objective
+        .uses_value()
+        .then(|| purchases(train.iter().map(|&i| &rows[i]), value_per_click));
+    if let Some((share, amount)) = logged_purchases.flatten() {
+        // Start where the logs are: a click buys at their rate, for their mean amount.
+        let share = share.clamp(1e-3, 1.0 - 1e-3);
+        let set = |name, value: f64| {
+            let bias = Tensor::new(&[value as f32], &candle_core::Device::Cpu)?;
+            evaluator.params.set(name, &bias)
+        };
+        set(BUY_BIAS, (share / (1.0 - share)).ln())?;
+        set(AMOUNT_BIAS, (amount.exp() - 1.0).max(1e-6).ln())?;
+    }
     let identity = serde_json::to_value((&evaluator.spec.dims, &evaluator.spec.features))?;
     let optimizer = AdamW::new(
         evaluator.params.all(),
