@@ -381,7 +381,9 @@ pub fn train_split(
             evaluator.params.set(name, &bias)
         };
         set(BUY_BIAS, (share / (1.0 - share)).ln())?;
-        set(AMOUNT_BIAS, (amount.exp() - 1.0).max(1e-6).ln())?;
+        // The inverse of softplus, ln(e^x − 1), written not to overflow for rare, large purchases.
+        let amount = amount.max(1e-6);
+        set(AMOUNT_BIAS, amount + (-(-amount).exp_m1()).ln())?;
     }
     let identity = serde_json::to_value((&evaluator.spec.dims, &evaluator.spec.features))?;
     let optimizer = AdamW::new(
