@@ -131,14 +131,15 @@ impl Params {
             ("out.b2", 1, output_bias),
             ("value.b1", h, 0.0),
             // softplus(ln(e − 1)) = 1: a click starts worth the mean value per click.
-            ("value.b2", 1, (std::f32::consts::E - 1.0).ln()),
-            (BUY_BIAS, usize::from(dims.purchases), 0.0),
+            (AMOUNT_BIAS, 1, (std::f32::consts::E - 1.0).ln()),
         ] {
-            if size == 0 {
-                continue;
-            }
             let bias = Var::from_vec(vec![value; size], size, &Device::Cpu)?;
             params.vars.push((name.into(), bias));
+        }
+        if dims.purchases {
+            // Training starts it at the logs' purchase share (`train.rs`).
+            let bias = Var::from_vec(vec![0.0f32], 1, &Device::Cpu)?;
+            params.vars.push((BUY_BIAS.into(), bias));
         }
         if dims.examination {
             // σ(3) ≈ 0.95: the cascade starts close to a user who reads everything.

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use super::model::{BUY_BIAS, BUY_WEIGHTS};
+use super::model::{AMOUNT_BIAS, BUY_BIAS, BUY_WEIGHTS};
 use super::{Evaluator, Params};
 use crate::offline::logs::LoggedRequest;
 use crate::offline::search::ListModel;
@@ -238,7 +238,7 @@ impl RequestScorer {
         let value_context = m("value.context.w1")?
             .apply(&context_input("value.emb.context")?, Some(&m("value.b1")?));
         let (value_item, value_w2, value_b2) =
-            (m("value.item.w1")?, m("value.w2")?, m("value.b2")?);
+            (m("value.item.w1")?, m("value.w2")?, m(AMOUNT_BIAS)?);
         let buy = (dims.purchases)
             .then(|| anyhow::Ok((m(BUY_WEIGHTS)?, m(BUY_BIAS)?)))
             .transpose()?;

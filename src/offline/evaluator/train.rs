@@ -361,7 +361,8 @@ pub fn train_split(
             interactions: config.interactions,
             // A pointwise model sees nothing above a slot, its examination included.
             examination: config.interactions && config.examination,
-            purchases: true,
+            // Only a value objective trains the value network.
+            purchases: objective.uses_value(),
         },
         features: FeatureMap::fit(&train_rows, &shape, config.ranking_score),
         objective,
