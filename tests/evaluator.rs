@@ -224,6 +224,16 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
             ..TrainConfig::default()
         };
         let evaluator = evaluator::train(&rows, &config, dir.path(), false).unwrap();
+        assert_eq!(evaluator.spec.dims.pairs, interactions);
+        if interactions {
+            // The id pairs' queries start at zero and one epoch barely moves them: give
+            // them the keys' values, so that a wrong pairs' term in either pass shows.
+            for j in 0..evaluator.spec.features.candidate_vocab.len() {
+                let key = evaluator.params.get(&format!("pair.key.{j}")).unwrap();
+                let query = format!("pair.query.{j}");
+                evaluator.params.set(&query, &(key * 2.0).unwrap()).unwrap();
+            }
+        }
         let lists: Vec<ListRef<'_>> = rows.iter().map(ListRef::logged).collect();
         // The simulator's logs carry values, so the default objective is value: the slot's
         // expected reward is P(click) times the value head's reward, in both forward passes.

@@ -84,6 +84,9 @@ pub struct TrainEvaluatorArgs {
     /// Every slot is read: no cascade, where the user stops reading (docs/offline.md).
     #[arg(long)]
     pub no_examination: bool,
+    /// No id pairs: a slot knows of the ids above it only how many equal its own.
+    #[arg(long)]
+    pub no_pairs: bool,
     /// Continue from `OUT/checkpoint` if present.
     #[arg(long)]
     pub resume: bool,
@@ -113,6 +116,7 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         objective: args.objective,
         interactions: !args.pointwise,
         examination: !args.no_examination,
+        pairs: !args.no_pairs,
         seed: args.seed,
         progress: !args.quiet,
         ..TrainConfig::default()

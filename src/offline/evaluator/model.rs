@@ -49,6 +49,13 @@ pub struct Dims {
     /// fitted to every click's value.
     #[serde(default)]
     pub purchases: bool,
+    /// For each categorical feature, a slot also sees `Σ_{k above} P[id_t]·Q[id_k]`
+    /// (`pair.query.j`, `pair.key.j`: `embed`-wide tables), a learned affinity between its
+    /// id and each id above: which ids lift or damp which ids below them (complements,
+    /// substitutes), where the same-id count knows only equal ids. Off in evaluators
+    /// saved before it.
+    #[serde(default)]
+    pub pairs: bool,
 }
 
 /// Evaluators saved before the flag existed saw the items above.
@@ -108,10 +115,15 @@ impl Params {
         let same_above = candidate_vocab.len();
         matrix(
             "out.w1".into(),
-            5 * h + dims.attention + same_above,
+            5 * h + dims.attention + same_above + pair_width(dims, candidate_vocab.len()),
             h,
             &mut rng,
         )?;
+        if dims.pairs {
+            for (j, &vocab) in candidate_vocab.iter().enumerate() {
+                matrix(format!("pair.key.{j}"), vocab as usize + 1, e, &mut rng)?;
+            }
+        }
         matrix("out.w2".into(), h, 1, &mut rng)?;
         for (name, rows) in embeddings("value.emb") {
             matrix(name, rows, e, &mut rng)?;
@@ -135,6 +147,15 @@ impl Params {
         ] {
             let bias = Var::from_vec(vec![value; size], size, &Device::Cpu)?;
             params.vars.push((name.into(), bias));
+        }
+        if dims.pairs {
+            // Zero queries: the pairs' term starts at nothing (the model is the one without
+            // it) and grows only where the clicks ask for it; random ones injected noise
+            // that the evaluator had fitted by its second epoch.
+            for (j, &vocab) in candidate_vocab.iter().enumerate() {
+                let query = Var::zeros((vocab as usize + 1, e), DType::F32, &Device::Cpu)?;
+                params.vars.push((format!("pair.query.{j}"), query));
+            }
         }
         if dims.purchases {
             // Training starts it at the logs' purchase share (`train.rs`).
@@ -197,6 +218,16 @@ impl Params {
             var.set(&tensor.to_dtype(DType::F32)?)?;
         }
         Ok(())
+    }
+}
+
+/// Inputs of the output layer that the id pairs take (`Dims::pairs`), after the same-id
+/// counts: one per categorical feature.
+pub fn pair_width(dims: &Dims, candidate_fields: usize) -> usize {
+    if dims.pairs {
+        candidate_fields
+    } else {
+        0
     }
 }
 
@@ -334,6 +365,14 @@ pub fn slot_outputs(
             batch.same_above.zeros_like()?
         });
     }
+    if dims.pairs && batch.candidate_fields > 0 {
+        let pairs = id_pairs(params, dims, batch, &strictly_above)?;
+        parts.push(if dims.interactions {
+            pairs
+        } else {
+            pairs.zeros_like()?
+        });
+    }
     let z = Tensor::cat(&parts, D::Minus1)?;
     let o = relu(linear(&z, params.get("out.w1")?, params.get("out.b1")?)?)?;
     let along_list = |x: Tensor| {
@@ -352,6 +391,34 @@ pub fn slot_outputs(
         },
         purchase: purchase.map(|logits| (logits, amounts)),
     })
+}
+
+/// `[B, T, F]`: for each categorical feature, `Σ_{k<t} P[id_t]·Q[id_k]` at every slot.
+fn id_pairs(
+    params: &Params,
+    dims: &Dims,
+    batch: &Batch,
+    strictly_above: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (b, t, e) = (batch.requests, batch.slots, dims.embed);
+    let mut fields = Vec::with_capacity(batch.candidate_fields);
+    for j in 0..batch.candidate_fields {
+        let column = batch
+            .candidate_ids
+            .narrow(1, j, 1)?
+            .squeeze(1)?
+            .contiguous()?;
+        let ids = column.index_select(&batch.list, 0)?;
+        let side = |name: &str| {
+            params
+                .get(&format!("pair.{name}.{j}"))?
+                .index_select(&ids, 0)?
+                .reshape((b, t, e))
+        };
+        let keys_above = strictly_above.broadcast_matmul(&side("key")?)?;
+        fields.push((side("query")? * keys_above)?.sum_keepdim(D::Minus1)?);
+    }
+    Tensor::cat(&fields, D::Minus1)
 }
 
 /// The value network, `[B, N]` each: every candidate's value of a click (with `purchases`:

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use super::model::{AMOUNT_BIAS, BUY_BIAS, BUY_WEIGHTS};
+use super::model::{self, AMOUNT_BIAS, BUY_BIAS, BUY_WEIGHTS};
 use super::{Evaluator, Params};
 use crate::offline::logs::LoggedRequest;
 use crate::offline::search::ListModel;
@@ -93,10 +93,10 @@ pub struct RequestScorer {
     base: Vec<Vec<f32>>,
     keys: Vec<Vec<f32>>,
     queries: Vec<Vec<f32>>,
-    /// Per candidate j, once j is first placed: every candidate's attention weight on it,
-    /// `σ(q_a·k_j/√A)`. A search places the same few items in many prefixes, so each row
-    /// is computed once per request rather than once per push.
-    attention: Vec<OnceLock<Vec<f32>>>,
+    /// Per candidate j, once j is first placed: what it adds to every candidate's output
+    /// pre-activation below it (`N × H`). A search places the same few items in many
+    /// prefixes, so each is computed once per request rather than once per push.
+    below: Vec<OnceLock<Vec<f32>>>,
     /// Per slot: the position's contribution to the output pre-activation.
     positions: Vec<Vec<f32>>,
     /// Per candidate j: what `v_j` adds to the output pre-activation through the
@@ -104,6 +104,14 @@ pub struct RequestScorer {
     interaction_rows: Vec<Vec<f32>>,
     /// Per categorical feature: the output layer's row reading its same-id count.
     same_above: Matrix,
+    /// Per candidate, its id pairs' query and key rows, one `embed`-wide block per
+    /// categorical feature (`Dims::pairs`; empty without), and the output layer's rows
+    /// reading each feature's affinity `query_a·key_j`.
+    pair_queries: Vec<Vec<f32>>,
+    pair_keys: Vec<Vec<f32>>,
+    pair_rows: Matrix,
+    /// Width of an id's embedding, and of each block of `pair_queries`, `pair_keys`.
+    embed: usize,
     /// What an empty prefix adds to a candidate's output layer: `H` zeros.
     nothing_above: Vec<f32>,
     /// Off: nothing placed above a slot changes it (`Dims::interactions`).
@@ -257,6 +265,23 @@ impl RequestScorer {
             .collect();
         let fields = map.candidate_vocab.len();
         let (interaction, same_above) = (rows(m_rows, a), rows(5 * h + a, fields));
+        let pair_width = model::pair_width(dims, fields);
+        let pair_rows = rows(5 * h + a + fields, pair_width);
+        let pair_side = |side: &str| -> anyhow::Result<Vec<Vec<f32>>> {
+            if pair_width == 0 {
+                return Ok(vec![Vec::new(); candidate_rows.len()]);
+            }
+            let tables = (0..fields)
+                .map(|j| m(&format!("pair.{side}.{j}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok((candidate_rows.iter())
+                .map(|(_, ids)| {
+                    (tables.iter().zip(ids))
+                        .flat_map(|(t, &id)| t.row(id as usize).iter().copied())
+                        .collect()
+                })
+                .collect())
+        };
         let values = project("att.v")?;
         let interaction_rows = values
             .iter()
@@ -267,7 +292,11 @@ impl RequestScorer {
             })
             .collect();
         Ok(RequestScorer {
-            attention: (0..items.len()).map(|_| OnceLock::new()).collect(),
+            below: (0..items.len()).map(|_| OnceLock::new()).collect(),
+            pair_queries: pair_side("query")?,
+            pair_keys: pair_side("key")?,
+            pair_rows,
+            embed: dims.embed,
             base,
             keys: project("att.k")?,
             queries: project("att.q")?,
@@ -348,9 +377,8 @@ impl ListModel for RequestScorer {
         f64::from(self.click_probability(state, a) * self.reward_of_click[a])
     }
 
-    /// Adds what `j`, placed next, contributes to every candidate below it: its value
-    /// through the causal interaction sum (weight `σ(q_a·k_j/√A)`), one to each
-    /// categorical feature whose id it shares, and its chance of stopping the user.
+    /// Adds what `j`, placed next, contributes to every candidate below it
+    /// (`added_below`) and its chance of stopping the user.
     fn push(&self, state: &mut Prefix, j: usize) {
         if let Some((after_click, after_skip)) = self.continuation {
             let q = self.attraction(state, j);
@@ -362,25 +390,41 @@ impl ListModel for RequestScorer {
         }
         let (n, h) = (self.base.len(), self.hidden);
         state.above.resize(n * h, 0.0);
-        let weights = self.attention[j].get_or_init(|| {
-            (self.queries.iter())
-                .map(|q| sigmoid(f64::from(dot(q, &self.keys[j]) * self.scale)) as f32)
-                .collect()
-        });
-        for ((a, above), &weight) in state.above.chunks_exact_mut(h).enumerate().zip(weights) {
-            above
-                .iter_mut()
+        let below = self.below[j].get_or_init(|| self.added_below(j));
+        for (above, add) in state.above.iter_mut().zip(below) {
+            *above += add;
+        }
+    }
+}
+
+impl RequestScorer {
+    /// What `j` placed above adds to each candidate's output pre-activation, `N × H`: its
+    /// value through the causal interaction sum (weight `σ(q_a·k_j/√A)`), the same-id
+    /// row of each categorical feature whose id it shares, and its id pairs' term.
+    fn added_below(&self, j: usize) -> Vec<f32> {
+        let h = self.hidden;
+        let mut out = vec![0.0; self.base.len() * h];
+        for (a, row) in out.chunks_exact_mut(h).enumerate() {
+            let weight = sigmoid(f64::from(dot(&self.queries[a], &self.keys[j]) * self.scale));
+            row.iter_mut()
                 .zip(&self.interaction_rows[j])
-                .for_each(|(x, v)| *x += weight * v);
+                .for_each(|(x, v)| *x += weight as f32 * v);
             for (f, (id_a, id_j)) in self.ids[a].iter().zip(&self.ids[j]).enumerate() {
                 if id_a == id_j {
-                    above
-                        .iter_mut()
+                    row.iter_mut()
                         .zip(self.same_above.row(f))
                         .for_each(|(x, w)| *x += w);
                 }
             }
+            if self.pair_rows.rows > 0 {
+                let affinities: Vec<f32> = (self.pair_queries[a].chunks_exact(self.embed))
+                    .zip(self.pair_keys[j].chunks_exact(self.embed))
+                    .map(|(q, k)| dot(q, k))
+                    .collect();
+                self.pair_rows.add_product(&affinities, 0, row);
+            }
         }
+        out
     }
 }
 

@@ -38,6 +38,8 @@ pub struct TrainConfig {
     pub interactions: bool,
     /// The cascade: the user may stop reading, more or less after a click (`Dims`).
     pub examination: bool,
+    /// Id pairs: which ids above a slot lift or damp its item (`Dims`).
+    pub pairs: bool,
     /// Set per run (the pipeline's objective and seed), not in the `[evaluator]` section.
     /// No objective: value when the logs carry it, else clicks.
     #[serde(skip)]
@@ -75,6 +77,7 @@ impl Default for TrainConfig {
             ranking_score: true,
             interactions: true,
             examination: true,
+            pairs: true,
             objective: None,
             seed: 0,
             progress: true,
@@ -363,6 +366,7 @@ pub fn train_split(
             examination: config.interactions && config.examination,
             // Only a value objective trains the value network.
             purchases: objective.uses_value(),
+            pairs: config.interactions && config.pairs,
         },
         features: FeatureMap::fit(&train_rows, &shape, config.ranking_score),
         objective,
