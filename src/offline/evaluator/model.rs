@@ -5,7 +5,8 @@
 //! is summarised by a masked mean (`pool`). Along a list, slot t sees its item `x_t`, a
 //! strictly causal interaction sum `m_t = Σ_{k<t} σ(q_t·k_k/√A)·v_k` (a sum, not an average,
 //! so it can count repeated categories above), its position, `c`, `pool`, `c ⊙ x_t`, and
-//! for each categorical feature the number of items above with the same id.
+//! for each categorical feature the number of items above with the same id and (id pairs)
+//! its id's learned affinity to the ids above.
 //! The slot's click logit comes from a one-hidden-layer MLP over those. A separate network
 //! (the `value.` weights: its own embeddings, one hidden layer over the item's and the
 //! context's features; a softplus for a purchase's amount, a logit for whether the click
