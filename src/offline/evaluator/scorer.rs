@@ -1,6 +1,6 @@
 //! The evaluator's network evaluated incrementally in plain Rust, for search: everything
 //! that does not depend on the prefix is computed once per request, and what the prefix
-//! adds to each candidate's output layer (its interaction sum, its same-id counts) is
+//! adds to each candidate's output layer (its interaction sum, same-id counts, id pairs) is
 //! accumulated as items are placed, so the value of appending a candidate costs one
 //! hidden-layer row and a dot product.
 //! `tests/evaluator.rs` holds it equal to the training forward (`model::slot_outputs`).
