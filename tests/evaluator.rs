@@ -273,3 +273,77 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
         }
     }
 }
+
+/// In a world whose only list effect is complements (an item of category A above doubles
+/// the clicks of category B; no redundancy, no cascade), the id pairs learn which
+/// categories lift which: the predicted click rate of an item with a complement above it,
+/// over its mean rate under every other item, is clearly above the same ratio without one,
+/// and far above what the interaction sum alone learns (measured: 1.27 against 1.04; the
+/// truth is 2, and the pairs' estimate grows with the logs: 1.10 at 4,000 requests, 1.32
+/// at 16,000).
+#[test]
+fn id_pairs_learn_which_categories_lift_which() {
+    let world = World::generate(
+        SimConfig {
+            redundancy: 1.0,
+            complement_pairs: 60,
+            complement_boost: 1.0,
+            continue_after_click: 1.0,
+            continue_after_skip: 1.0,
+            ..small_config()
+        },
+        5,
+    );
+    let train = sample_split(&world, "train", 12_000);
+    let test = sample_split(&world, "test", 200);
+    let lift = |pairs: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrainConfig {
+            hidden: 32,
+            epochs: 8,
+            seed: 1,
+            examination: false,
+            pairs,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let trained = evaluator::train(&train, &config, dir.path(), false).unwrap();
+        assert_eq!(trained.spec.dims.pairs, pairs);
+        complement_lift(&world, &trained, &test)
+    };
+    let (with, without) = (lift(true), lift(false));
+    assert!(
+        with > 1.15 && with > without + 0.1,
+        "predicted lift under a complement, over under another item: {with:.3} with id pairs, {without:.3} without"
+    );
+}
+
+/// The evaluator's mean click rate of an item in the second slot under a complement above
+/// it, over that under a non-complement; each rate over the item's mean under every other
+/// candidate.
+fn complement_lift(world: &World, trained: &Evaluator, test: &[LoggedRequest]) -> f64 {
+    let ids = world.id_map();
+    let categories = world.config.categories;
+    let (mut lifted, mut plain) = (Vec::new(), Vec::new());
+    for row in test {
+        let scorer = trained.scorer(row).unwrap();
+        let category = |a: usize| world.items[ids[&row.candidates[a].item_id]].category as usize;
+        let n = row.candidates.len();
+        for b in 0..n {
+            let under = |a: usize| {
+                let mut state = scorer.initial();
+                scorer.push(&mut state, a);
+                f64::from(scorer.click_probability(&state, b))
+            };
+            let rates: Vec<(usize, f64)> =
+                (0..n).filter(|&a| a != b).map(|a| (a, under(a))).collect();
+            let mean = rates.iter().map(|(_, p)| p).sum::<f64>() / rates.len() as f64;
+            for (a, p) in rates {
+                let complement = world.complements[category(a) * categories + category(b)];
+                (if complement { &mut lifted } else { &mut plain }).push(p / mean);
+            }
+        }
+    }
+    let average = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+    average(&lifted) / average(&plain)
+}
