@@ -151,8 +151,7 @@ impl Params {
         }
         if dims.pairs {
             // Zero queries: the pairs' term starts at nothing (the model is the one without
-            // it) and grows only where the clicks ask for it; random ones injected noise
-            // that the evaluator had fitted by its second epoch.
+            // it) and grows only where the clicks ask for it.
             for (j, &vocab) in candidate_vocab.iter().enumerate() {
                 let query = Var::zeros((vocab as usize + 1, e), DType::F32, &Device::Cpu)?;
                 params.vars.push((format!("pair.query.{j}"), query));

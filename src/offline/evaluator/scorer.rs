@@ -267,20 +267,13 @@ impl RequestScorer {
         let (interaction, same_above) = (rows(m_rows, a), rows(5 * h + a, fields));
         let pair_width = model::pair_width(dims, fields);
         let pair_rows = rows(5 * h + a + fields, pair_width);
-        let pair_side = |side: &str| -> anyhow::Result<Vec<Vec<f32>>> {
+        // Each candidate's ids alone, embedded: its pairs' rows, one block per feature.
+        let pair_side = |side: &str| {
             if pair_width == 0 {
-                return Ok(vec![Vec::new(); candidate_rows.len()]);
+                return anyhow::Ok(vec![Vec::new(); candidate_rows.len()]);
             }
-            let tables = (0..fields)
-                .map(|j| m(&format!("pair.{side}.{j}")))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            Ok((candidate_rows.iter())
-                .map(|(_, ids)| {
-                    (tables.iter().zip(ids))
-                        .flat_map(|(t, &id)| t.row(id as usize).iter().copied())
-                        .collect()
-                })
-                .collect())
+            let ids = (candidate_rows.iter()).map(|(_, ids)| (Vec::new(), ids.clone()));
+            embedded(ids.collect(), &format!("pair.{side}"))
         };
         let values = project("att.v")?;
         let interaction_rows = values
