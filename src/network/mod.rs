@@ -12,7 +12,7 @@
 //!   h      = h + relu(h W1 + b1) W2
 //!   keys   = h Wkey,  values = h Wval,  state = tanh(mean_rows(h) Ws + bs)
 //! Decoder step (once per slot, O(H²)), then pointer scores (O(N·H), by the server):
-//!   next   = state + tanh(state Wss + prev_value Wsp + bd)         (the list so far, summed)
+//!   next   = tanh(state Wss + prev_value Wsp + bd)
 //!   query  = (next Wqd) / √H
 //!   logits = keys · query                                                   [N]
 //!
@@ -294,11 +294,8 @@ impl Weights {
         let a = matmul_param(o, state, &self.w_dec_state);
         let w_prev = fold.map_or(&self.w_dec_prev, |f| &f.w_dec_prev);
         let b = linear(o, prev_value, w_prev, &self.b_dec);
-        let step = o.add(&a, &b);
-        let step = o.tanh(&step);
-        // Residual: the state sums what each placed item adds, as the evaluator sums its
-        // interactions, instead of squeezing the whole prefix through one tanh.
-        let next = o.add(state, &step);
+        let next = o.add(&a, &b);
+        let next = o.tanh(&next);
         let query = match fold {
             None => {
                 let query = matmul_param(o, &next, &self.w_dec_query);
