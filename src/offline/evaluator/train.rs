@@ -73,7 +73,8 @@ impl Default for TrainConfig {
             embed: 16,
             epochs: 30,
             // 64 rather than 128: twice the steps an epoch before it starts to overfit
-            // (epoch ~2–5); the teacher +0.16 to +0.36 points (docs/offline.md).
+            // (epoch ~2–5); the teacher +0.36 / +0.16 points on seeds 1 and 2, level on
+            // seed 0 (docs/offline.md).
             batch_size: 64,
             learning_rate: 3e-3,
             weight_decay: 1e-4,
