@@ -12,7 +12,7 @@
 //!   h      = h + relu(h W1 + b1) W2
 //!   keys   = h Wkey,  values = h Wval,  state = tanh(mean_rows(h) Ws + bs)
 //! Decoder step (once per slot, O(H²)), then pointer scores (O(N·H), by the server):
-//!   next   = tanh(state Wss + prev_value Wsp + bd)
+//!   next   = μ·state + (1 − μ)·tanh(state Wss + prev_value Wsp + bd)    (μ = [`MEMORY`])
 //!   query  = (next Wqd) / √H
 //!   logits = keys · query                                                   [N]
 //!
@@ -79,6 +79,14 @@ pub enum Mixer {
 /// The summaries of [`Mixer::Induced`]: enough for a few clusters of a list's candidates
 /// (docs/offline.md has the quality measured against full attention).
 pub const INDUCING_POINTS: usize = 8;
+
+/// The share of the decoder's state a step keeps: each placed item adds to a running sum
+/// of the prefix that fades by this much a slot (a memory of about ten items), rather than
+/// the whole prefix being squeezed through one `tanh` every step. The state stays a convex
+/// combination of `tanh` outputs, inside [−1, 1] at any list length, so the served graphs
+/// keep their parity with the reference however many slots are asked for (an unbounded
+/// sum, `state + tanh(…)`, did not: docs/offline.md).
+pub const MEMORY: f32 = 0.9;
 
 /// The mixer's own weights, one variant per [`Mixer`]: a weight set cannot hold a
 /// combination that no mixer reads. `Wv` and `Wo`, which every mixer uses, are in
@@ -294,8 +302,11 @@ impl Weights {
         let a = matmul_param(o, state, &self.w_dec_state);
         let w_prev = fold.map_or(&self.w_dec_prev, |f| &f.w_dec_prev);
         let b = linear(o, prev_value, w_prev, &self.b_dec);
-        let next = o.add(&a, &b);
-        let next = o.tanh(&next);
+        let step = o.add(&a, &b);
+        let step = o.tanh(&step);
+        let step = o.scale(&step, 1.0 - MEMORY);
+        let kept = o.scale(state, MEMORY);
+        let next = o.add(&kept, &step);
         let query = match fold {
             None => {
                 let query = matmul_param(o, &next, &self.w_dec_query);
