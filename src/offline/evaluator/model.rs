@@ -222,9 +222,10 @@ impl Params {
 }
 
 /// Inputs of the output layer that the id pairs take (`Dims::pairs`), after the same-id
-/// counts: one per categorical feature.
+/// counts: one per categorical feature. None in a pointwise model, which sees nothing above
+/// a slot (the trainer never sets `pairs` without `interactions`).
 pub fn pair_width(dims: &Dims, candidate_fields: usize) -> usize {
-    if dims.pairs {
+    if dims.pairs && dims.interactions {
         candidate_fields
     } else {
         0
@@ -365,13 +366,8 @@ pub fn slot_outputs(
             batch.same_above.zeros_like()?
         });
     }
-    if dims.pairs && batch.candidate_fields > 0 {
-        let pairs = id_pairs(params, dims, batch, &strictly_above)?;
-        parts.push(if dims.interactions {
-            pairs
-        } else {
-            pairs.zeros_like()?
-        });
+    if pair_width(dims, batch.candidate_fields) > 0 {
+        parts.push(id_pairs(params, dims, batch, &strictly_above)?);
     }
     let z = Tensor::cat(&parts, D::Minus1)?;
     let o = relu(linear(&z, params.get("out.w1")?, params.get("out.b1")?)?)?;

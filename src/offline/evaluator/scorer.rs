@@ -409,12 +409,13 @@ impl RequestScorer {
                         .for_each(|(x, w)| *x += w);
                 }
             }
-            if self.pair_rows.rows > 0 {
-                let affinities: Vec<f32> = (self.pair_queries[a].chunks_exact(self.embed))
-                    .zip(self.pair_keys[j].chunks_exact(self.embed))
-                    .map(|(q, k)| dot(q, k))
-                    .collect();
-                self.pair_rows.add_product(&affinities, 0, row);
+            let pairs = (self.pair_queries[a].chunks_exact(self.embed))
+                .zip(self.pair_keys[j].chunks_exact(self.embed));
+            for (f, (query, key)) in pairs.enumerate() {
+                let affinity = dot(query, key);
+                row.iter_mut()
+                    .zip(self.pair_rows.row(f))
+                    .for_each(|(x, w)| *x += affinity * w);
             }
         }
         out
