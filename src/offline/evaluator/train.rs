@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use anyhow::Context;
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use super::model::{AMOUNT_BIAS, BUY_BIAS, VALUE_NETWORK};
+use super::model::{Params, AMOUNT_BIAS, BUY_BIAS, VALUE_NETWORK};
 use super::{
     click_loss, slot_outputs, value_loss, Batch, Dims, Evaluator, FeatureMap, Labels, ListRef, Spec,
 };
@@ -29,6 +29,11 @@ pub struct TrainConfig {
     pub batch_size: usize,
     pub learning_rate: f64,
     pub weight_decay: f64,
+    /// Validation and the kept model use a moving average of the weights over the
+    /// optimiser's steps, `avg ← d·avg + (1 − d)·w`, whose horizon `1 / (1 − d)` is this
+    /// many epochs (0: the weights as they are): it smooths out the noise of small batches
+    /// of 0/1 clicks. In epochs, not steps, so small logs average as recent a stretch.
+    pub average_epochs: f64,
     /// Stop after this many epochs without a better validation loss.
     pub patience: usize,
     pub valid_fraction: f64,
@@ -78,6 +83,8 @@ impl Default for TrainConfig {
             batch_size: 64,
             learning_rate: 3e-3,
             weight_decay: 1e-4,
+            // Half an epoch: ~100 steps of the bundled logs (docs/offline.md).
+            average_epochs: 0.5,
             patience: 3,
             valid_fraction: 0.1,
             ranking_score: true,
@@ -188,6 +195,18 @@ fn purchases<'a>(
     })
 }
 
+/// `d` of the weights' moving average: a horizon of `average_epochs` epochs of optimiser
+/// steps on `examples` training requests (0 when off).
+fn average_decay(config: &TrainConfig, examples: usize) -> f64 {
+    let steps = examples.div_ceil(training::batch_size(&config.schedule(), examples));
+    let horizon = config.average_epochs * steps as f64;
+    if horizon > 0.0 {
+        1.0 - 1.0 / horizon.max(1.0)
+    } else {
+        0.0
+    }
+}
+
 /// Held-out losses: per-slot click BCE, and (with a value objective) the value MSE.
 #[derive(Debug, Clone, Copy)]
 struct Losses {
@@ -241,26 +260,39 @@ struct Trainee<'a> {
     /// weight with the click model, so it keeps its own best epoch (a noisy value column
     /// overfits long before the clicks do).
     best_value: Option<(f64, Vec<(String, Tensor)>)>,
+    /// `d` of [`TrainConfig::average_epochs`], and the average from the first step on.
+    average_decay: f64,
+    average: Option<Params>,
 }
 
-impl training::Trainee for Trainee<'_> {
-    fn step(&mut self, batch: &[usize]) -> anyhow::Result<f64> {
-        let lists: Vec<ListRef<'_>> = batch
-            .iter()
-            .map(|&i| self.labels[i].list(&self.rows[i]))
-            .collect();
-        let batch = Batch::new(&self.evaluator.spec.features, &lists)?;
-        let (params, dims) = (&self.evaluator.params, &self.evaluator.spec.dims);
-        let o = slot_outputs(params, dims, &batch)?;
-        let mut loss = click_loss(params, dims, &o.click_logits, &batch)?;
-        if self.evaluator.spec.objective.uses_value() {
-            loss = (loss + value_loss(&o, &batch)?)?;
-        }
-        self.optimizer.backward_step(&loss)?;
-        Ok(f64::from(loss.to_scalar::<f32>()?))
+const AVERAGE_FILE: &str = "average.safetensors";
+
+impl Trainee<'_> {
+    /// A copy of the current weights, to hold the average.
+    fn copy_weights(&self) -> candle_core::Result<Params> {
+        let vars = (self.evaluator.params.vars.iter())
+            .map(|(name, v)| Ok((name.clone(), Var::from_tensor(&v.as_tensor().copy()?)?)))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Params { vars })
     }
 
-    fn validate(&mut self) -> anyhow::Result<f64> {
+    fn update_average(&mut self) -> candle_core::Result<()> {
+        let d = self.average_decay;
+        match &self.average {
+            None => self.average = Some(self.copy_weights()?),
+            Some(average) => {
+                for ((_, a), (_, w)) in average.vars.iter().zip(&self.evaluator.params.vars) {
+                    let next =
+                        (a.as_tensor().affine(d, 0.0)? + w.as_tensor().affine(1.0 - d, 0.0)?)?;
+                    a.set(&next)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The validation split's click loss; keeps the value network's best weights apart.
+    fn validation_loss(&mut self) -> anyhow::Result<f64> {
         let losses = mean_losses(&self.evaluator, self.valid, 512)?;
         if let Some(value) = losses.value {
             if self
@@ -278,19 +310,77 @@ impl training::Trainee for Trainee<'_> {
         Ok(losses.click)
     }
 
+    /// Runs `f` with the averaged weights in place (the current ones before any step),
+    /// then puts the current weights back.
+    fn with_average<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let Some(average) = self.average.take() else {
+            return f(self);
+        };
+        let current = self.copy_weights()?;
+        let put = |from: &Params, to: &Params| -> candle_core::Result<()> {
+            for ((_, source), (_, target)) in from.vars.iter().zip(&to.vars) {
+                target.set(source.as_tensor())?;
+            }
+            Ok(())
+        };
+        put(&average, &self.evaluator.params)?;
+        let result = f(self);
+        put(&current, &self.evaluator.params)?;
+        self.average = Some(average);
+        result
+    }
+}
+
+impl training::Trainee for Trainee<'_> {
+    fn step(&mut self, batch: &[usize]) -> anyhow::Result<f64> {
+        let lists: Vec<ListRef<'_>> = batch
+            .iter()
+            .map(|&i| self.labels[i].list(&self.rows[i]))
+            .collect();
+        let batch = Batch::new(&self.evaluator.spec.features, &lists)?;
+        let (params, dims) = (&self.evaluator.params, &self.evaluator.spec.dims);
+        let o = slot_outputs(params, dims, &batch)?;
+        let mut loss = click_loss(params, dims, &o.click_logits, &batch)?;
+        if self.evaluator.spec.objective.uses_value() {
+            loss = (loss + value_loss(&o, &batch)?)?;
+        }
+        self.optimizer.backward_step(&loss)?;
+        if self.average_decay > 0.0 {
+            self.update_average()?;
+        }
+        Ok(f64::from(loss.to_scalar::<f32>()?))
+    }
+
+    fn validate(&mut self) -> anyhow::Result<f64> {
+        self.with_average(Self::validation_loss)
+    }
+
     fn keep_best(&mut self) -> anyhow::Result<()> {
-        self.evaluator.save(self.out)
+        self.with_average(|t| t.evaluator.save(t.out))
     }
 
     fn save_checkpoint(&self, dir: &Path) -> anyhow::Result<()> {
-        Ok(self.evaluator.params.save(&dir.join(super::WEIGHTS_FILE))?)
+        self.evaluator.params.save(&dir.join(super::WEIGHTS_FILE))?;
+        if let Some(average) = &self.average {
+            average.save(&dir.join(AVERAGE_FILE))?;
+        }
+        Ok(())
     }
 
     fn load_checkpoint(&mut self, dir: &Path) -> anyhow::Result<()> {
-        Ok(self
-            .evaluator
+        self.evaluator
             .params
-            .load_into(&dir.join(super::WEIGHTS_FILE))?)
+            .load_into(&dir.join(super::WEIGHTS_FILE))?;
+        let average = dir.join(AVERAGE_FILE);
+        if average.exists() {
+            let copy = self.copy_weights()?;
+            copy.load_into(&average)?;
+            self.average = Some(copy);
+        }
+        Ok(())
     }
 }
 
@@ -316,6 +406,11 @@ pub fn train_split(
     out: &Path,
     resume: bool,
 ) -> anyhow::Result<Evaluator> {
+    anyhow::ensure!(
+        config.average_epochs >= 0.0 && config.average_epochs.is_finite(),
+        "the evaluator's average_epochs must be finite and >= 0, not {}",
+        config.average_epochs
+    );
     let shape = LogShape::of(rows).context("no logged requests to train on")?;
     anyhow::ensure!(
         !split.train.is_empty() && !split.valid.is_empty(),
@@ -413,6 +508,8 @@ pub fn train_split(
         valid: &valid_lists,
         out,
         best_value: None,
+        average_decay: average_decay(config, train.len()),
+        average: None,
     };
     let outcome = training::run(
         &config.schedule(),

@@ -149,6 +149,12 @@ impl PipelineConfig {
         if !(self.gate_min_gain >= 0.0 && self.gate_min_gain.is_finite()) {
             return Err("`gate_min_gain` must be finite and >= 0".into());
         }
+        let average = self.evaluator.average_epochs;
+        if !(average >= 0.0 && average.is_finite()) {
+            return Err(format!(
+                "`evaluator.average_epochs` must be finite and >= 0, not {average}"
+            ));
+        }
         if self.mining.beam_width == 0 {
             return Err("`mining.beam_width` must be > 0".into());
         }
@@ -203,5 +209,21 @@ mod tests {
             wrong.contains("run.toml") && wrong.contains("linear"),
             "{wrong}"
         );
+    }
+
+    #[test]
+    fn an_average_horizon_outside_its_range_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        for (text, ok) in [("0", true), ("2.5", true), ("-0.1", false), ("inf", false)] {
+            std::fs::write(&path, format!("[evaluator]\naverage_epochs = {text}\n")).unwrap();
+            match PipelineConfig::load(&path) {
+                Ok(config) => assert!(ok, "{text} accepted: {}", config.evaluator.average_epochs),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!ok && e.contains("evaluator.average_epochs"), "{text}: {e}");
+                }
+            }
+        }
     }
 }
