@@ -547,3 +547,31 @@ pub fn train_split(
     best.save(out)?;
     Ok(best)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_average_spans_the_same_share_of_an_epoch_on_any_log_size() {
+        let config = TrainConfig::default();
+        let horizon = |examples| 1.0 / (1.0 - average_decay(&config, examples));
+        // 13,500 requests in batches of 64: 211 steps, half of them averaged.
+        assert!(
+            (horizon(13_500) - 105.5).abs() < 1e-6,
+            "{}",
+            horizon(13_500)
+        );
+        // 1,800 requests: 29 steps an epoch, still half an epoch, not 105 steps.
+        assert!((horizon(1_800) - 14.5).abs() < 1e-6, "{}", horizon(1_800));
+        // 8 requests: 8 steps of 1 (at least 8 batches an epoch), a horizon of 4.
+        assert!((horizon(8) - 4.0).abs() < 1e-6, "{}", horizon(8));
+        // Less than one step of horizon: the weights as they are.
+        assert_eq!(average_decay(&config, 1), 0.0);
+        let off = TrainConfig {
+            average_epochs: 0.0,
+            ..TrainConfig::default()
+        };
+        assert_eq!(average_decay(&off, 13_500), 0.0);
+    }
+}
