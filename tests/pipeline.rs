@@ -145,6 +145,15 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
     assert_eq!(report["objective"], "value");
     let gate = &report["runs"][0]["gate"];
     assert_eq!(gate["objective"], "value");
+    // How DeGRe's distillation went is in the report, beside the evaluator's.
+    let distill = &report["runs"][0]["distill_training"];
+    let epochs = distill["epochs_run"].as_u64().unwrap();
+    let best = distill["best_epoch"].as_u64().unwrap();
+    assert!(epochs >= 1 && best <= epochs, "{distill}");
+    assert!(
+        distill["valid_loss"].as_f64().unwrap().is_finite(),
+        "{distill}"
+    );
     assert_eq!(gate["passed"], true, "{gate}");
     let degre = report["methods"]
         .as_array()

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::contract::manifest::Limits;
 use crate::offline::compare::EvalReport;
-use crate::offline::distill::{DistillConfig, TrainedGenerator};
+use crate::offline::distill::{DistillConfig, DistillSummary, TrainedGenerator};
 use crate::offline::evaluator;
 use crate::offline::gate::GateReport;
 use crate::offline::logs::{read_logs, LoggedRequest};
@@ -35,6 +35,8 @@ pub struct SeedRun {
     /// The mining evaluators' weight against their pointwise blend (`mining.pointwise_blend`).
     pub teacher_list_weight: Option<f64>,
     pub evaluator_training: Option<evaluator::TrainSummary>,
+    /// DeGRe's distillation: epochs run, best epoch, validation loss, seconds.
+    pub distill_training: DistillSummary,
 }
 
 pub struct PipelineOutput {
@@ -219,6 +221,7 @@ fn run_seed(
             / mined.len().max(1) as f64,
         teacher_list_weight: ensemble.pointwise.as_ref().map(|p| p.list_weight),
         evaluator_training: ensemble.first().spec.training.clone(),
+        distill_training: generators.degre_training.clone(),
     };
     Ok((run, generators.degre))
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::config::PipelineConfig;
 use crate::offline::compare::{evaluate, EvalInputs, EvalReport};
-use crate::offline::distill::{self, DistillConfig, Forced, TrainedGenerator};
+use crate::offline::distill::{self, DistillConfig, DistillSummary, Forced, TrainedGenerator};
 use crate::offline::evaluator::{self, Ensemble, Evaluator};
 use crate::offline::gate::{self, GateReport, Panel};
 use crate::offline::logs::{write_logs, LoggedRequest};
@@ -284,6 +284,8 @@ pub fn mine(
 /// requests.
 pub struct Generators {
     pub degre: TrainedGenerator,
+    /// How DeGRe's distillation went (epochs, best epoch, validation loss).
+    pub degre_training: DistillSummary,
     pub baselines: Option<Baselines>,
     /// DeGRe distilled from lists mined under the simulator's true utility instead of the
     /// evaluator: the generator's ceiling, apart from the evaluator's error.
@@ -363,7 +365,7 @@ pub fn train_generators(
         progress: false,
         ..config.clone()
     };
-    let train_on = |label: &str, targets: Vec<Forced>, ce_weight: f64| {
+    let train = |label: &str, targets: Vec<Forced>, ce_weight: f64| {
         let config = DistillConfig {
             ce_weight,
             ..quiet.clone()
@@ -375,8 +377,10 @@ pub fn train_generators(
                 summary.best_epoch, summary.epochs_run, summary.valid_loss, summary.seconds
             );
         }
-        anyhow::Ok(generator)
+        anyhow::Ok((generator, summary))
     };
+    let train_on =
+        |label: &str, targets, ce_weight| train(label, targets, ce_weight).map(|(g, _)| g);
     // τ is in units of an average click's reward, so it means the same for clicks and GMV.
     let temperature = config.temperature * evaluator.reward_unit();
     let soft = |m: &[Mined]| m.iter().map(|m| Forced::soft(m, temperature)).collect();
@@ -387,7 +391,7 @@ pub fn train_generators(
             .map(|r| Forced::hard(&clicked_first(r)))
             .collect()
     };
-    let degre = || train_on(gate::CANDIDATE, soft(mined), config.ce_weight);
+    let degre = || train(gate::CANDIDATE, soft(mined), config.ce_weight);
     let oracle_teacher = || {
         teachers
             .oracle
@@ -396,8 +400,10 @@ pub fn train_generators(
     };
     let Some(mined_b1) = teachers.b1 else {
         let (degre, oracle_teacher) = rayon::join(degre, oracle_teacher);
+        let (degre, degre_training) = degre?;
         return Ok(Generators {
-            degre: degre?,
+            degre,
+            degre_training,
             baselines: None,
             oracle_teacher: oracle_teacher?,
         });
@@ -427,8 +433,10 @@ pub fn train_generators(
                 )
             },
         );
+    let (degre, degre_training) = degre?;
     Ok(Generators {
-        degre: degre?,
+        degre,
+        degre_training,
         oracle_teacher: oracle_teacher?,
         baselines: Some(Baselines {
             hard_labels: hard_labels?,
