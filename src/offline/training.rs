@@ -110,6 +110,11 @@ pub fn batch_size(schedule: &Schedule, examples: usize) -> usize {
         .max(1)
 }
 
+/// Optimiser steps in one epoch over `examples`.
+pub fn steps_per_epoch(schedule: &Schedule, examples: usize) -> usize {
+    examples.div_ceil(batch_size(schedule, examples))
+}
+
 /// Trains on `train` for up to `schedule.epochs` epochs and keeps the parameters with the
 /// lowest validation loss, the initial ones included.
 pub fn run(
@@ -150,7 +155,7 @@ pub fn run(
         }
     }
     let batch_size = batch_size(schedule, train.len());
-    let batches = train.len().div_ceil(batch_size);
+    let batches = steps_per_epoch(schedule, train.len());
     let mut order = train.to_vec();
     while epoch < schedule.epochs && epoch - best_epoch < schedule.patience.max(1) {
         epoch += 1;

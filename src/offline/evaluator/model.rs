@@ -186,6 +186,23 @@ impl Params {
         var.1.set(value)
     }
 
+    /// Weights of their own, equal to these now (an average or a snapshot to hold).
+    pub fn copy(&self) -> candle_core::Result<Params> {
+        let vars = (self.vars.iter())
+            .map(|(name, v)| Ok((name.clone(), Var::from_tensor(&v.as_tensor().copy()?)?)))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Params { vars })
+    }
+
+    /// Sets every weight to `other`'s, which has the same names in the same order (a
+    /// [`Params::copy`] of these).
+    pub fn assign(&self, other: &Params) -> candle_core::Result<()> {
+        for ((_, target), (_, source)) in self.vars.iter().zip(&other.vars) {
+            target.set(source.as_tensor())?;
+        }
+        Ok(())
+    }
+
     pub fn all(&self) -> Vec<Var> {
         self.vars.iter().map(|(_, v)| v.clone()).collect()
     }

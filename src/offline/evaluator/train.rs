@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,17 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Ranges serde cannot check, named as the pipeline's `[evaluator]` keys.
+    pub fn check(&self) -> Result<(), String> {
+        let average = self.average_epochs;
+        if !(average >= 0.0 && average.is_finite()) {
+            return Err(format!(
+                "`evaluator.average_epochs` must be finite and >= 0, not {average}"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn schedule(&self) -> Schedule {
         Schedule {
             epochs: self.epochs,
@@ -198,7 +209,7 @@ fn purchases<'a>(
 /// `d` of the weights' moving average: a horizon of `average_epochs` epochs of optimiser
 /// steps on `examples` training requests (0 when off).
 fn average_decay(config: &TrainConfig, examples: usize) -> f64 {
-    let steps = examples.div_ceil(training::batch_size(&config.schedule(), examples));
+    let steps = training::steps_per_epoch(&config.schedule(), examples);
     let horizon = config.average_epochs * steps as f64;
     if horizon > 0.0 {
         1.0 - 1.0 / horizon.max(1.0)
@@ -268,18 +279,10 @@ struct Trainee<'a> {
 const AVERAGE_FILE: &str = "average.safetensors";
 
 impl Trainee<'_> {
-    /// A copy of the current weights, to hold the average.
-    fn copy_weights(&self) -> candle_core::Result<Params> {
-        let vars = (self.evaluator.params.vars.iter())
-            .map(|(name, v)| Ok((name.clone(), Var::from_tensor(&v.as_tensor().copy()?)?)))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Params { vars })
-    }
-
     fn update_average(&mut self) -> candle_core::Result<()> {
         let d = self.average_decay;
         match &self.average {
-            None => self.average = Some(self.copy_weights()?),
+            None => self.average = Some(self.evaluator.params.copy()?),
             Some(average) => {
                 for ((_, a), (_, w)) in average.vars.iter().zip(&self.evaluator.params.vars) {
                     let next =
@@ -319,16 +322,10 @@ impl Trainee<'_> {
         let Some(average) = self.average.take() else {
             return f(self);
         };
-        let current = self.copy_weights()?;
-        let put = |from: &Params, to: &Params| -> candle_core::Result<()> {
-            for ((_, source), (_, target)) in from.vars.iter().zip(&to.vars) {
-                target.set(source.as_tensor())?;
-            }
-            Ok(())
-        };
-        put(&average, &self.evaluator.params)?;
+        let current = self.evaluator.params.copy()?;
+        self.evaluator.params.assign(&average)?;
         let result = f(self);
-        put(&current, &self.evaluator.params)?;
+        self.evaluator.params.assign(&current)?;
         self.average = Some(average);
         result
     }
@@ -376,7 +373,7 @@ impl training::Trainee for Trainee<'_> {
             .load_into(&dir.join(super::WEIGHTS_FILE))?;
         let average = dir.join(AVERAGE_FILE);
         if average.exists() {
-            let copy = self.copy_weights()?;
+            let copy = self.evaluator.params.copy()?;
             copy.load_into(&average)?;
             self.average = Some(copy);
         }
@@ -406,11 +403,7 @@ pub fn train_split(
     out: &Path,
     resume: bool,
 ) -> anyhow::Result<Evaluator> {
-    anyhow::ensure!(
-        config.average_epochs >= 0.0 && config.average_epochs.is_finite(),
-        "the evaluator's average_epochs must be finite and >= 0, not {}",
-        config.average_epochs
-    );
+    config.check().map_err(anyhow::Error::msg)?;
     let shape = LogShape::of(rows).context("no logged requests to train on")?;
     anyhow::ensure!(
         !split.train.is_empty() && !split.valid.is_empty(),

@@ -149,12 +149,7 @@ impl PipelineConfig {
         if !(self.gate_min_gain >= 0.0 && self.gate_min_gain.is_finite()) {
             return Err("`gate_min_gain` must be finite and >= 0".into());
         }
-        let average = self.evaluator.average_epochs;
-        if !(average >= 0.0 && average.is_finite()) {
-            return Err(format!(
-                "`evaluator.average_epochs` must be finite and >= 0, not {average}"
-            ));
-        }
+        self.evaluator.check()?;
         if self.mining.beam_width == 0 {
             return Err("`mining.beam_width` must be > 0".into());
         }
