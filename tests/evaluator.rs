@@ -180,6 +180,16 @@ fn sparse_noisy_purchases_neither_move_the_click_model_nor_fool_the_value_networ
         clicks.spec.training.clone().unwrap(),
     );
     assert_eq!(value_summary.best_epoch, click_summary.best_epoch);
+    // The value network trained on alone after the click model stopped (the clicks
+    // objective has none to train).
+    assert!(
+        value_summary
+            .value_epochs
+            .is_some_and(|[run, best]| run > 0 && best <= run),
+        "{:?}",
+        value_summary.value_epochs
+    );
+    assert_eq!(click_summary.value_epochs, None);
     for (v, c) in by_value.iter().flatten().zip(by_clicks.iter().flatten()) {
         assert!((v.0 - c).abs() < 1e-5, "{} vs {c}", v.0);
     }

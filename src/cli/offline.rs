@@ -87,6 +87,10 @@ pub struct TrainEvaluatorArgs {
     /// No id pairs: a slot knows of the ids above it only how many equal its own.
     #[arg(long)]
     pub no_pairs: bool,
+    /// The user-item affinity through a rectified context (`c ⊙ x` after the ReLU), as
+    /// evaluators before the bilinear form (docs/offline.md).
+    #[arg(long)]
+    pub no_bilinear: bool,
     /// Continue from `OUT/checkpoint` if present.
     #[arg(long)]
     pub resume: bool,
@@ -117,6 +121,7 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         interactions: !args.pointwise,
         examination: !args.no_examination,
         pairs: !args.no_pairs,
+        bilinear: !args.no_bilinear,
         seed: args.seed,
         progress: !args.quiet,
         ..TrainConfig::default()

@@ -13,7 +13,10 @@ mod train;
 
 pub use batch::{Batch, FeatureMap, Labels, ListRef};
 pub use ensemble::{Ensemble, EnsembleScorer, PointwiseBlend};
-pub use model::{click_loss, slot_outputs, value_loss, Dims, Params, SlotOutputs};
+pub use model::{
+    click_loss, slot_outputs, value_error, value_loss, value_outputs, Dims, Params, SlotOutputs,
+    ValueOutputs,
+};
 pub use scorer::{Prefix, RequestScorer};
 pub use train::{train, train_split, TrainConfig, TrainSummary};
 
@@ -98,7 +101,7 @@ impl Evaluator {
                 probs = (probs * model::examined(&self.params, &o.click_logits, None)?)?;
             }
             let probs = probs.to_vec2::<f32>()?;
-            let values = o.click_values.to_vec2::<f32>()?;
+            let values = o.value.click_values.to_vec2::<f32>()?;
             for ((p, v), l) in probs.into_iter().zip(values).zip(chunk) {
                 let slots = l.list.len();
                 let reward = |v: f32| self.reward_of_click(f64::from(v)) as f32;

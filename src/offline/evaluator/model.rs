@@ -57,6 +57,12 @@ pub struct Dims {
     /// saved before it.
     #[serde(default)]
     pub pairs: bool,
+    /// The context's side of `c ⊙ x_t` is its layer *before* the ReLU: a linear map of the
+    /// context, so the product is a bilinear form of user and item, the shape of a
+    /// user-item affinity `uᵀWx`, which a rectified side learns only from pairs of units
+    /// (docs/offline.md). Off in evaluators saved before it.
+    #[serde(default)]
+    pub bilinear: bool,
 }
 
 /// Evaluators saved before the flag existed saw the items above.
@@ -300,6 +306,11 @@ fn with_embeddings(
 /// What the evaluator predicts for every slot of every list in the batch, `[B, T]` each.
 pub struct SlotOutputs {
     pub click_logits: Tensor,
+    pub value: ValueOutputs,
+}
+
+/// The value network's part of [`SlotOutputs`].
+pub struct ValueOutputs {
     /// Value of a click on the slot's item, in units of the mean value per click.
     pub click_values: Tensor,
     /// With `purchases`: the purchase logit and the amount of a purchase, whose product
@@ -341,11 +352,12 @@ pub fn slot_outputs(
         &batch.context_ids,
         batch.context_fields,
     )?;
-    let c = relu(linear(
+    let c_linear = linear(
         &context,
         params.get("context.w1")?,
         params.get("context.b1")?,
-    )?)?;
+    )?;
+    let c = relu(c_linear.clone())?;
     let x = h.index_select(&batch.list, 0)?.reshape((b, t, hidden))?;
     let q = x.broadcast_matmul(params.get("att.q")?)?;
     let k = x.broadcast_matmul(params.get("att.k")?)?;
@@ -362,6 +374,11 @@ pub fn slot_outputs(
     };
     let per_slot = |x: &Tensor| x.unsqueeze(1)?.broadcast_as((b, t, hidden))?.contiguous();
     let c_t = per_slot(&c)?;
+    let affinity = if dims.bilinear {
+        (per_slot(&c_linear)? * &x)?
+    } else {
+        (&c_t * &x)?
+    };
     let position = params
         .get("position")?
         .narrow(0, 0, t)?
@@ -374,7 +391,7 @@ pub fn slot_outputs(
         c_t.clone(),
         per_slot(&pool)?,
         position,
-        (&c_t * &x)?,
+        affinity,
     ];
     if batch.candidate_fields > 0 {
         parts.push(if dims.interactions {
@@ -388,6 +405,20 @@ pub fn slot_outputs(
     }
     let z = Tensor::cat(&parts, D::Minus1)?;
     let o = relu(linear(&z, params.get("out.w1")?, params.get("out.b1")?)?)?;
+    Ok(SlotOutputs {
+        click_logits: linear(&o, params.get("out.w2")?, params.get("out.b2")?)?.squeeze(2)?,
+        value: value_outputs(params, dims, batch)?,
+    })
+}
+
+/// The value network's predictions along the batch's lists, alone (it shares no weight
+/// with the click model, so it trains apart from it: `train.rs`).
+pub fn value_outputs(
+    params: &Params,
+    dims: &Dims,
+    batch: &Batch,
+) -> candle_core::Result<ValueOutputs> {
+    let (b, t) = (batch.requests, batch.slots);
     let along_list = |x: Tensor| {
         x.flatten_all()?
             .index_select(&batch.list, 0)?
@@ -396,8 +427,7 @@ pub fn slot_outputs(
     let (amounts, buy_logits) = value_network(params, dims, batch)?;
     let amounts = along_list(amounts)?;
     let purchase = buy_logits.map(along_list).transpose()?;
-    Ok(SlotOutputs {
-        click_logits: linear(&o, params.get("out.w2")?, params.get("out.b2")?)?.squeeze(2)?,
+    Ok(ValueOutputs {
         click_values: match &purchase {
             Some(logits) => (candle_nn::ops::sigmoid(logits)? * &amounts)?,
             None => amounts.clone(),
@@ -550,23 +580,32 @@ pub fn examined(
 /// expectation. With: the purchase logit's BCE (a value above zero is a purchase) plus the
 /// amount's squared error on the purchases; their product estimates the same expectation
 /// with far less variance when most clicks buy nothing, as with GMV (docs/offline.md).
-pub fn value_loss(outputs: &SlotOutputs, batch: &Batch) -> candle_core::Result<Tensor> {
-    let mean_over = |x: Tensor, mask: &Tensor| -> candle_core::Result<Tensor> {
-        (x * mask)?.sum_all()? / mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
-    };
+pub fn value_loss(outputs: &ValueOutputs, batch: &Batch) -> candle_core::Result<Tensor> {
     let Some((logits, amounts)) = &outputs.purchase else {
-        let error = (&outputs.click_values - &batch.values)?.sqr()?;
-        return mean_over(error, &batch.value_mask);
+        return value_error(outputs, batch);
     };
     let bought = batch.values.gt(0.0)?.to_dtype(DType::F32)?;
     // softplus(l) − y·l is the BCE of a logit.
-    let buy = mean_over(
+    let buy = masked_mean(
         (softplus(logits)? - (logits * &bought)?)?,
         &batch.value_mask,
     )?;
     let purchases = (&bought * &batch.value_mask)?;
-    let amount = mean_over((amounts - &batch.values)?.sqr()?, &purchases)?;
+    let amount = masked_mean((amounts - &batch.values)?.sqr()?, &purchases)?;
     buy + amount
+}
+
+/// The squared error of the predicted value of a click against the logged one, over the
+/// clicked slots: what the objective uses, scored as the objective sees it. Minimised by
+/// `E[value | click]` (the noise of a purchase adds only a constant), so it judges the
+/// value network's epochs whether a click's value is one regression or two parts.
+pub fn value_error(outputs: &ValueOutputs, batch: &Batch) -> candle_core::Result<Tensor> {
+    let error = (&outputs.click_values - &batch.values)?.sqr()?;
+    masked_mean(error, &batch.value_mask)
+}
+
+fn masked_mean(x: Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    (x * mask)?.sum_all()? / mask.sum_all()?.to_scalar::<f32>()?.max(1.0) as f64
 }
 
 #[cfg(test)]

@@ -195,8 +195,15 @@ impl RequestScorer {
             anyhow::Ok(rows.pop().unwrap_or_default())
         };
         let candidate_inputs = |table: &str| embedded(candidate_rows.clone(), table);
-        let context =
-            relu(m("context.w1")?.apply(&context_input("emb.context")?, Some(&m("context.b1")?)));
+        let context_linear =
+            m("context.w1")?.apply(&context_input("emb.context")?, Some(&m("context.b1")?));
+        let context = relu(context_linear.clone());
+        // The context's side of c ⊙ x (model.rs, `Dims::bilinear`).
+        let affinity_side = if dims.bilinear {
+            &context_linear
+        } else {
+            &context
+        };
         let (w1, b1, w2, b2) = (m("item.w1")?, m("item.b1")?, m("item.w2")?, m("item.b2")?);
         let items: Vec<Vec<f32>> = (candidate_inputs("emb.candidate")?.iter())
             .map(|x| w2.apply(&relu(w1.apply(x, Some(&b1))), Some(&b2)))
@@ -219,7 +226,7 @@ impl RequestScorer {
             .map(|x| {
                 let mut out = shared.clone();
                 out_w1.add_product(x, x_rows, &mut out);
-                let cx: Vec<f32> = context.iter().zip(x).map(|(c, x)| c * x).collect();
+                let cx: Vec<f32> = affinity_side.iter().zip(x).map(|(c, x)| c * x).collect();
                 out_w1.add_product(&cx, cx_rows, &mut out);
                 out
             })

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Params, AMOUNT_BIAS, BUY_BIAS, VALUE_NETWORK};
 use super::{
-    click_loss, slot_outputs, value_loss, Batch, Dims, Evaluator, FeatureMap, Labels, ListRef, Spec,
+    click_loss, slot_outputs, value_error, value_loss, value_outputs, Batch, Dims, Evaluator,
+    FeatureMap, Labels, ListRef, Spec,
 };
 use crate::offline::logs::{LogShape, LoggedRequest};
 use crate::offline::objective::Objective;
@@ -46,6 +47,8 @@ pub struct TrainConfig {
     pub examination: bool,
     /// Id pairs: which ids above a slot lift or damp its item (`Dims`).
     pub pairs: bool,
+    /// The user-item affinity as a bilinear form (`Dims`).
+    pub bilinear: bool,
     /// Set per run (the pipeline's objective and seed), not in the `[evaluator]` section.
     /// No objective: value when the logs carry it, else clicks.
     #[serde(skip)]
@@ -102,6 +105,7 @@ impl Default for TrainConfig {
             interactions: true,
             examination: true,
             pairs: true,
+            bilinear: true,
             objective: None,
             seed: 0,
             progress: true,
@@ -122,12 +126,18 @@ pub struct TrainSummary {
     /// constant.
     pub valid_loss: f64,
     pub constant_valid_loss: f64,
-    /// The value network's MSE on the validation split (units of the mean value per click).
+    /// The squared error of a click's predicted value against the logged one on the
+    /// validation split (units of the mean value per click; `model::value_error`).
     #[serde(default)]
     pub valid_value_loss: Option<f64>,
+    /// The value network's own training after the click model stopped: its epochs run
+    /// and best epoch (0: the weights it had then).
+    #[serde(default)]
+    pub value_epochs: Option<[usize; 2]>,
     /// The learned cascade: the probability of reading on after a click, after a skip.
     #[serde(default)]
     pub continuation: Option<[f64; 2]>,
+    /// Wall time of the training, the value network's own included.
     pub seconds: f64,
 }
 
@@ -242,7 +252,7 @@ fn mean_losses(
         slots += n;
         if learns_value {
             let m = f64::from(batch.value_mask.sum_all()?.to_scalar::<f32>()?);
-            value += f64::from(value_loss(&o, &batch)?.to_scalar::<f32>()?) * m;
+            value += f64::from(value_error(&o.value, &batch)?.to_scalar::<f32>()?) * m;
             valued += m;
         }
     }
@@ -342,7 +352,7 @@ impl training::Trainee for Trainee<'_> {
         let o = slot_outputs(params, dims, &batch)?;
         let mut loss = click_loss(params, dims, &o.click_logits, &batch)?;
         if self.evaluator.spec.objective.uses_value() {
-            loss = (loss + value_loss(&o, &batch)?)?;
+            loss = (loss + value_loss(&o.value, &batch)?)?;
         }
         self.optimizer.backward_step(&loss)?;
         if self.average_decay > 0.0 {
@@ -461,6 +471,7 @@ pub fn train_split(
             // Only a value objective trains the value network.
             purchases: objective.uses_value(),
             pairs: config.interactions && config.pairs,
+            bilinear: config.bilinear,
         },
         features: FeatureMap::fit(&train_rows, &shape, config.ranking_score),
         objective,
@@ -522,6 +533,9 @@ pub fn train_split(
             best.params.set(name, weight)?;
         }
     }
+    let value = (objective.uses_value())
+        .then(|| train_value(&best, config, rows, &labels, &train, &valid_lists))
+        .transpose()?;
     // Of the saved best, also after a resumed run that never improved.
     let losses = mean_losses(&best, &valid_lists, 512)?;
     best.spec.training = Some(TrainSummary {
@@ -533,12 +547,101 @@ pub fn train_split(
         train_loss: outcome.train_loss,
         valid_loss: losses.click,
         valid_value_loss: losses.value,
+        value_epochs: value.map(|v| [v.epochs_run, v.best_epoch]),
         continuation: best.continuation()?,
         constant_valid_loss,
-        seconds: outcome.seconds,
+        seconds: outcome.seconds + value.map_or(0.0, |v| v.seconds),
     });
     best.save(out)?;
     Ok(best)
+}
+
+/// The value network alone, from its best weights of the joint training, until its
+/// validation error has not improved for `patience` epochs; keeps its best. The click
+/// model stops long before it where purchases are sparse: a step carries a value only for
+/// the clicked slots that bought, so at the click model's best epoch the value network had
+/// seen few of them (docs/offline.md, "The objective"). Its steps are cheap: no list.
+fn train_value(
+    evaluator: &Evaluator,
+    config: &TrainConfig,
+    rows: &[LoggedRequest],
+    labels: &[Logged],
+    train: &[usize],
+    valid: &[ListRef<'_>],
+) -> anyhow::Result<training::Outcome> {
+    let weights: Vec<_> = (evaluator.params.vars.iter())
+        .filter(|(name, _)| name.starts_with(VALUE_NETWORK))
+        .map(|(_, var)| var.clone())
+        .collect();
+    let optimizer = AdamW::new(
+        weights,
+        ParamsAdamW {
+            lr: config.learning_rate,
+            weight_decay: config.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let mut trainee = ValueTrainee {
+        evaluator,
+        optimizer,
+        rows,
+        labels,
+        valid,
+        best: Vec::new(),
+    };
+    let schedule = Schedule {
+        progress: false,
+        ..config.schedule()
+    };
+    let outcome = training::run(&schedule, train, &mut trainee, "value network", None)?;
+    for (name, weight) in &trainee.best {
+        evaluator.params.set(name, weight)?;
+    }
+    Ok(outcome)
+}
+
+/// The value network as the training loop sees it; the click model's weights stay put.
+struct ValueTrainee<'a> {
+    evaluator: &'a Evaluator,
+    optimizer: AdamW,
+    rows: &'a [LoggedRequest],
+    labels: &'a [Logged],
+    valid: &'a [ListRef<'a>],
+    best: Vec<(String, Tensor)>,
+}
+
+impl training::Trainee for ValueTrainee<'_> {
+    fn step(&mut self, batch: &[usize]) -> anyhow::Result<f64> {
+        let lists: Vec<ListRef<'_>> = batch
+            .iter()
+            .map(|&i| self.labels[i].list(&self.rows[i]))
+            .collect();
+        let batch = Batch::new(&self.evaluator.spec.features, &lists)?;
+        let o = value_outputs(&self.evaluator.params, &self.evaluator.spec.dims, &batch)?;
+        let loss = value_loss(&o, &batch)?;
+        self.optimizer.backward_step(&loss)?;
+        Ok(f64::from(loss.to_scalar::<f32>()?))
+    }
+
+    fn validate(&mut self) -> anyhow::Result<f64> {
+        let (mut sum, mut weight) = (0.0, 0.0);
+        for chunk in self.valid.chunks(512) {
+            let batch = Batch::new(&self.evaluator.spec.features, chunk)?;
+            let o = value_outputs(&self.evaluator.params, &self.evaluator.spec.dims, &batch)?;
+            let m = f64::from(batch.value_mask.sum_all()?.to_scalar::<f32>()?);
+            sum += f64::from(value_error(&o, &batch)?.to_scalar::<f32>()?) * m;
+            weight += m;
+        }
+        Ok(sum / weight.max(1.0))
+    }
+
+    fn keep_best(&mut self) -> anyhow::Result<()> {
+        self.best = (self.evaluator.params.vars.iter())
+            .filter(|(name, _)| name.starts_with(VALUE_NETWORK))
+            .map(|(name, v)| Ok((name.clone(), v.as_tensor().copy()?)))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
