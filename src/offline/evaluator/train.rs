@@ -277,9 +277,9 @@ struct Trainee<'a> {
     labels: &'a [Logged],
     valid: &'a [ListRef<'a>],
     out: &'a Path,
-    /// The value network's best validation MSE so far and its weights then: it shares no
-    /// weight with the click model, so it keeps its own best epoch (a noisy value column
-    /// overfits long before the clicks do).
+    /// The value network's best validation error so far (`value_error`) and its weights
+    /// then: it shares no weight with the click model, so it keeps its own best epoch, and
+    /// [`train_value`] goes on from it.
     best_value: Option<(f64, Vec<(String, Tensor)>)>,
     /// `d` of [`TrainConfig::average_epochs`], and the average from the first step on.
     average_decay: f64,
@@ -313,11 +313,7 @@ impl Trainee<'_> {
                 .as_ref()
                 .is_none_or(|(best, _)| value < *best)
             {
-                let snapshot = (self.evaluator.params.vars.iter())
-                    .filter(|(name, _)| name.starts_with(VALUE_NETWORK))
-                    .map(|(name, v)| Ok((name.clone(), v.as_tensor().copy()?)))
-                    .collect::<candle_core::Result<_>>()?;
-                self.best_value = Some((value, snapshot));
+                self.best_value = Some((value, value_weights(&self.evaluator.params)?));
             }
         }
         Ok(losses.click)
@@ -636,12 +632,17 @@ impl training::Trainee for ValueTrainee<'_> {
     }
 
     fn keep_best(&mut self) -> anyhow::Result<()> {
-        self.best = (self.evaluator.params.vars.iter())
-            .filter(|(name, _)| name.starts_with(VALUE_NETWORK))
-            .map(|(name, v)| Ok((name.clone(), v.as_tensor().copy()?)))
-            .collect::<candle_core::Result<_>>()?;
+        self.best = value_weights(&self.evaluator.params)?;
         Ok(())
     }
+}
+
+/// A copy of the value network's weights, by name.
+fn value_weights(params: &Params) -> candle_core::Result<Vec<(String, Tensor)>> {
+    (params.vars.iter())
+        .filter(|(name, _)| name.starts_with(VALUE_NETWORK))
+        .map(|(name, v)| Ok((name.clone(), v.as_tensor().copy()?)))
+        .collect()
 }
 
 #[cfg(test)]
