@@ -220,9 +220,13 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
             values.truncate(row.exposed.len());
         }
     }
-    // Every kind: with the cascade (the default), without it (evaluators saved before
-    // it), and the gate's pointwise judges.
-    for (interactions, examination) in [(true, true), (true, false), (false, false)] {
+    // Every kind: with the cascade and the bilinear affinity (the default), without them
+    // (evaluators saved before them), and the gate's pointwise judges.
+    for (interactions, examination, bilinear) in [
+        (true, true, true),
+        (true, false, false),
+        (false, false, true),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let config = TrainConfig {
             hidden: 16,
@@ -230,11 +234,13 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
             seed: 4,
             interactions,
             examination,
+            bilinear,
             progress: false,
             ..TrainConfig::default()
         };
         let evaluator = evaluator::train(&rows, &config, dir.path(), false).unwrap();
         assert_eq!(evaluator.spec.dims.pairs, interactions);
+        assert_eq!(evaluator.spec.dims.bilinear, bilinear);
         if interactions {
             // The id pairs' queries start at zero and one epoch barely moves them: give
             // them the keys' values, so that a wrong pairs' term in either pass shows.
