@@ -135,8 +135,16 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
     let cascade = summary.continuation.map_or(String::new(), |[click, skip]| {
         format!(", reads on after a click {click:.3} / a skip {skip:.3}")
     });
+    let value = (summary.value_epochs.zip(summary.valid_value_loss)).map_or(
+        String::new(),
+        |([run, best], error)| {
+            format!(
+                ", value network {run} more epochs alone (best {best}), validation error {error:.4}"
+            )
+        },
+    );
     println!(
-        "evaluator ({}): best epoch {} of {}, validation BCE {:.4} (constant {:.4}){cascade}; wrote {} in {:.1} s",
+        "evaluator ({}): best epoch {} of {}, validation BCE {:.4} (constant {:.4}){cascade}{value}; wrote {} in {:.1} s",
         evaluator.spec.objective,
         summary.best_epoch,
         summary.epochs_run,
