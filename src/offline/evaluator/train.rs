@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::model::{Params, AMOUNT_BIAS, BUY_BIAS, VALUE_NETWORK};
 use super::{
     click_loss, slot_outputs, value_error, value_loss, value_outputs, Batch, Dims, Evaluator,
-    FeatureMap, Labels, ListRef, Spec,
+    FeatureMap, Labels, ListRef, Spec, ValueOutputs,
 };
 use crate::offline::logs::{LogShape, LoggedRequest};
 use crate::offline::objective::Objective;
@@ -69,6 +69,18 @@ impl TrainConfig {
             ));
         }
         Ok(())
+    }
+
+    /// AdamW over `vars` at this learning rate and weight decay.
+    fn optimizer(&self, vars: Vec<candle_core::Var>) -> candle_core::Result<AdamW> {
+        AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr: self.learning_rate,
+                weight_decay: self.weight_decay,
+                ..ParamsAdamW::default()
+            },
+        )
     }
 
     pub fn schedule(&self) -> Schedule {
@@ -251,8 +263,8 @@ fn mean_losses(
         click += f64::from(loss.to_scalar::<f32>()?) * n;
         slots += n;
         if learns_value {
-            let m = f64::from(batch.value_mask.sum_all()?.to_scalar::<f32>()?);
-            value += f64::from(value_error(&o.value, &batch)?.to_scalar::<f32>()?) * m;
+            let (sum, m) = summed_value_error(&o.value, &batch)?;
+            value += sum;
             valued += m;
         }
     }
@@ -260,6 +272,13 @@ fn mean_losses(
         click: click / slots.max(1.0),
         value: (learns_value && valued > 0.0).then(|| value / valued),
     })
+}
+
+/// A batch's `value_error` summed over its clicked slots, and how many there are: batches
+/// add up to the split's mean.
+fn summed_value_error(o: &ValueOutputs, batch: &Batch) -> candle_core::Result<(f64, f64)> {
+    let m = f64::from(batch.value_mask.sum_all()?.to_scalar::<f32>()?);
+    Ok((f64::from(value_error(o, batch)?.to_scalar::<f32>()?) * m, m))
 }
 
 fn bce(p: f64, y: f64) -> f64 {
@@ -492,14 +511,7 @@ pub fn train_split(
         set(AMOUNT_BIAS, amount + (-(-amount).exp_m1()).ln())?;
     }
     let identity = serde_json::to_value((&evaluator.spec.dims, &evaluator.spec.features))?;
-    let optimizer = AdamW::new(
-        evaluator.params.all(),
-        ParamsAdamW {
-            lr: config.learning_rate,
-            weight_decay: config.weight_decay,
-            ..ParamsAdamW::default()
-        },
-    )?;
+    let optimizer = config.optimizer(evaluator.params.all())?;
     let mut trainee = Trainee {
         evaluator,
         optimizer,
@@ -565,21 +577,10 @@ fn train_value(
     train: &[usize],
     valid: &[ListRef<'_>],
 ) -> anyhow::Result<training::Outcome> {
-    let weights: Vec<_> = (evaluator.params.vars.iter())
-        .filter(|(name, _)| name.starts_with(VALUE_NETWORK))
-        .map(|(_, var)| var.clone())
-        .collect();
-    let optimizer = AdamW::new(
-        weights,
-        ParamsAdamW {
-            lr: config.learning_rate,
-            weight_decay: config.weight_decay,
-            ..ParamsAdamW::default()
-        },
-    )?;
+    let weights = value_network(&evaluator.params).map(|(_, var)| var.clone());
     let mut trainee = ValueTrainee {
         evaluator,
-        optimizer,
+        optimizer: config.optimizer(weights.collect())?,
         rows,
         labels,
         valid,
@@ -624,8 +625,8 @@ impl training::Trainee for ValueTrainee<'_> {
         for chunk in self.valid.chunks(512) {
             let batch = Batch::new(&self.evaluator.spec.features, chunk)?;
             let o = value_outputs(&self.evaluator.params, &self.evaluator.spec.dims, &batch)?;
-            let m = f64::from(batch.value_mask.sum_all()?.to_scalar::<f32>()?);
-            sum += f64::from(value_error(&o, &batch)?.to_scalar::<f32>()?) * m;
+            let (error, m) = summed_value_error(&o, &batch)?;
+            sum += error;
             weight += m;
         }
         Ok(sum / weight.max(1.0))
@@ -637,10 +638,14 @@ impl training::Trainee for ValueTrainee<'_> {
     }
 }
 
+/// The value network's weights, by name.
+fn value_network(params: &Params) -> impl Iterator<Item = &(String, candle_core::Var)> {
+    (params.vars.iter()).filter(|(name, _)| name.starts_with(VALUE_NETWORK))
+}
+
 /// A copy of the value network's weights, by name.
 fn value_weights(params: &Params) -> candle_core::Result<Vec<(String, Tensor)>> {
-    (params.vars.iter())
-        .filter(|(name, _)| name.starts_with(VALUE_NETWORK))
+    value_network(params)
         .map(|(name, v)| Ok((name.clone(), v.as_tensor().copy()?)))
         .collect()
 }
