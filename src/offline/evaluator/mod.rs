@@ -14,8 +14,8 @@ mod train;
 pub use batch::{Batch, FeatureMap, Labels, ListRef};
 pub use ensemble::{Ensemble, EnsembleScorer, PointwiseBlend};
 pub use model::{
-    click_loss, slot_outputs, value_error, value_loss, value_outputs, Dims, Params, SlotOutputs,
-    ValueOutputs,
+    click_loss, purchase_losses, slot_outputs, value_error, value_loss, value_outputs, Dims,
+    Params, SlotOutputs, ValueOutputs,
 };
 pub use scorer::{Prefix, RequestScorer};
 pub use train::{train, train_split, TrainConfig, TrainSummary};

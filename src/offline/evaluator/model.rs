@@ -63,6 +63,23 @@ pub struct Dims {
     /// (docs/offline.md). Off in evaluators saved before it.
     #[serde(default)]
     pub bilinear: bool,
+    /// With `purchases`, the two parts are two networks, each stopped at its own best
+    /// epoch (`train.rs`): whether a click buys (`value.buy.`: its own embeddings and
+    /// hidden layer) and a purchase's amount, log-normal (`value.w2` gives the mean of its
+    /// log, `value.amount.log_var` the variance: `E = exp(μ + σ²/2)`), so that a few
+    /// purchases spread over a price range fit the amount by its logarithm and a buy
+    /// network that finds nothing to learn stays at the logs' purchase share
+    /// (docs/offline.md, "The objective"). Off in evaluators saved before it: one hidden
+    /// layer under both parts and a softplus amount fitted by its squared error.
+    #[serde(default)]
+    pub value_parts: bool,
+}
+
+impl Dims {
+    /// The value network is two, buy and log-normal amount (`value_parts`, with purchases).
+    pub fn parts(&self) -> bool {
+        self.purchases && self.value_parts
+    }
 }
 
 /// Evaluators saved before the flag existed saw the items above.
@@ -135,13 +152,34 @@ impl Params {
         for (name, rows) in embeddings("value.emb") {
             matrix(name, rows, e, &mut rng)?;
         }
-        matrix("value.item.w1".into(), item_in, h, &mut rng)?;
-        matrix("value.context.w1".into(), context_in, h, &mut rng)?;
+        let parts = dims.parts();
+        for trunk in std::iter::once("value").chain(parts.then_some(BUY_NETWORK)) {
+            if trunk != "value" {
+                for (name, rows) in embeddings(&format!("{trunk}.emb")) {
+                    matrix(name, rows, e, &mut rng)?;
+                }
+            }
+            matrix(format!("{trunk}.item.w1"), item_in, h, &mut rng)?;
+            matrix(format!("{trunk}.context.w1"), context_in, h, &mut rng)?;
+        }
         matrix("value.w2".into(), h, 1, &mut rng)?;
-        if dims.purchases {
+        if dims.purchases && !parts {
             matrix(BUY_WEIGHTS.into(), h, 1, &mut rng)?;
         }
         let mut params = Params { vars };
+        if parts {
+            // The buy network starts as the logs' purchase share (its bias, `train.rs`) and
+            // departs from it only as far as the held-out purchases support.
+            let cpu = &Device::Cpu;
+            params
+                .vars
+                .push((BUY_WEIGHTS.into(), Var::zeros((h, 1), DType::F32, cpu)?));
+            let bias = Var::zeros(h, DType::F32, cpu)?;
+            params.vars.push((format!("{BUY_NETWORK}.b1"), bias));
+            // σ = 1 to start: the amounts' spread is learned with their mean.
+            let log_var = Var::zeros(1, DType::F32, cpu)?;
+            params.vars.push((AMOUNT_LOG_VARIANCE.into(), log_var));
+        }
         for (name, size, value) in [
             ("item.b1", h, 0.0),
             ("item.b2", h, 0.0),
@@ -260,8 +298,13 @@ pub const VALUE_NETWORK: &str = "value.";
 /// The purchase logit's output layer, inside the value network.
 pub const BUY_WEIGHTS: &str = "value.buy.w2";
 pub const BUY_BIAS: &str = "value.buy.b2";
-/// The amount's output bias: `softplus` of it is a purchase's amount before training.
+/// The amount's output bias: `softplus` of it is a purchase's amount before training (with
+/// `value_parts`: the mean of its log).
 pub const AMOUNT_BIAS: &str = "value.b2";
+/// With `value_parts`: the buy network's own weights, and the log-variance of a purchase's
+/// log-amount.
+pub const BUY_NETWORK: &str = "value.buy";
+pub const AMOUNT_LOG_VARIANCE: &str = "value.amount.log_var";
 /// Logits of the probability that the user reads on after a click / after a skip.
 pub const CONTINUE_AFTER_CLICK: &str = "exam.click";
 pub const CONTINUE_AFTER_SKIP: &str = "exam.skip";
@@ -316,6 +359,9 @@ pub struct ValueOutputs {
     /// With `purchases`: the purchase logit and the amount of a purchase, whose product
     /// (`σ(logit)·amount`) is `click_values`; the value loss fits them.
     pub purchase: Option<(Tensor, Tensor)>,
+    /// With `value_parts`: the mean of the amount's log and its log-variance, which the
+    /// log-normal likelihood fits instead of the amount.
+    pub log_amount: Option<(Tensor, Tensor)>,
 }
 
 pub fn slot_outputs(
@@ -427,12 +473,22 @@ pub fn value_outputs(
     let (amounts, buy_logits) = value_network(params, dims, batch)?;
     let amounts = along_list(amounts)?;
     let purchase = buy_logits.map(along_list).transpose()?;
+    let log_amount = if dims.parts() {
+        Some((amounts.clone(), params.get(AMOUNT_LOG_VARIANCE)?.clone()))
+    } else {
+        None
+    };
+    let amounts = match &log_amount {
+        Some((mu, log_var)) => mu.broadcast_add(&(log_var.exp()? * 0.5)?)?.exp()?,
+        None => amounts,
+    };
     Ok(ValueOutputs {
         click_values: match &purchase {
             Some(logits) => (candle_nn::ops::sigmoid(logits)? * &amounts)?,
             None => amounts.clone(),
         },
         purchase: purchase.map(|logits| (logits, amounts)),
+        log_amount,
     })
 }
 
@@ -465,42 +521,55 @@ fn id_pairs(
 }
 
 /// The value network, `[B, N]` each: every candidate's value of a click (with `purchases`:
-/// a purchase's amount) and, with `purchases`, the logit that a click buys.
+/// a purchase's amount; with `value_parts`, the mean of its log) and, with `purchases`, the
+/// logit that a click buys.
 fn value_network(
     params: &Params,
     dims: &Dims,
     batch: &Batch,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let hidden = value_hidden(params, "value", batch)?;
+    let out = linear(&hidden, params.get("value.w2")?, params.get(AMOUNT_BIAS)?)?.squeeze(2)?;
+    let buy = dims.purchases.then(|| {
+        let hidden = if dims.parts() {
+            value_hidden(params, BUY_NETWORK, batch)?
+        } else {
+            hidden.clone()
+        };
+        linear(&hidden, params.get(BUY_WEIGHTS)?, params.get(BUY_BIAS)?)?.squeeze(2)
+    });
+    let amount = if dims.parts() { out } else { softplus(&out)? };
+    Ok((amount, buy.transpose()?))
+}
+
+/// `[B, N, H]`: a hidden layer over each candidate's and the context's features, with the
+/// embeddings and weights named `{trunk}.…` (the amount's `value`, the buy network's).
+fn value_hidden(params: &Params, trunk: &str, batch: &Batch) -> candle_core::Result<Tensor> {
     let (b, n) = (batch.requests, batch.candidates);
     let items = with_embeddings(
         params,
-        "value.emb.candidate",
+        &format!("{trunk}.emb.candidate"),
         &batch.candidate_dense,
         &batch.candidate_ids,
         batch.candidate_fields,
     )?;
     let context = with_embeddings(
         params,
-        "value.emb.context",
+        &format!("{trunk}.emb.context"),
         &batch.context_dense,
         &batch.context_ids,
         batch.context_fields,
     )?;
-    let item_part = items.broadcast_matmul(params.get("value.item.w1")?)?;
+    let item_part = items.broadcast_matmul(params.get(&format!("{trunk}.item.w1"))?)?;
     let context_part = linear(
         &context,
-        params.get("value.context.w1")?,
-        params.get("value.b1")?,
+        params.get(&format!("{trunk}.context.w1"))?,
+        params.get(&format!("{trunk}.b1"))?,
     )?;
-    let hidden = item_part
+    item_part
         .reshape((b, n, ()))?
         .broadcast_add(&context_part.unsqueeze(1)?)?
-        .relu()?;
-    let out = linear(&hidden, params.get("value.w2")?, params.get(AMOUNT_BIAS)?)?;
-    let buy = dims
-        .purchases
-        .then(|| linear(&hidden, params.get(BUY_WEIGHTS)?, params.get(BUY_BIAS)?)?.squeeze(2));
-    Ok((softplus(&out)?.squeeze(2)?, buy.transpose()?))
+        .relu()
 }
 
 /// `log(1 + e^x)`, stable for any x: `max(x, 0) + log(1 + e^{−|x|})`.
@@ -581,8 +650,28 @@ pub fn examined(
 /// amount's squared error on the purchases; their product estimates the same expectation
 /// with far less variance when most clicks buy nothing, as with GMV (docs/offline.md).
 pub fn value_loss(outputs: &ValueOutputs, batch: &Batch) -> candle_core::Result<Tensor> {
+    match purchase_losses(outputs, batch)? {
+        Some(parts) => parts.buy + parts.amount,
+        None => value_error(outputs, batch),
+    }
+}
+
+/// With `purchases`, the two parts of [`value_loss`]: each a mean, over the clicked slots
+/// (`clicks`) and over the purchases (`purchases`, how many). With `value_parts` the
+/// amount's is the negative log-likelihood of a log-normal amount (up to a constant).
+pub struct PurchaseLosses {
+    pub buy: Tensor,
+    pub amount: Tensor,
+    pub clicks: f64,
+    pub purchases: f64,
+}
+
+pub fn purchase_losses(
+    outputs: &ValueOutputs,
+    batch: &Batch,
+) -> candle_core::Result<Option<PurchaseLosses>> {
     let Some((logits, amounts)) = &outputs.purchase else {
-        return value_error(outputs, batch);
+        return Ok(None);
     };
     let bought = batch.values.gt(0.0)?.to_dtype(DType::F32)?;
     // softplus(l) − y·l is the BCE of a logit.
@@ -591,8 +680,27 @@ pub fn value_loss(outputs: &ValueOutputs, batch: &Batch) -> candle_core::Result<
         &batch.value_mask,
     )?;
     let purchases = (&bought * &batch.value_mask)?;
-    let amount = masked_mean((amounts - &batch.values)?.sqr()?, &purchases)?;
-    buy + amount
+    let amount = match &outputs.log_amount {
+        Some((mu, log_var)) => {
+            // Slots that bought nothing are masked out; the clamp keeps their log finite.
+            let residual = (batch.values.clamp(1e-12, f64::MAX)?.log()? - mu)?;
+            let nll = residual
+                .sqr()?
+                .broadcast_mul(&log_var.neg()?.exp()?)?
+                .broadcast_add(log_var)?;
+            masked_mean((nll * 0.5)?, &purchases)?
+        }
+        None => masked_mean((amounts - &batch.values)?.sqr()?, &purchases)?,
+    };
+    let count = |mask: &Tensor| -> candle_core::Result<f64> {
+        Ok(f64::from(mask.sum_all()?.to_scalar::<f32>()?))
+    };
+    Ok(Some(PurchaseLosses {
+        buy,
+        amount,
+        clicks: count(&batch.value_mask)?,
+        purchases: count(&purchases)?,
+    }))
 }
 
 /// The squared error of the predicted value of a click against the logged one, over the

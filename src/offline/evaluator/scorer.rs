@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use super::model::{self, AMOUNT_BIAS, BUY_BIAS, BUY_WEIGHTS};
+use super::model::{self, AMOUNT_BIAS, AMOUNT_LOG_VARIANCE, BUY_BIAS, BUY_NETWORK, BUY_WEIGHTS};
 use super::{Evaluator, Params};
 use crate::offline::logs::LoggedRequest;
 use crate::offline::search::ListModel;
@@ -248,24 +248,48 @@ impl RequestScorer {
             cols: h,
             data: out_w1.data[from * h..(from + count) * h].to_vec(),
         };
-        // The value network, as model.rs's `value_network`: softplus(amount), times the
-        // purchase probability with `purchases`.
-        let value_context = m("value.context.w1")?
-            .apply(&context_input("value.emb.context")?, Some(&m("value.b1")?));
-        let (value_item, value_w2, value_b2) =
-            (m("value.item.w1")?, m("value.w2")?, m(AMOUNT_BIAS)?);
-        let buy = (dims.purchases)
-            .then(|| anyhow::Ok((m(BUY_WEIGHTS)?, m(BUY_BIAS)?)))
+        // The value network, as model.rs's `value_network`: the amount (softplus, or with
+        // `value_parts` log-normal: exp(μ + σ²/2)), times the purchase probability with
+        // `purchases` (with `value_parts`, from the buy network's own hidden layer).
+        let hidden_layer = |trunk: &str| -> anyhow::Result<Vec<Vec<f32>>> {
+            let context = m(&format!("{trunk}.context.w1"))?.apply(
+                &context_input(&format!("{trunk}.emb.context"))?,
+                Some(&m(&format!("{trunk}.b1"))?),
+            );
+            let item = m(&format!("{trunk}.item.w1"))?;
+            let inputs = candidate_inputs(&format!("{trunk}.emb.candidate"))?;
+            Ok((inputs.iter())
+                .map(|x| {
+                    let mut hidden = context.clone();
+                    item.add_product(x, 0, &mut hidden);
+                    relu(hidden)
+                })
+                .collect())
+        };
+        let amount_hidden = hidden_layer("value")?;
+        let (value_w2, value_b2) = (m("value.w2")?, m(AMOUNT_BIAS)?);
+        let half_variance = (dims.parts())
+            .then(|| anyhow::Ok(0.5 * f64::from(m(AMOUNT_LOG_VARIANCE)?.data[0]).exp()))
             .transpose()?;
-        let reward_of_click = (candidate_inputs("value.emb.candidate")?.iter())
-            .map(|x| {
-                let mut hidden = value_context.clone();
-                value_item.add_product(x, 0, &mut hidden);
-                let hidden = relu(hidden);
-                let z = dot(&hidden, &value_w2.data) + value_b2.data[0];
-                let mut value = f64::from(z.max(0.0)) + (-f64::from(z.abs())).exp().ln_1p();
-                if let Some((w, b)) = &buy {
-                    value *= sigmoid(f64::from(dot(&hidden, &w.data) + b.data[0]));
+        let buy = (dims.purchases)
+            .then(|| {
+                let hidden = if dims.parts() {
+                    hidden_layer(BUY_NETWORK)?
+                } else {
+                    amount_hidden.clone()
+                };
+                anyhow::Ok((hidden, m(BUY_WEIGHTS)?, m(BUY_BIAS)?))
+            })
+            .transpose()?;
+        let reward_of_click = (amount_hidden.iter().enumerate())
+            .map(|(i, hidden)| {
+                let z = f64::from(dot(hidden, &value_w2.data) + value_b2.data[0]);
+                let mut value = match half_variance {
+                    Some(half_variance) => (z + half_variance).exp(),
+                    None => z.max(0.0) + (-z.abs()).exp().ln_1p(),
+                };
+                if let Some((hidden, w, b)) = &buy {
+                    value *= sigmoid(f64::from(dot(&hidden[i], &w.data) + b.data[0]));
                 }
                 evaluator.reward_of_click(value) as f32
             })

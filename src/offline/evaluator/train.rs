@@ -9,10 +9,10 @@ use candle_core::Tensor;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Params, AMOUNT_BIAS, BUY_BIAS, VALUE_NETWORK};
+use super::model::{Params, AMOUNT_BIAS, BUY_BIAS, BUY_NETWORK, VALUE_NETWORK};
 use super::{
-    click_loss, slot_outputs, value_error, value_loss, value_outputs, Batch, Dims, Evaluator,
-    FeatureMap, Labels, ListRef, Spec, ValueOutputs,
+    click_loss, purchase_losses, slot_outputs, value_error, value_loss, value_outputs, Batch, Dims,
+    Evaluator, FeatureMap, Labels, ListRef, Spec, ValueOutputs,
 };
 use crate::offline::logs::{LogShape, LoggedRequest};
 use crate::offline::objective::Objective;
@@ -49,6 +49,9 @@ pub struct TrainConfig {
     pub pairs: bool,
     /// The user-item affinity as a bilinear form (`Dims`).
     pub bilinear: bool,
+    /// With a value objective: whether a click buys and a purchase's (log-normal) amount
+    /// are two networks, each stopped at its own best epoch (`Dims::value_parts`).
+    pub value_parts: bool,
     /// Set per run (the pipeline's objective and seed), not in the `[evaluator]` section.
     /// No objective: value when the logs carry it, else clicks.
     #[serde(skip)]
@@ -118,6 +121,7 @@ impl Default for TrainConfig {
             examination: true,
             pairs: true,
             bilinear: true,
+            value_parts: true,
             objective: None,
             seed: 0,
             progress: true,
@@ -366,7 +370,7 @@ impl training::Trainee for Trainee<'_> {
         let (params, dims) = (&self.evaluator.params, &self.evaluator.spec.dims);
         let o = slot_outputs(params, dims, &batch)?;
         let mut loss = click_loss(params, dims, &o.click_logits, &batch)?;
-        if self.evaluator.spec.objective.uses_value() {
+        if self.evaluator.spec.objective.uses_value() && !dims.parts() {
             loss = (loss + value_loss(&o.value, &batch)?)?;
         }
         self.optimizer.backward_step(&loss)?;
@@ -487,6 +491,7 @@ pub fn train_split(
             purchases: objective.uses_value(),
             pairs: config.interactions && config.pairs,
             bilinear: config.bilinear,
+            value_parts: config.value_parts,
         },
         features: FeatureMap::fit(&train_rows, &shape, config.ranking_score),
         objective,
@@ -506,12 +511,25 @@ pub fn train_split(
             evaluator.params.set(name, &bias)
         };
         set(BUY_BIAS, (share / (1.0 - share)).ln())?;
-        // The inverse of softplus, ln(e^x − 1), written not to overflow for rare, large purchases.
         let amount = amount.max(1e-6);
-        set(AMOUNT_BIAS, amount + (-(-amount).exp_m1()).ln())?;
+        if evaluator.spec.dims.parts() {
+            // exp(μ + σ²/2) with σ = 1 at the start.
+            set(AMOUNT_BIAS, amount.ln() - 0.5)?;
+        } else {
+            // The inverse of softplus, ln(e^x − 1), written not to overflow for rare, large
+            // purchases.
+            set(AMOUNT_BIAS, amount + (-(-amount).exp_m1()).ln())?;
+        }
     }
     let identity = serde_json::to_value((&evaluator.spec.dims, &evaluator.spec.features))?;
-    let optimizer = config.optimizer(evaluator.params.all())?;
+    // With `value_parts` the value network trains only in its own phase (`train_value`),
+    // from its initial weights: each part then starts where the logs are and leaves it
+    // only as far as its held-out likelihood improves.
+    let value_apart = evaluator.spec.dims.parts();
+    let joint = (evaluator.params.vars.iter())
+        .filter(|(name, _)| !(value_apart && name.starts_with(VALUE_NETWORK)))
+        .map(|(_, var)| var.clone());
+    let optimizer = config.optimizer(joint.collect())?;
     let mut trainee = Trainee {
         evaluator,
         optimizer,
@@ -585,16 +603,54 @@ fn train_value(
         labels,
         valid,
         best: Vec::new(),
+        parts: None,
     };
     let schedule = Schedule {
         progress: false,
         ..config.schedule()
     };
     let outcome = training::run(&schedule, train, &mut trainee, "value network", None)?;
+    let parts = trainee.parts.iter().flat_map(|p| [&p.buy, &p.amount]);
+    for (_, _, weights) in parts.flatten() {
+        for (name, weight) in weights {
+            evaluator.params.set(name, weight)?;
+        }
+    }
     for (name, weight) in &trainee.best {
         evaluator.params.set(name, weight)?;
     }
     Ok(outcome)
+}
+
+/// With `value_parts`, each part's best held-out loss so far, the epoch it came in, and
+/// its weights then (the buy network's `value.buy.` weights; the amount's, the rest).
+#[derive(Default)]
+struct PartBests {
+    buy: Option<(f64, usize, Vec<(String, Tensor)>)>,
+    amount: Option<(f64, usize, Vec<(String, Tensor)>)>,
+    epoch: usize,
+}
+
+impl PartBests {
+    /// Keeps each part whose `loss` beats its best; the loop's criterion is minus the
+    /// epochs where either part did, so it stops when neither has for `patience` epochs
+    /// (and at its best epoch both parts are their best).
+    fn update(&mut self, params: &Params, buy: f64, amount: f64) -> candle_core::Result<f64> {
+        self.epoch += 1;
+        let is_buy = |name: &str| name.starts_with(BUY_NETWORK);
+        for (best, loss, buy_part) in [
+            (&mut self.buy, buy, true),
+            (&mut self.amount, amount, false),
+        ] {
+            if best.as_ref().is_none_or(|(b, _, _)| loss < *b) {
+                let weights = value_weights(params)?;
+                let part = weights.into_iter().filter(|(n, _)| is_buy(n) == buy_part);
+                *best = Some((loss, self.epoch, part.collect()));
+            }
+        }
+        let improved = |best: &Option<(f64, usize, _)>| best.as_ref().map_or(0, |b| b.1);
+        Ok(-(improved(&self.buy).max(improved(&self.amount)) as f64))
+    }
 }
 
 /// The value network as the training loop sees it; the click model's weights stay put.
@@ -605,6 +661,8 @@ struct ValueTrainee<'a> {
     labels: &'a [Logged],
     valid: &'a [ListRef<'a>],
     best: Vec<(String, Tensor)>,
+    /// With `value_parts`: each part's own best (`best` stays empty).
+    parts: Option<PartBests>,
 }
 
 impl training::Trainee for ValueTrainee<'_> {
@@ -621,19 +679,42 @@ impl training::Trainee for ValueTrainee<'_> {
     }
 
     fn validate(&mut self) -> anyhow::Result<f64> {
-        let (mut sum, mut weight) = (0.0, 0.0);
+        let (params, dims) = (&self.evaluator.params, &self.evaluator.spec.dims);
+        // The value error, or with `value_parts` each part's own likelihood: sums and
+        // weights.
+        let (mut sums, mut weights) = ([0.0; 2], [0.0; 2]);
         for chunk in self.valid.chunks(512) {
             let batch = Batch::new(&self.evaluator.spec.features, chunk)?;
-            let o = value_outputs(&self.evaluator.params, &self.evaluator.spec.dims, &batch)?;
-            let (error, m) = summed_value_error(&o, &batch)?;
-            sum += error;
-            weight += m;
+            let o = value_outputs(params, dims, &batch)?;
+            if dims.parts() {
+                let Some(p) = purchase_losses(&o, &batch)? else {
+                    continue;
+                };
+                for (i, (loss, n)) in [(p.buy, p.clicks), (p.amount, p.purchases)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    sums[i] += f64::from(loss.to_scalar::<f32>()?) * n;
+                    weights[i] += n;
+                }
+            } else {
+                let (error, m) = summed_value_error(&o, &batch)?;
+                sums[0] += error;
+                weights[0] += m;
+            }
         }
-        Ok(sum / weight.max(1.0))
+        let [buy, amount] = [0, 1].map(|i| sums[i] / f64::max(weights[i], 1.0));
+        if !dims.parts() {
+            return Ok(buy);
+        }
+        let bests = self.parts.get_or_insert_with(PartBests::default);
+        Ok(bests.update(params, buy, amount)?)
     }
 
     fn keep_best(&mut self) -> anyhow::Result<()> {
-        self.best = value_weights(&self.evaluator.params)?;
+        if self.parts.is_none() {
+            self.best = value_weights(&self.evaluator.params)?;
+        }
         Ok(())
     }
 }
