@@ -220,12 +220,13 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
             values.truncate(row.exposed.len());
         }
     }
-    // Every kind: with the cascade and the bilinear affinity (the default), without them
-    // (evaluators saved before them), and the gate's pointwise judges.
-    for (interactions, examination, bilinear) in [
-        (true, true, true),
-        (true, false, false),
-        (false, false, true),
+    // Every kind: with the cascade, the bilinear affinity and the value network's two parts
+    // (the default), without them (evaluators saved before them), and the gate's pointwise
+    // judges.
+    for (interactions, examination, bilinear, value_parts) in [
+        (true, true, true, true),
+        (true, false, false, false),
+        (false, false, true, true),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let config = TrainConfig {
@@ -235,12 +236,14 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
             interactions,
             examination,
             bilinear,
+            value_parts,
             progress: false,
             ..TrainConfig::default()
         };
         let evaluator = evaluator::train(&rows, &config, dir.path(), false).unwrap();
         assert_eq!(evaluator.spec.dims.pairs, interactions);
         assert_eq!(evaluator.spec.dims.bilinear, bilinear);
+        assert_eq!(evaluator.spec.dims.parts(), value_parts);
         if interactions {
             // The id pairs' queries start at zero and one epoch barely moves them: give
             // them the keys' values, so that a wrong pairs' term in either pass shows.
@@ -249,6 +252,12 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
                 let query = format!("pair.query.{j}");
                 evaluator.params.set(&query, &(key * 2.0).unwrap()).unwrap();
             }
+        }
+        if value_parts {
+            // The buy network's output starts at zero: give it the amount's, so that a
+            // wrong buy network in either pass shows.
+            let amount = evaluator.params.get("value.w2").unwrap();
+            evaluator.params.set("value.buy.w2", amount).unwrap();
         }
         let lists: Vec<ListRef<'_>> = rows.iter().map(ListRef::logged).collect();
         // The simulator's logs carry values, so the default objective is value: the slot's

@@ -176,7 +176,7 @@ impl Params {
                 .push((BUY_WEIGHTS.into(), Var::zeros((h, 1), DType::F32, cpu)?));
             let bias = Var::zeros(h, DType::F32, cpu)?;
             params.vars.push((format!("{BUY_NETWORK}.b1"), bias));
-            // σ = 1 to start: the amounts' spread is learned with their mean.
+            // Set from the logged amounts (`train.rs`), then by each validation.
             let log_var = Var::zeros(1, DType::F32, cpu)?;
             params.vars.push((AMOUNT_LOG_VARIANCE.into(), log_var));
         }

@@ -9,7 +9,9 @@ use candle_core::Tensor;
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Params, AMOUNT_BIAS, BUY_BIAS, BUY_NETWORK, VALUE_NETWORK};
+use super::model::{
+    Params, AMOUNT_BIAS, AMOUNT_LOG_VARIANCE, BUY_BIAS, BUY_NETWORK, VALUE_NETWORK,
+};
 use super::{
     click_loss, purchase_losses, slot_outputs, value_error, value_loss, value_outputs, Batch, Dims,
     Evaluator, FeatureMap, Labels, ListRef, Spec, ValueOutputs,
@@ -214,23 +216,44 @@ fn value_per_click<'a>(rows: impl Iterator<Item = &'a LoggedRequest>) -> f64 {
 fn purchases<'a>(
     rows: impl Iterator<Item = &'a LoggedRequest>,
     value_per_click: f64,
-) -> Option<(f64, f64)> {
-    let (mut clicks, mut bought, mut amount) = (0usize, 0usize, 0.0);
+) -> Option<Purchases> {
+    let (mut clicks, mut amounts) = (0usize, Vec::new());
     for row in rows {
         let values = row.values.as_deref().unwrap_or_default();
         for (&click, &value) in row.clicks.iter().zip(values) {
             clicks += usize::from(click);
             if click && value > 0.0 {
-                bought += 1;
-                amount += f64::from(value);
+                amounts.push(f64::from(value) / value_per_click);
             }
         }
     }
-    (bought > 0).then(|| {
-        let share = bought as f64 / clicks as f64;
-        (share, amount / bought as f64 / value_per_click)
+    let n = amounts.len() as f64;
+    let log_mean = amounts.iter().map(|a| a.ln()).sum::<f64>() / n;
+    let log_variance = amounts
+        .iter()
+        .map(|a| (a.ln() - log_mean).powi(2))
+        .sum::<f64>()
+        / n;
+    (!amounts.is_empty()).then(|| Purchases {
+        share: n / clicks as f64,
+        amount: amounts.iter().sum::<f64>() / n,
+        log_mean,
+        log_variance,
     })
 }
+
+/// [`purchases`]: the share of clicks that bought, a purchase's mean amount and the mean
+/// and variance of its log.
+struct Purchases {
+    share: f64,
+    amount: f64,
+    log_mean: f64,
+    log_variance: f64,
+}
+
+/// The floor of the log-amount's variance: amounts a deterministic function of the
+/// features (a price) fit it to rounding, and `ln 0` is no variance to store.
+const MIN_LOG_VARIANCE: f64 = 1e-6;
 
 /// `d` of the weights' moving average: a horizon of `average_epochs` epochs of optimiser
 /// steps on `examples` training requests (0 when off).
@@ -503,18 +526,20 @@ pub fn train_split(
     let logged_purchases = objective
         .uses_value()
         .then(|| purchases(train.iter().map(|&i| &rows[i]), value_per_click));
-    if let Some((share, amount)) = logged_purchases.flatten() {
+    if let Some(logged) = logged_purchases.flatten() {
         // Start where the logs are: a click buys at their rate, for their mean amount.
-        let share = share.clamp(1e-3, 1.0 - 1e-3);
+        let share = logged.share.clamp(1e-3, 1.0 - 1e-3);
         let set = |name, value: f64| {
             let bias = Tensor::new(&[value as f32], &candle_core::Device::Cpu)?;
             evaluator.params.set(name, &bias)
         };
         set(BUY_BIAS, (share / (1.0 - share)).ln())?;
-        let amount = amount.max(1e-6);
+        let amount = logged.amount.max(1e-6);
         if evaluator.spec.dims.parts() {
-            // exp(μ + σ²/2) with σ = 1 at the start.
-            set(AMOUNT_BIAS, amount.ln() - 0.5)?;
+            // The log-normal fitted to the logged amounts: their log's mean and variance.
+            set(AMOUNT_BIAS, logged.log_mean)?;
+            let variance = logged.log_variance.max(MIN_LOG_VARIANCE);
+            set(AMOUNT_LOG_VARIANCE, variance.ln())?;
         } else {
             // The inverse of softplus, ln(e^x − 1), written not to overflow for rare, large
             // purchases.
@@ -595,7 +620,11 @@ fn train_value(
     train: &[usize],
     valid: &[ListRef<'_>],
 ) -> anyhow::Result<training::Outcome> {
-    let weights = value_network(&evaluator.params).map(|(_, var)| var.clone());
+    // The log-amount's variance is not a gradient's: each validation sets it to the held-out
+    // residuals' (`ValueTrainee::validate`).
+    let weights = (value_network(&evaluator.params))
+        .filter(|(name, _)| name != AMOUNT_LOG_VARIANCE)
+        .map(|(_, var)| var.clone());
     let mut trainee = ValueTrainee {
         evaluator,
         optimizer: config.optimizer(weights.collect())?,
@@ -708,7 +737,18 @@ impl training::Trainee for ValueTrainee<'_> {
             return Ok(buy);
         }
         let bests = self.parts.get_or_insert_with(PartBests::default);
-        Ok(bests.update(params, buy, amount)?)
+        if weights[1] == 0.0 {
+            // No held-out purchase: no evidence for any amount but the logs' (epoch 0).
+            return Ok(bests.update(params, buy, f64::INFINITY)?);
+        }
+        // The amount's loss was 0.5·(r²·e^{−v} + v) at the stored log-variance v: the
+        // held-out log-amount's squared error r² is (2·loss − v)·e^v, which becomes the
+        // variance, so that exp(μ + σ²/2) is the mean amount on requests not trained on.
+        let v = f64::from(params.get(AMOUNT_LOG_VARIANCE)?.to_vec1::<f32>()?[0]);
+        let squared_error = ((2.0 * amount - v) * v.exp()).max(MIN_LOG_VARIANCE);
+        let variance = Tensor::new(&[squared_error.ln() as f32], &candle_core::Device::Cpu)?;
+        params.set(AMOUNT_LOG_VARIANCE, &variance)?;
+        Ok(bests.update(params, buy, squared_error)?)
     }
 
     fn keep_best(&mut self) -> anyhow::Result<()> {
@@ -756,5 +796,46 @@ mod tests {
             ..TrainConfig::default()
         };
         assert_eq!(average_decay(&off, 13_500), 0.0);
+    }
+
+    /// Each part keeps the weights of its own best epoch, and the loop's criterion improves
+    /// whenever either part does, so it stops only when neither has for `patience` epochs.
+    #[test]
+    fn each_value_part_keeps_its_own_best_epoch() {
+        let var =
+            |x: f32| candle_core::Var::from_vec(vec![x], 1, &candle_core::Device::Cpu).unwrap();
+        let params = Params {
+            vars: vec![
+                (BUY_BIAS.to_string(), var(0.0)),
+                (AMOUNT_BIAS.to_string(), var(0.0)),
+                ("out.b2".to_string(), var(0.0)),
+            ],
+        };
+        let mut bests = PartBests::default();
+        // Epochs 1 to 4: the buy loss is best at 2, the amount's at 3, neither improves at 4.
+        let losses = [(0.5, 2.0), (0.4, 1.5), (0.45, 1.0), (0.42, 1.2)];
+        let mut criteria = Vec::new();
+        for (epoch, (buy, amount)) in losses.into_iter().enumerate() {
+            for (_, var) in &params.vars {
+                var.set(&Tensor::new(&[epoch as f32], var.device()).unwrap())
+                    .unwrap();
+            }
+            criteria.push(bests.update(&params, buy, amount).unwrap());
+        }
+        assert_eq!(criteria, [-1.0, -2.0, -3.0, -3.0]);
+        let kept = |best: &Option<(f64, usize, Vec<(String, Tensor)>)>| {
+            let (_, epoch, weights) = best.as_ref().unwrap();
+            let weights: Vec<(String, f32)> = (weights.iter())
+                .map(|(n, w)| (n.clone(), w.to_vec1::<f32>().unwrap()[0]))
+                .collect();
+            (*epoch, weights)
+        };
+        // The weights as they were at each part's best (weights hold their epoch − 1);
+        // neither part holds the other's weights, nor anything outside the value network.
+        assert_eq!(kept(&bests.buy), (2, vec![(BUY_BIAS.to_string(), 1.0)]));
+        assert_eq!(
+            kept(&bests.amount),
+            (3, vec![(AMOUNT_BIAS.to_string(), 2.0)])
+        );
     }
 }
