@@ -194,14 +194,16 @@ fn sparse_noisy_purchases_neither_move_the_click_model_nor_fool_the_value_networ
         assert!((v.0 - c).abs() < 1e-5, "{} vs {c}", v.0);
     }
     // And it still learns what a click is worth from the few purchases: on worlds 3 to 8
-    // the two-part value network reached Spearman 0.88 to 0.91 (one softplus: 0.62 to 0.93).
+    // the two networks (buy, log-normal amount) reach Spearman 0.96 to 0.99 and a mean
+    // 0.98 to 1.07 of the truth (one network with two outputs: 0.88 to 0.91; one softplus:
+    // 0.62 to 0.93).
     let (rho, ratio) = value_against_price(&world, &test, &by_value);
     assert!(
-        rho > 0.8,
+        rho > 0.93,
         "Spearman(predicted value of a click, price) = {rho:.3}"
     );
     assert!(
-        (0.7..1.4).contains(&ratio),
+        (0.85..1.2).contains(&ratio),
         "mean predicted / true = {ratio:.3}"
     );
 }

@@ -464,15 +464,7 @@ pub fn value_outputs(
     dims: &Dims,
     batch: &Batch,
 ) -> candle_core::Result<ValueOutputs> {
-    let (b, t) = (batch.requests, batch.slots);
-    let along_list = |x: Tensor| {
-        x.flatten_all()?
-            .index_select(&batch.list, 0)?
-            .reshape((b, t))
-    };
-    let (amounts, buy_logits) = value_network(params, dims, batch)?;
-    let amounts = along_list(amounts)?;
-    let purchase = buy_logits.map(along_list).transpose()?;
+    let (amounts, purchase) = value_network(params, dims, batch)?;
     let log_amount = if dims.parts() {
         Some((amounts.clone(), params.get(AMOUNT_LOG_VARIANCE)?.clone()))
     } else {
@@ -520,9 +512,9 @@ fn id_pairs(
     Tensor::cat(&fields, D::Minus1)
 }
 
-/// The value network, `[B, N]` each: every candidate's value of a click (with `purchases`:
-/// a purchase's amount; with `value_parts`, the mean of its log) and, with `purchases`, the
-/// logit that a click buys.
+/// The value network along the lists, `[B, T]` each: the value of a click on each slot's
+/// item (with `purchases`: a purchase's amount; with `value_parts`, the mean of its log)
+/// and, with `purchases`, the logit that a click buys.
 fn value_network(
     params: &Params,
     dims: &Dims,
@@ -542,10 +534,12 @@ fn value_network(
     Ok((amount, buy.transpose()?))
 }
 
-/// `[B, N, H]`: a hidden layer over each candidate's and the context's features, with the
-/// embeddings and weights named `{trunk}.…` (the amount's `value`, the buy network's).
+/// `[B, T, H]`: a hidden layer over each slot's item's and the context's features, with
+/// the embeddings and weights named `{trunk}.…` (the amount's `value`, the buy network's).
+/// Only the listed items: a value is fitted on the clicked slots, and a request lists a
+/// few of its candidates.
 fn value_hidden(params: &Params, trunk: &str, batch: &Batch) -> candle_core::Result<Tensor> {
-    let (b, n) = (batch.requests, batch.candidates);
+    let (b, t) = (batch.requests, batch.slots);
     let items = with_embeddings(
         params,
         &format!("{trunk}.emb.candidate"),
@@ -560,14 +554,16 @@ fn value_hidden(params: &Params, trunk: &str, batch: &Batch) -> candle_core::Res
         &batch.context_ids,
         batch.context_fields,
     )?;
-    let item_part = items.broadcast_matmul(params.get(&format!("{trunk}.item.w1"))?)?;
+    let item_part = items
+        .index_select(&batch.list, 0)?
+        .broadcast_matmul(params.get(&format!("{trunk}.item.w1"))?)?;
     let context_part = linear(
         &context,
         params.get(&format!("{trunk}.context.w1"))?,
         params.get(&format!("{trunk}.b1"))?,
     )?;
     item_part
-        .reshape((b, n, ()))?
+        .reshape((b, t, ()))?
         .broadcast_add(&context_part.unsqueeze(1)?)?
         .relu()
 }
