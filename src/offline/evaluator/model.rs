@@ -643,8 +643,9 @@ pub fn examined(
 /// The value network's loss on the clicked slots that logged a value (`value_mask` 1).
 /// Without `purchases`: the squared error of the click's value, minimised by its
 /// expectation. With: the purchase logit's BCE (a value above zero is a purchase) plus the
-/// amount's squared error on the purchases; their product estimates the same expectation
-/// with far less variance when most clicks buy nothing, as with GMV (docs/offline.md).
+/// amount's squared error on the purchases (with `value_parts`, its log's, scaled by the
+/// held-out variance); their product estimates the same expectation with far less variance
+/// when most clicks buy nothing, as with GMV (docs/offline.md).
 pub fn value_loss(outputs: &ValueOutputs, batch: &Batch) -> candle_core::Result<Tensor> {
     match purchase_losses(outputs, batch)? {
         Some(parts) => parts.buy + parts.amount,

@@ -227,6 +227,9 @@ fn purchases<'a>(
             }
         }
     }
+    if amounts.is_empty() {
+        return None;
+    }
     let n = amounts.len() as f64;
     let log_mean = amounts.iter().map(|a| a.ln()).sum::<f64>() / n;
     let log_variance = amounts
@@ -234,7 +237,7 @@ fn purchases<'a>(
         .map(|a| (a.ln() - log_mean).powi(2))
         .sum::<f64>()
         / n;
-    (!amounts.is_empty()).then(|| Purchases {
+    Some(Purchases {
         share: n / clicks as f64,
         amount: amounts.iter().sum::<f64>() / n,
         log_mean,
@@ -607,8 +610,10 @@ pub fn train_split(
     Ok(best)
 }
 
-/// The value network alone, from its best weights of the joint training, until its
-/// validation error has not improved for `patience` epochs; keeps its best. The click
+/// The value network alone, from its best weights of the joint training (with
+/// `value_parts`: from its start at the logs, which the joint training leaves alone), until
+/// its validation error (each part's) has not improved for `patience` epochs; keeps its
+/// best (each part's own). The click
 /// model stops long before it where purchases are sparse: a step carries a value only for
 /// the clicked slots that bought, so at the click model's best epoch the value network had
 /// seen few of them (docs/offline.md, "The objective"). Its steps are cheap: no list.
@@ -640,8 +645,8 @@ fn train_value(
     };
     let outcome = training::run(&schedule, train, &mut trainee, "value network", None)?;
     let parts = trainee.parts.iter().flat_map(|p| [&p.buy, &p.amount]);
-    for (_, _, weights) in parts.flatten() {
-        for (name, weight) in weights {
+    for best in parts.flatten() {
+        for (name, weight) in &best.weights {
             evaluator.params.set(name, weight)?;
         }
     }
@@ -651,19 +656,26 @@ fn train_value(
     Ok(outcome)
 }
 
-/// With `value_parts`, each part's best held-out loss so far, the epoch it came in, and
-/// its weights then (the buy network's `value.buy.` weights; the amount's, the rest).
+/// With `value_parts`, each part's best so far (the buy network's `value.buy.` weights;
+/// the amount's, the rest), counting validations from 1.
 #[derive(Default)]
 struct PartBests {
-    buy: Option<(f64, usize, Vec<(String, Tensor)>)>,
-    amount: Option<(f64, usize, Vec<(String, Tensor)>)>,
+    buy: Option<PartBest>,
+    amount: Option<PartBest>,
     epoch: usize,
+}
+
+/// A part's best held-out loss, the validation it came in, and its weights then.
+struct PartBest {
+    loss: f64,
+    epoch: usize,
+    weights: Vec<(String, Tensor)>,
 }
 
 impl PartBests {
     /// Keeps each part whose `loss` beats its best; the loop's criterion is minus the
-    /// epochs where either part did, so it stops when neither has for `patience` epochs
-    /// (and at its best epoch both parts are their best).
+    /// latest validation where either part did, so it stops when neither has for
+    /// `patience` epochs.
     fn update(&mut self, params: &Params, buy: f64, amount: f64) -> candle_core::Result<f64> {
         self.epoch += 1;
         let is_buy = |name: &str| name.starts_with(BUY_NETWORK);
@@ -671,14 +683,18 @@ impl PartBests {
             (&mut self.buy, buy, true),
             (&mut self.amount, amount, false),
         ] {
-            if best.as_ref().is_none_or(|(b, _, _)| loss < *b) {
+            if best.as_ref().is_none_or(|b| loss < b.loss) {
                 let weights = value_weights(params)?;
                 let part = weights.into_iter().filter(|(n, _)| is_buy(n) == buy_part);
-                *best = Some((loss, self.epoch, part.collect()));
+                *best = Some(PartBest {
+                    loss,
+                    epoch: self.epoch,
+                    weights: part.collect(),
+                });
             }
         }
-        let improved = |best: &Option<(f64, usize, _)>| best.as_ref().map_or(0, |b| b.1);
-        Ok(-(improved(&self.buy).max(improved(&self.amount)) as f64))
+        let latest = |best: &Option<PartBest>| best.as_ref().map_or(0, |b| b.epoch);
+        Ok(-(latest(&self.buy).max(latest(&self.amount)) as f64))
     }
 }
 
@@ -823,12 +839,12 @@ mod tests {
             criteria.push(bests.update(&params, buy, amount).unwrap());
         }
         assert_eq!(criteria, [-1.0, -2.0, -3.0, -3.0]);
-        let kept = |best: &Option<(f64, usize, Vec<(String, Tensor)>)>| {
-            let (_, epoch, weights) = best.as_ref().unwrap();
-            let weights: Vec<(String, f32)> = (weights.iter())
+        let kept = |best: &Option<PartBest>| {
+            let best = best.as_ref().unwrap();
+            let weights: Vec<(String, f32)> = (best.weights.iter())
                 .map(|(n, w)| (n.clone(), w.to_vec1::<f32>().unwrap()[0]))
                 .collect();
-            (*epoch, weights)
+            (best.epoch, weights)
         };
         // The weights as they were at each part's best (weights hold their epoch − 1);
         // neither part holds the other's weights, nor anything outside the value network.
