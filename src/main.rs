@@ -14,7 +14,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// sysexits' EX_USAGE: the configuration is wrong, retrying will not help.
 const EXIT_CONFIG: i32 = 64;
 
+/// 128 + SIGPIPE: how a Unix tool ends when what reads its output has gone.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
 fn main() {
+    quiet_on_broken_pipe();
     let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
     #[cfg(feature = "offline")]
     if cli.command.is_offline() {
@@ -36,6 +40,22 @@ fn main() {
         };
         std::process::exit(code);
     }
+}
+
+/// `degre check-logs … | head`: `println!` panics once `head` has gone (Rust ignores
+/// SIGPIPE). End quietly with the shell's code for it instead of printing a panic; every
+/// other panic is reported as before.
+fn quiet_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = (info.payload().downcast_ref::<String>().map(String::as_str))
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        report(info);
+    }));
 }
 
 /// `--help` and `--version` print and exit 0; any other error in the command line or a

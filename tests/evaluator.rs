@@ -375,3 +375,69 @@ fn complement_lift(world: &World, trained: &Evaluator, test: &[LoggedRequest]) -
     let average = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
     average(&lifted) / average(&plain)
 }
+
+/// `train-evaluator --resume` continues an interrupted run from its checkpoint: the epoch
+/// count and the best so far carry on from it, and so do the weights (two more epochs at a
+/// rate too small to move anything keep the checkpoint's quality; a run that started over
+/// would be back at the untrained model). A checkpoint of other sizes is refused.
+#[test]
+fn a_resumed_training_continues_from_its_checkpoint() {
+    let world = small_world(5);
+    let rows = sample_split(&world, "train", 2000);
+    let config = |epochs, learning_rate, hidden| TrainConfig {
+        hidden,
+        epochs,
+        learning_rate,
+        patience: epochs,
+        seed: 3,
+        progress: false,
+        objective: Some(Objective::CLICKS),
+        ..TrainConfig::default()
+    };
+    let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let summary = |e: Evaluator| e.spec.training.unwrap();
+    let first = summary(evaluator::train(&rows, &config(2, 3e-3, 16), dir.path(), false).unwrap());
+    let still = config(4, 1e-12, 16);
+    let resumed = summary(evaluator::train(&rows, &still, dir.path(), true).unwrap());
+    let started_over = summary(evaluator::train(&rows, &still, elsewhere.path(), false).unwrap());
+    eprintln!(
+        "valid BCE: first {:.5}, resumed {:.5}, started over {:.5}, constant {:.5}",
+        first.valid_loss, resumed.valid_loss, started_over.valid_loss, first.constant_valid_loss
+    );
+    assert_eq!((first.epochs_run, resumed.epochs_run), (2, 4));
+    assert!(resumed.best_epoch >= first.best_epoch && first.best_epoch > 0);
+    assert!(resumed.valid_loss <= first.valid_loss + 1e-6);
+    assert!(started_over.valid_loss > first.valid_loss + 0.002);
+
+    let other = config(4, 3e-3, 24);
+    let Err(refused) = evaluator::train(&rows, &other, dir.path(), true) else {
+        panic!("a checkpoint of other sizes was loaded");
+    };
+    assert!(
+        format!("{refused:#}").contains("other sizes"),
+        "{refused:#}"
+    );
+}
+
+/// A value objective on logs whose `values` are all 0 (an unfilled column) is refused by
+/// name before anything trains, rather than fitting a value network to nothing.
+#[test]
+fn a_value_objective_on_a_column_of_zeros_is_refused() {
+    let mut rows = sample_split(&small_world(5), "train", 50);
+    for row in &mut rows {
+        row.values = Some(vec![0.0; row.exposed.len()]);
+    }
+    let config = TrainConfig {
+        objective: Some(Objective::VALUE),
+        progress: false,
+        ..TrainConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Err(refused) = evaluator::train(&rows, &config, dir.path(), false) else {
+        panic!("a value objective trained on a column of zeros");
+    };
+    assert!(
+        format!("{refused:#}").contains("every logged value is 0"),
+        "{refused:#}"
+    );
+}

@@ -180,6 +180,7 @@ fn simulate_train_and_eval_from_the_command_line() {
     assert!(String::from_utf8_lossy(&lone.stderr).contains("--pointwise"));
 
     let report = dir.path().join("report.json");
+    let lists = dir.path().join("lists");
     let test = sim.join("test.parquet");
     let table = degre(&[
         "eval",
@@ -191,6 +192,8 @@ fn simulate_train_and_eval_from_the_command_line() {
         evaluator.to_str().unwrap(),
         "--out",
         report.to_str().unwrap(),
+        "--write-lists",
+        lists.to_str().unwrap(),
         "--correlation-requests",
         "20",
         "--correlation-lists",
@@ -210,6 +213,35 @@ fn simulate_train_and_eval_from_the_command_line() {
         );
     }
     assert!(report["evaluator"]["auc"].as_f64().is_some());
+
+    // Each policy's lists, written as `--lists` reads them, score the same when read back.
+    let greedy = lists.join("evaluator-greedy.jsonl");
+    let written = std::fs::read_to_string(&greedy).unwrap();
+    assert_eq!(written.lines().count(), 100);
+    assert!(lists.join("evaluator-beam_16.jsonl").exists());
+    let reread = dir.path().join("reread.json");
+    degre(&[
+        "eval",
+        "--logs",
+        test.to_str().unwrap(),
+        "--world",
+        sim_arg,
+        "--lists",
+        greedy.to_str().unwrap(),
+        "--out",
+        reread.to_str().unwrap(),
+    ]);
+    let reread: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&reread).unwrap()).unwrap();
+    let utility = |report: &serde_json::Value, name: &str| {
+        let policies = report["policies"].as_array().unwrap();
+        let p = policies.iter().find(|p| p["name"] == name).unwrap();
+        p["true_utility"].as_f64().unwrap()
+    };
+    assert_eq!(
+        utility(&reread, "evaluator-greedy"),
+        utility(&report, "evaluator-greedy")
+    );
 }
 
 #[test]
@@ -235,4 +267,24 @@ fn a_bad_log_fails_with_file_row_and_field() {
         )),
         "{stderr}"
     );
+}
+
+/// `degre check-logs … | head`: when the reader of its output goes away, it ends as a Unix
+/// tool does (128 + SIGPIPE), without a panic's message.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let logs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/logs.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_degre"))
+        .arg("check-logs")
+        .arg(&logs)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the child has read its file, so before its first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -1,14 +1,14 @@
 //! Offline commands: `simulate`, `train-evaluator`, `eval`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 
-use crate::offline::compare::{self, EvalInputs};
+use crate::offline::compare::{self, EvalInputs, EvalReport};
 use crate::offline::evaluator::{self, Ensemble, Evaluator, TrainConfig};
-use crate::offline::logs::read_logs;
+use crate::offline::logs::{read_logs, LogShape, LoggedRequest};
 use crate::offline::objective::Objective;
 use crate::offline::policy::{self, Policy};
 use crate::offline::sim::{self, SimConfig, World};
@@ -75,7 +75,7 @@ pub struct TrainEvaluatorArgs {
     #[arg(long, default_value_t = TrainConfig::default().valid_fraction)]
     pub valid_fraction: f64,
     /// What a slot earns: `clicks`, `value` (the logs' `values`, e.g. GMV) or
-    /// `A*clicks+B*value`. Default: value when every row logs values, else clicks.
+    /// `A*clicks+B*value`. Default: value when every row logs values, some not 0, else clicks.
     #[arg(long)]
     pub objective: Option<Objective>,
     /// A pointwise model: a slot does not see the items above it (no list effects).
@@ -177,12 +177,17 @@ pub struct EvalArgs {
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
     /// What utility and `V` measure (see train-evaluator). Default: the evaluator's, else
-    /// value when every row logs values, else clicks.
+    /// value when every row logs values, some not 0, else clicks.
     #[arg(long)]
     pub objective: Option<Objective>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write each policy's lists into this directory, as `--lists` reads them
+    /// (`POLICY.jsonl`: `{"request_id", "list"}` per line), to inspect them or to score
+    /// them elsewhere.
+    #[arg(long, value_name = "DIR")]
+    pub write_lists: Option<PathBuf>,
     /// Seed of everything random in this command.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -222,7 +227,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let objective = match (args.objective, &evaluator) {
         (Some(objective), _) => objective,
         (None, Some(e)) => e.first().spec.objective,
-        (None, None) => Objective::default_for(logs.iter().all(|r| r.values.is_some())),
+        (None, None) => (LogShape::of(&logs).context("no logged requests")?).default_objective(),
     };
     if let Some(e) = &evaluator {
         let trained = e.first().spec.objective;
@@ -247,7 +252,37 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}", out.display()))?;
         println!("wrote {}", out.display());
     }
+    if let Some(dir) = &args.write_lists {
+        write_lists(dir, &logs, &report)?;
+        println!(
+            "wrote {} policies' lists into {}",
+            report.policies.len(),
+            dir.display()
+        );
+    }
     println!("eval took {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One JSON Lines file per policy, named after it (characters a file name should not
+/// hold become `_`), in the format [`Policy::from_lists_file`] reads.
+fn write_lists(dir: &Path, logs: &[LoggedRequest], report: &EvalReport) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    for policy in &report.policies {
+        let name: String = (policy.name.chars())
+            .map(|c| match c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                true => c,
+                false => '_',
+            })
+            .collect();
+        let path = dir.join(format!("{name}.jsonl"));
+        let mut text = String::new();
+        for (request, list) in logs.iter().zip(&policy.lists) {
+            let line = serde_json::json!({"request_id": request.request_id, "list": list});
+            text += &format!("{line}\n");
+        }
+        std::fs::write(&path, text).with_context(|| path.display().to_string())?;
+    }
     Ok(())
 }
 
@@ -277,7 +312,7 @@ pub struct CheckLogsArgs {
 
 pub fn check_logs(args: CheckLogsArgs) -> anyhow::Result<()> {
     let rows = read_logs(&args.logs)?;
-    let shape = crate::offline::logs::LogShape::of(&rows).context("no rows")?;
+    let shape = LogShape::of(&rows).context("no rows")?;
     let slots: usize = rows.iter().map(|r| r.exposed.len()).sum();
     let clicks = rows.iter().flat_map(|r| &r.clicks).filter(|&&c| c).count();
     println!(

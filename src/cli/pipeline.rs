@@ -150,18 +150,6 @@ pub struct DistillArgs {
 
 pub fn distill(args: DistillArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let logs = read_logs(&args.logs)?;
-    let evaluator = Evaluator::load(&args.evaluator)?;
-    let mined = mine::read_mined(&args.mined)?;
-    let requests = mine::join_logs(&mined, &logs)
-        .with_context(|| format!("joining the mined lists to {}", args.logs.display()))?;
-    let targets: Vec<Forced> = mined
-        .iter()
-        .map(|m| match args.hard_labels {
-            true => Forced::hard(&m.list),
-            false => Forced::soft(m, args.temperature * evaluator.reward_unit()),
-        })
-        .collect();
     let config = DistillConfig {
         hidden: args.hidden,
         mixer: args.mixer,
@@ -176,6 +164,19 @@ pub fn distill(args: DistillArgs) -> anyhow::Result<()> {
         progress: !args.quiet,
         ..DistillConfig::default()
     };
+    config.check().map_err(anyhow::Error::msg)?;
+    let logs = read_logs(&args.logs)?;
+    let evaluator = Evaluator::load(&args.evaluator)?;
+    let mined = mine::read_mined(&args.mined)?;
+    let requests = mine::join_logs(&mined, &logs)
+        .with_context(|| format!("joining the mined lists to {}", args.logs.display()))?;
+    let targets: Vec<Forced> = mined
+        .iter()
+        .map(|m| match args.hard_labels {
+            true => Forced::hard(&m.list),
+            false => Forced::soft(m, config.temperature * evaluator.reward_unit()),
+        })
+        .collect();
     let (generator, summary) = distill::distill(
         &requests,
         &targets,
@@ -225,7 +226,7 @@ pub struct PipelineArgs {
     #[arg(long, requires = "publish")]
     pub force_publish: bool,
     /// What a slot earns: `clicks`, `value` or `A*clicks+B*value` (overrides the config's
-    /// `objective`). Default: value when every logged row carries `values`, else clicks.
+    /// `objective`). Default: value when every logged row carries `values`, some not 0, else clicks.
     #[arg(long)]
     pub objective: Option<Objective>,
     /// Train the ablation and baseline generators too (default: on with the simulator,

@@ -59,6 +59,10 @@ pub struct PolicyReport {
     pub overlap_with_upstream: f64,
     /// Mean wall time to produce one list, in microseconds (single thread).
     pub micros_per_request: f64,
+    /// The list it made for each request, in the order of the logs (`degre eval
+    /// --write-lists`; not in the JSON report).
+    #[serde(skip)]
+    pub lists: Vec<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +110,7 @@ struct PerRequest {
     same_slot: Vec<f64>,
     overlap: Vec<f64>,
     micros: Vec<f64>,
+    lists: Vec<Vec<usize>>,
     oracle: Option<f64>,
 }
 
@@ -163,6 +168,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalReport> {
                 same_slot_as_upstream: mean(|r| &r.same_slot),
                 overlap_with_upstream: mean(|r| &r.overlap),
                 micros_per_request: mean(|r| &r.micros),
+                lists: per_request.iter().map(|r| r.lists[p].clone()).collect(),
             }
         })
         .collect();
@@ -232,6 +238,7 @@ fn evaluate_request(
         same_slot: Vec::new(),
         overlap: Vec::new(),
         micros: Vec::new(),
+        lists: Vec::new(),
         oracle: oracle.as_ref().map(|o| o.value),
     };
     let upstream = request.upstream_list(k);
@@ -260,6 +267,7 @@ fn evaluate_request(
         let shared = list.iter().filter(|a| upstream.contains(a)).count();
         out.same_slot.push(same as f64 / slots);
         out.overlap.push(shared as f64 / slots);
+        out.lists.push(list);
     }
     Ok(out)
 }

@@ -27,7 +27,8 @@ impl Objective {
         value: 1.0,
     };
 
-    /// The default for a log: value when every row carries `values`, else clicks.
+    /// Value when the logs carry values to learn, else clicks
+    /// ([`crate::offline::logs::LogShape::default_objective`] decides which).
     pub fn default_for(has_values: bool) -> Objective {
         if has_values {
             Objective::VALUE

@@ -47,6 +47,40 @@ pub fn split(len: usize, fraction: f64, seed: u64) -> Split {
     }
 }
 
+/// Range checks the config sections share. `key` names the setting as a user writes it
+/// (`distill.temperature`), so a bad value is refused with its name rather than trained
+/// into NaN weights or a model that never learns.
+pub fn ensure_positive(key: &str, x: f64) -> Result<(), String> {
+    match x > 0.0 && x.is_finite() {
+        true => Ok(()),
+        false => Err(format!("`{key}` must be finite and > 0, not {x}")),
+    }
+}
+
+/// See [`ensure_positive`].
+pub fn ensure_non_negative(key: &str, x: f64) -> Result<(), String> {
+    match x >= 0.0 && x.is_finite() {
+        true => Ok(()),
+        false => Err(format!("`{key}` must be finite and >= 0, not {x}")),
+    }
+}
+
+/// A share strictly between 0 and 1; see [`ensure_positive`].
+pub fn ensure_fraction(key: &str, x: f64) -> Result<(), String> {
+    match x > 0.0 && x < 1.0 {
+        true => Ok(()),
+        false => Err(format!("`{key}` must be within (0, 1), not {x}")),
+    }
+}
+
+/// A size or count of at least 1; see [`ensure_positive`].
+pub fn ensure_nonzero(key: &str, n: usize) -> Result<(), String> {
+    match n > 0 {
+        true => Ok(()),
+        false => Err(format!("`{key}` must be at least 1")),
+    }
+}
+
 /// What a trainer supplies to [`run`].
 pub trait Trainee {
     /// One optimiser step on these training examples; returns the batch's loss.

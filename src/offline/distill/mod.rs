@@ -60,6 +60,16 @@ pub struct DistillConfig {
 }
 
 impl DistillConfig {
+    /// Ranges serde cannot check, named as the pipeline's `[distill]` keys.
+    pub fn check(&self) -> Result<(), String> {
+        training::ensure_nonzero("distill.hidden", self.hidden)?;
+        training::ensure_nonzero("distill.embed", self.embed)?;
+        training::ensure_positive("distill.learning_rate", self.learning_rate)?;
+        training::ensure_positive("distill.temperature", self.temperature)?;
+        training::ensure_non_negative("distill.ce_weight", self.ce_weight)?;
+        training::ensure_fraction("distill.valid_fraction", self.valid_fraction)
+    }
+
     pub fn schedule(&self) -> Schedule {
         Schedule {
             epochs: self.epochs,

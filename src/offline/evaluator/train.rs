@@ -67,13 +67,17 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Ranges serde cannot check, named as the pipeline's `[evaluator]` keys.
     pub fn check(&self) -> Result<(), String> {
-        let average = self.average_epochs;
-        if !(average >= 0.0 && average.is_finite()) {
-            return Err(format!(
-                "`evaluator.average_epochs` must be finite and >= 0, not {average}"
-            ));
+        for (key, n) in [
+            ("evaluator.hidden", self.hidden),
+            ("evaluator.attention", self.attention),
+            ("evaluator.embed", self.embed),
+        ] {
+            training::ensure_nonzero(key, n)?;
         }
-        Ok(())
+        training::ensure_positive("evaluator.learning_rate", self.learning_rate)?;
+        training::ensure_non_negative("evaluator.weight_decay", self.weight_decay)?;
+        training::ensure_non_negative("evaluator.average_epochs", self.average_epochs)?;
+        training::ensure_fraction("evaluator.valid_fraction", self.valid_fraction)
     }
 
     /// AdamW over `vars` at this learning rate and weight decay.
@@ -353,10 +357,12 @@ impl Trainee<'_> {
         Ok(())
     }
 
-    /// The validation split's click loss; keeps the value network's best weights apart.
+    /// The validation split's click loss; keeps the value network's best weights apart
+    /// (with `value_parts` they do not move here: nothing to keep).
     fn validation_loss(&mut self) -> anyhow::Result<f64> {
         let losses = mean_losses(&self.evaluator, self.valid, 512)?;
-        if let Some(value) = losses.value {
+        let joint_value = losses.value.filter(|_| !self.evaluator.spec.dims.parts());
+        if let Some(value) = joint_value {
             if self
                 .best_value
                 .as_ref()
@@ -466,10 +472,14 @@ pub fn train_split(
     );
     let objective = config
         .objective
-        .unwrap_or_else(|| Objective::default_for(shape.has_values));
+        .unwrap_or_else(|| shape.default_objective());
     anyhow::ensure!(
         !objective.uses_value() || shape.has_values,
         "the objective {objective} needs the `values` column, and some rows lack it"
+    );
+    anyhow::ensure!(
+        !objective.uses_value() || shape.any_value,
+        "the objective {objective} needs some `values` that are not 0, and every logged value is 0"
     );
     let Split { train, valid } = split;
     let value_per_click = value_per_click(train.iter().map(|&i| &rows[i]));

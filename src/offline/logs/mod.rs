@@ -101,6 +101,8 @@ pub struct LogShape {
     pub max_exposed: usize,
     /// Every row carries the `values` column.
     pub has_values: bool,
+    /// Some logged value is not 0: there is a value to learn.
+    pub any_value: bool,
 }
 
 impl LogShape {
@@ -116,6 +118,7 @@ impl LogShape {
             max_candidates: 0,
             max_exposed: 0,
             has_values: true,
+            any_value: false,
         };
         for row in rows {
             grow_vocab(&mut shape.context_vocab, &row.context.categorical);
@@ -125,8 +128,16 @@ impl LogShape {
             shape.max_candidates = shape.max_candidates.max(row.candidates.len());
             shape.max_exposed = shape.max_exposed.max(row.exposed.len());
             shape.has_values &= row.values.is_some();
+            shape.any_value |= (row.values.iter().flatten()).any(|&v| v != 0.0);
         }
         Some(shape)
+    }
+
+    /// The objective a run on these logs has unless told otherwise: value when every row
+    /// carries `values` and some are not 0 (a column of zeros is an unfilled column, not a
+    /// business that earns nothing), else clicks.
+    pub fn default_objective(&self) -> Objective {
+        Objective::default_for(self.has_values && self.any_value)
     }
 }
 

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array, ListArray, RecordBatch,
-    StringArray, StructArray,
+    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, ListArray,
+    RecordBatch, StringArray, StructArray,
 };
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Fields, Schema};
@@ -16,6 +16,9 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use super::{FieldError, LogError, LoggedRequest, RawCandidate, RawFeatures, RawRow};
+
+/// What a float column may hold: Spark and pandas write `double` as often as `float`.
+const FLOATS: &[DataType] = &[DataType::Float32, DataType::Float64];
 
 fn list_type(item: DataType) -> DataType {
     DataType::List(Arc::new(Field::new("item", item, false)))
@@ -35,7 +38,8 @@ fn candidate_fields() -> Fields {
     fields.into()
 }
 
-/// The schema this crate writes (readers also accept int64 `exposed` and extra columns).
+/// The schema this crate writes (readers also accept int64 `exposed`, int32 categorical
+/// ids, `double` for any float, and extra columns).
 pub fn schema() -> Schema {
     Schema::new(vec![
         Field::new("request_id", DataType::Utf8, false),
@@ -194,7 +198,7 @@ struct Columns<'a> {
     candidates: &'a ListArray,
     item_id: &'a StringArray,
     candidate_features: FeatureColumns<'a>,
-    ranking_score: &'a Float32Array,
+    ranking_score: &'a ArrayRef,
     exposed: &'a ListArray,
     clicks: &'a ListArray,
     values: Option<&'a ListArray>,
@@ -250,12 +254,7 @@ fn feature_columns<'a>(parent: &'a StructArray, path: &str) -> Result<FeatureCol
     let dense = child(columns, fields, "dense", path)?;
     let categorical = child(columns, fields, "categorical", path)?;
     Ok(FeatureColumns {
-        dense: list_of(
-            dense,
-            &format!("{path}dense"),
-            &[DataType::Float32],
-            "list<float>",
-        )?,
+        dense: list_of(dense, &format!("{path}dense"), FLOATS, "list<float>")?,
         categorical: list_of(
             categorical,
             &format!("{path}categorical"),
@@ -294,12 +293,7 @@ impl<'a> Columns<'a> {
             "candidates.",
         )?;
         let values = match fields.iter().position(|f| f.name() == "values") {
-            Some(i) => Some(list_of(
-                &columns[i],
-                "values",
-                &[DataType::Float32],
-                "list<float>",
-            )?),
+            Some(i) => Some(list_of(&columns[i], "values", FLOATS, "list<float>")?),
             None => None,
         };
         Ok(Columns {
@@ -309,7 +303,15 @@ impl<'a> Columns<'a> {
             candidates,
             item_id: typed(item_id, "candidates.item_id", "string")?,
             candidate_features: feature_columns(candidate_structs, "candidates.")?,
-            ranking_score: typed(ranking_score, "candidates.ranking_score", "float")?,
+            ranking_score: match FLOATS.contains(ranking_score.data_type()) {
+                true => ranking_score,
+                false => {
+                    return Err(format!(
+                        "column `candidates.ranking_score` has type {}, expected float",
+                        ranking_score.data_type()
+                    ))
+                }
+            },
             exposed: list_of(
                 column("exposed")?,
                 "exposed",
@@ -352,10 +354,7 @@ impl<'a> Columns<'a> {
                         j,
                         &format!("{prefix}.categorical"),
                     )?,
-                    ranking_score: self
-                        .ranking_score
-                        .is_valid(j)
-                        .then(|| self.ranking_score.value(j)),
+                    ranking_score: float_at(self.ranking_score, j),
                 });
             }
             Some(candidates)
@@ -402,9 +401,19 @@ fn items<T>(
 }
 
 fn floats(list: &ListArray, i: usize, field: &str) -> Result<Option<Vec<f32>>, FieldError> {
-    items(list, i, field, |a, k| {
-        let a = a.as_any().downcast_ref::<Float32Array>()?;
-        a.is_valid(k).then(|| a.value(k))
+    items(list, i, field, float_at)
+}
+
+/// Item `k` of a `float` or `double` array, as f32 (`None` if null). A double beyond f32's
+/// range becomes infinite, which validation refuses with the field's name.
+fn float_at(a: &ArrayRef, k: usize) -> Option<f32> {
+    if !a.is_valid(k) {
+        return None;
+    }
+    let any = a.as_any();
+    (any.downcast_ref::<Float32Array>().map(|a| a.value(k))).or_else(|| {
+        any.downcast_ref::<Float64Array>()
+            .map(|a| a.value(k) as f32)
     })
 }
 

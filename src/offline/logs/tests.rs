@@ -50,6 +50,23 @@ fn shape_reports_widths_and_vocabulary() {
     assert_eq!((shape.max_candidates, shape.max_exposed), (4, 3));
 }
 
+/// Value is the default only where there is a value to learn: every row logs `values`, and
+/// not all of them are 0 (an unfilled column).
+#[test]
+fn the_default_objective_needs_values_that_are_not_all_zero() {
+    let objective = |rows: &[LoggedRequest]| LogShape::of(rows).unwrap().default_objective();
+    let all = vec![row(0, true), row(1, true)];
+    assert_eq!(objective(&all), Objective::VALUE);
+    assert_eq!(objective(&rows()), Objective::CLICKS, "row 1 has no values");
+    let mut zeros = all.clone();
+    for r in &mut zeros {
+        r.values = Some(vec![0.0; r.exposed.len()]);
+    }
+    assert_eq!(objective(&zeros), Objective::CLICKS);
+    let shape = LogShape::of(&zeros).unwrap();
+    assert!(shape.has_values && !shape.any_value);
+}
+
 /// Writes `rows` as JSON Lines with `edit` applied to the JSON of the second row, and
 /// returns the error of reading it back.
 fn json_error(edit: impl Fn(&mut serde_json::Value)) -> String {
@@ -180,6 +197,98 @@ fn parquet_rows_are_validated_like_json_lines() {
             "{}: row 3: field `candidates[1].dense[0]`: NaN is not finite",
             path.display()
         )
+    );
+}
+
+/// `array` with every float (at any depth of lists and structs) widened to double and
+/// passed through `edit`.
+fn widened(array: &arrow_array::ArrayRef, edit: &dyn Fn(f64) -> f64) -> arrow_array::ArrayRef {
+    use arrow_array::StructArray;
+    use arrow_array::{cast::AsArray, types::Float32Type, Array, Float64Array, ListArray};
+    use arrow_schema::{DataType, Field};
+    use std::sync::Arc;
+    match array.data_type() {
+        DataType::Float32 => Arc::new(
+            (array.as_primitive::<Float32Type>().iter())
+                .map(|x| x.map(|x| edit(f64::from(x))))
+                .collect::<Float64Array>(),
+        ),
+        DataType::List(item) => {
+            let list = array.as_list::<i32>();
+            let values = widened(list.values(), edit);
+            let field = Field::new(item.name(), values.data_type().clone(), item.is_nullable());
+            let (offsets, nulls) = (list.offsets().clone(), list.nulls().cloned());
+            Arc::new(ListArray::new(Arc::new(field), offsets, values, nulls))
+        }
+        DataType::Struct(fields) => {
+            let parts = array.as_struct();
+            let columns: Vec<_> = parts.columns().iter().map(|c| widened(c, edit)).collect();
+            let fields: Vec<Field> = (fields.iter().zip(&columns))
+                .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), f.is_nullable()))
+                .collect();
+            Arc::new(StructArray::new(
+                fields.into(),
+                columns,
+                parts.nulls().cloned(),
+            ))
+        }
+        _ => array.clone(),
+    }
+}
+
+/// Spark and pandas write `double` where degre writes `float`: read the same, and a double
+/// too large for a float is refused by name rather than read as infinity.
+#[test]
+fn double_columns_read_as_floats() {
+    use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use arrow_array::RecordBatch;
+    let dir = tempfile::tempdir().unwrap();
+    let write_widened = |rows: &[LoggedRequest], name: &str, edit: &dyn Fn(f64) -> f64| {
+        let floats = dir.path().join(format!("{name}-float.parquet"));
+        write_logs(&floats, rows).unwrap();
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&floats).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
+        let path = dir.path().join(format!("{name}.parquet"));
+        let mut writer = None;
+        for batch in reader {
+            let batch = batch.unwrap();
+            let columns: Vec<_> = batch.columns().iter().map(|c| widened(c, edit)).collect();
+            let fields: Vec<arrow_schema::Field> = (batch.schema().fields().iter().zip(&columns))
+                .map(|(f, c)| {
+                    arrow_schema::Field::new(f.name(), c.data_type().clone(), f.is_nullable())
+                })
+                .collect();
+            let schema = std::sync::Arc::new(arrow_schema::Schema::new(fields));
+            let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+            let file = std::fs::File::create(&path).unwrap();
+            let w = writer.get_or_insert_with(|| {
+                ::parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap()
+            });
+            w.write(&batch).unwrap();
+        }
+        writer.unwrap().close().unwrap();
+        path
+    };
+    let doubles = write_widened(&rows(), "doubles", &|x| x);
+    let schema = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&doubles).unwrap())
+        .unwrap()
+        .schema()
+        .clone();
+    assert!(format!("{schema:?}").contains("Float64"), "{schema:?}");
+    assert!(!format!("{schema:?}").contains("Float32"), "{schema:?}");
+    assert_eq!(read_logs(&doubles).unwrap(), rows());
+
+    // One ranking score marked, and written as a double no float can hold.
+    let mut huge = rows();
+    huge[1].candidates[2].ranking_score = 123.0;
+    let path = write_widened(&huge, "huge", &|x| if x == 123.0 { 1e39 } else { x });
+    let err = read_logs(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("row 2: field `candidates[2].ranking_score`") && err.contains("not finite"),
+        "{err}"
     );
 }
 

@@ -11,6 +11,7 @@ use crate::offline::distill::DistillConfig;
 use crate::offline::evaluator::TrainConfig;
 use crate::offline::objective::Objective;
 use crate::offline::sim::SimConfig;
+use crate::offline::training;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -134,34 +135,19 @@ impl PipelineConfig {
         if self.seeds.is_empty() {
             return Err("`seeds` is empty".into());
         }
-        if self.judges == 0 {
-            return Err("`judges` must be at least 1".into());
+        training::ensure_nonzero("judges", self.judges)?;
+        training::ensure_nonzero("mining.evaluators", self.mining.evaluators)?;
+        training::ensure_nonzero("mining.beam_width", self.mining.beam_width)?;
+        if self.mining.sweep.contains(&0) {
+            return Err("`mining.sweep`: a beam width must be at least 1".into());
         }
-        if self.mining.evaluators == 0 {
-            return Err("`mining.evaluators` must be at least 1".into());
-        }
-        if !(self.mining.pessimism >= 0.0 && self.mining.pessimism.is_finite()) {
-            return Err("`mining.pessimism` must be finite and >= 0".into());
-        }
-        if !(self.mining.trust_margin >= 0.0 && self.mining.trust_margin.is_finite()) {
-            return Err("`mining.trust_margin` must be finite and >= 0".into());
-        }
-        if !(self.gate_min_gain >= 0.0 && self.gate_min_gain.is_finite()) {
-            return Err("`gate_min_gain` must be finite and >= 0".into());
-        }
+        training::ensure_non_negative("mining.pessimism", self.mining.pessimism)?;
+        training::ensure_non_negative("mining.trust_margin", self.mining.trust_margin)?;
+        training::ensure_non_negative("gate_min_gain", self.gate_min_gain)?;
+        training::ensure_fraction("test_fraction", self.test_fraction)?;
+        training::ensure_fraction("judge_fraction", self.judge_fraction)?;
         self.evaluator.check()?;
-        if self.mining.beam_width == 0 {
-            return Err("`mining.beam_width` must be > 0".into());
-        }
-        for (name, f) in [
-            ("test_fraction", self.test_fraction),
-            ("judge_fraction", self.judge_fraction),
-        ] {
-            if !(f > 0.0 && f < 1.0) {
-                return Err(format!("`{name}` must be within (0, 1), not {f}"));
-            }
-        }
-        Ok(())
+        self.distill.check()
     }
 
     pub fn load(path: &Path) -> anyhow::Result<PipelineConfig> {
@@ -206,18 +192,58 @@ mod tests {
         );
     }
 
+    /// A value outside its range is refused with the file and its key, before anything
+    /// trains: a zero temperature or a negative learning rate would otherwise train NaN
+    /// weights or a model that unlearns, and say nothing.
     #[test]
-    fn an_average_horizon_outside_its_range_is_named() {
+    fn a_setting_outside_its_range_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.toml");
-        for (text, ok) in [("0", true), ("2.5", true), ("-0.1", false), ("inf", false)] {
-            std::fs::write(&path, format!("[evaluator]\naverage_epochs = {text}\n")).unwrap();
-            match PipelineConfig::load(&path) {
-                Ok(config) => assert!(ok, "{text} accepted: {}", config.evaluator.average_epochs),
-                Err(e) => {
+        let cases = [
+            ("[evaluator]\naverage_epochs = 0", None),
+            ("[evaluator]\naverage_epochs = 2.5", None),
+            (
+                "[evaluator]\naverage_epochs = -0.1",
+                Some("evaluator.average_epochs"),
+            ),
+            (
+                "[evaluator]\naverage_epochs = inf",
+                Some("evaluator.average_epochs"),
+            ),
+            (
+                "[evaluator]\nlearning_rate = -0.001",
+                Some("evaluator.learning_rate"),
+            ),
+            (
+                "[evaluator]\nlearning_rate = nan",
+                Some("evaluator.learning_rate"),
+            ),
+            ("[evaluator]\nhidden = 0", Some("evaluator.hidden")),
+            (
+                "[evaluator]\nvalid_fraction = 1.0",
+                Some("evaluator.valid_fraction"),
+            ),
+            ("[distill]\ntemperature = 0", Some("distill.temperature")),
+            ("[distill]\nce_weight = -1", Some("distill.ce_weight")),
+            (
+                "[distill]\nlearning_rate = 0",
+                Some("distill.learning_rate"),
+            ),
+            ("[distill]\nembed = 0", Some("distill.embed")),
+            ("[mining]\nsweep = [1, 0, 4]", Some("mining.sweep")),
+            ("[mining]\nbeam_width = 0", Some("mining.beam_width")),
+            ("judge_fraction = 0", Some("judge_fraction")),
+        ];
+        for (text, refused) in cases {
+            std::fs::write(&path, text).unwrap();
+            match (PipelineConfig::load(&path), refused) {
+                (Ok(_), None) => {}
+                (Err(e), Some(key)) => {
                     let e = e.to_string();
-                    assert!(!ok && e.contains("evaluator.average_epochs"), "{text}: {e}");
+                    assert!(e.contains("run.toml") && e.contains(key), "{text}: {e}");
                 }
+                (Ok(_), Some(key)) => panic!("{text}: accepted, `{key}` not checked"),
+                (Err(e), None) => panic!("{text}: refused: {e}"),
             }
         }
     }
