@@ -137,6 +137,23 @@ async fn pipeline_on_user_logs_publishes_a_model_the_server_picks_up() {
         String::from_utf8_lossy(&out.stderr),
         std::fs::read_to_string(run.join("report.md")).unwrap_or_default()
     );
+    // `--quiet` silences the progress bars, not the line each stage prints as it ends.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stages = [
+        "split-logs",
+        "train-evaluators",
+        "mine",
+        "mine-b1",
+        "distill-and-baselines",
+        "eval",
+        "gate",
+    ];
+    for stage in stages {
+        assert!(
+            stderr.contains(&format!("seed 3: stage {stage} done in")),
+            "{stage}: {stderr}"
+        );
+    }
 
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();

@@ -48,22 +48,20 @@ pub struct PipelineOutput {
     pub max_candidates_seen: usize,
 }
 
-/// Wall time per stage; with progress on, a line per stage, so a redirected run is never
-/// silent for long.
+/// Wall time per stage, and a line on stderr as each ends (also with `--quiet`, which
+/// silences only the progress bars), so a redirected run is never silent for long.
 struct Stopwatch {
     laps: Vec<(String, f64)>,
     since: Instant,
     seed: u64,
-    progress: bool,
 }
 
 impl Stopwatch {
-    fn new(seed: u64, progress: bool) -> Stopwatch {
+    fn new(seed: u64) -> Stopwatch {
         Stopwatch {
             laps: Vec::new(),
             since: Instant::now(),
             seed,
-            progress,
         }
     }
 
@@ -71,9 +69,7 @@ impl Stopwatch {
         let seconds = self.since.elapsed().as_secs_f64();
         self.laps.push((stage.into(), seconds));
         self.since = Instant::now();
-        if self.progress {
-            eprintln!("seed {}: stage {stage} done in {seconds:.1} s", self.seed);
-        }
+        eprintln!("seed {}: stage {stage} done in {seconds:.1} s", self.seed);
     }
 }
 
@@ -116,7 +112,7 @@ fn run_seed(
     dir: &Path,
     progress: bool,
 ) -> anyhow::Result<(SeedRun, TrainedGenerator)> {
-    let mut clock = Stopwatch::new(seed, progress);
+    let mut clock = Stopwatch::new(seed);
     let data = stages::data(config, user_logs, seed, dir)?;
     clock.lap(if data.world.is_some() {
         "simulate"
