@@ -8,7 +8,7 @@
 mod jsonl;
 mod parquet;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -226,8 +226,23 @@ impl FieldError {
 pub fn read_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
     if path.is_dir() {
         let mut rows: Vec<LoggedRequest> = Vec::new();
-        for file in log_files(path)? {
-            let part = read_logs(&file)?;
+        let files = log_files(path)?;
+        // Request ids are unique across the parts too: each id's file.
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        for (f, file) in files.iter().enumerate() {
+            let part = read_logs(file)?;
+            for row in &part {
+                if let Some(other) = ids.insert(row.request_id.clone(), f) {
+                    return Err(LogError::File {
+                        path: file.clone(),
+                        message: format!(
+                            "request_id {:?} is in {} too",
+                            row.request_id,
+                            files[other].display()
+                        ),
+                    });
+                }
+            }
             if let (Some(first), Some(next)) = (rows.first(), part.first()) {
                 let (want, got) = (Widths::of(first), Widths::of(next));
                 if (
@@ -242,7 +257,7 @@ pub fn read_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
                     got.candidate_categorical,
                 ) {
                     return Err(LogError::File {
-                        path: file,
+                        path: file.clone(),
                         message: "its feature widths differ from the directory's first file".into(),
                     });
                 }
@@ -263,8 +278,15 @@ pub fn read_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
     };
     let mut rows = Vec::with_capacity(raw.len());
     let mut widths = None;
+    // Each request id's row: mined lists, `--lists` files and resumed mining find a request
+    // by its id, so a repeated one would be joined to the wrong candidates.
+    let mut ids: HashMap<String, usize> = HashMap::with_capacity(raw.len());
     for (i, (row_number, raw)) in raw.into_iter().enumerate() {
         let row = validate(raw, widths.as_ref()).map_err(|e| e.at(path, row_number))?;
+        if let Some(first) = ids.insert(row.request_id.clone(), row_number) {
+            let message = format!("{:?} repeats row {first}", row.request_id);
+            return Err(FieldError::new("request_id", message).at(path, row_number));
+        }
         if i == 0 {
             widths = Some(Widths::of(&row));
         }

@@ -101,6 +101,10 @@ fn every_malformed_row_names_its_field() {
             Box::new(|r| r["request_id"] = json!("")),
         ),
         (
+            "field `request_id`: \"req-0\" repeats row 1",
+            Box::new(|r| r["request_id"] = json!("req-0")),
+        ),
+        (
             "field `context.dense`: missing or null",
             Box::new(|r| {
                 r["context"].as_object_mut().unwrap().remove("dense");
@@ -355,6 +359,15 @@ fn a_directory_of_part_files_is_one_log() {
     let err = read_logs(dir.path()).unwrap_err().to_string();
     assert!(
         err.contains("part-2.jsonl: its feature widths differ"),
+        "{err}"
+    );
+
+    // A request id is unique across the parts too.
+    write_logs(&dir.path().join("part-2.jsonl"), &all[..1]).unwrap();
+    let err = read_logs(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("part-2.jsonl: request_id \"req-0\" is in")
+            && err.contains("part-0.parquet too"),
         "{err}"
     );
 }
