@@ -132,6 +132,46 @@ fn a_generator_reading_ranking_score_reproduces_the_upstream_order_on_new_reques
     );
 }
 
+/// With `average_epochs`, validation and the kept generator are the moving average of the
+/// weights: over a horizon far longer than the run it stays near the initial weights, so
+/// what is kept has learnt visibly less than the weights themselves.
+#[test]
+fn the_kept_generator_is_the_weights_moving_average() {
+    let w = world(8);
+    let train = sample_split(&w, "train", 120);
+    let test = sample_split(&w, "test", 40);
+    let shape = LogShape::of(&train).unwrap();
+    let requests: Vec<&LoggedRequest> = train.iter().collect();
+    let targets: Vec<Forced> = (train.iter())
+        .map(|r| Forced::hard(&r.upstream_list(3)))
+        .collect();
+    let map = FeatureMap::fit(&requests, &shape, true);
+    let run = |average_epochs| {
+        let config = DistillConfig {
+            hidden: 16,
+            embed: 4,
+            epochs: 6,
+            batch_size: 8,
+            learning_rate: 5e-3,
+            average_epochs,
+            progress: false,
+            ..DistillConfig::default()
+        };
+        let (generator, summary) =
+            distill::distill(&requests, &targets, &map, &config, "t").unwrap();
+        let reproduced = (test.iter())
+            .filter(|r| generator.rerank(r, 3).unwrap() == r.upstream_list(3))
+            .count();
+        (reproduced, summary.valid_loss)
+    };
+    let (plain, plain_loss) = run(0.0);
+    let (lagging, lagging_loss) = run(1000.0);
+    assert!(
+        lagging_loss > plain_loss && plain > lagging,
+        "plain: {plain} reproduced, loss {plain_loss}; averaged over 1000 epochs: {lagging}, {lagging_loss}"
+    );
+}
+
 /// Requests of different sizes and list lengths (one fills every slot), padded into one
 /// batch: the batched loss is the sum of the one-request losses, so training on batches
 /// optimises the same objective.

@@ -149,6 +149,18 @@ pub fn steps_per_epoch(schedule: &Schedule, examples: usize) -> usize {
     examples.div_ceil(batch_size(schedule, examples))
 }
 
+/// `d` of a moving average of the weights over optimiser steps, `avg ← d·avg + (1 − d)·w`,
+/// whose horizon `1 / (1 − d)` is `epochs` epochs of steps on `examples` (0 when off): in
+/// epochs, not steps, so small data averages as recent a stretch as large.
+pub fn average_decay(schedule: &Schedule, epochs: f64, examples: usize) -> f64 {
+    let horizon = epochs * steps_per_epoch(schedule, examples) as f64;
+    if horizon > 0.0 {
+        1.0 - 1.0 / horizon.max(1.0)
+    } else {
+        0.0
+    }
+}
+
 /// Trains on `train` for up to `schedule.epochs` epochs and keeps the parameters with the
 /// lowest validation loss, the initial ones included.
 pub fn run(

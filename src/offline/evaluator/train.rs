@@ -265,13 +265,7 @@ const MIN_LOG_VARIANCE: f64 = 1e-6;
 /// `d` of the weights' moving average: a horizon of `average_epochs` epochs of optimiser
 /// steps on `examples` training requests (0 when off).
 fn average_decay(config: &TrainConfig, examples: usize) -> f64 {
-    let steps = training::steps_per_epoch(&config.schedule(), examples);
-    let horizon = config.average_epochs * steps as f64;
-    if horizon > 0.0 {
-        1.0 - 1.0 / horizon.max(1.0)
-    } else {
-        0.0
-    }
+    training::average_decay(&config.schedule(), config.average_epochs, examples)
 }
 
 /// Held-out losses: per-slot click BCE, and (with a value objective) the value MSE.

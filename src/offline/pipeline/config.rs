@@ -230,6 +230,10 @@ mod tests {
                 Some("distill.learning_rate"),
             ),
             ("[distill]\nembed = 0", Some("distill.embed")),
+            (
+                "[distill]\naverage_epochs = -1",
+                Some("distill.average_epochs"),
+            ),
             ("[mining]\nsweep = [1, 0, 4]", Some("mining.sweep")),
             ("[mining]\nbeam_width = 0", Some("mining.beam_width")),
             ("judge_fraction = 0", Some("judge_fraction")),
