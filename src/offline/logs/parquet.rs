@@ -222,13 +222,24 @@ fn child<'a>(
         .ok_or_else(|| format!("missing column `{path}{name}`"))
 }
 
+/// The error for a column that is not of the type `want` names.
+fn wrong_type(array: &ArrayRef, column: &str, want: &str) -> String {
+    format!(
+        "column `{column}` has type {}, expected {want}",
+        array.data_type()
+    )
+}
+
 fn typed<'a, T: 'static>(array: &'a ArrayRef, column: &str, want: &str) -> Result<&'a T, String> {
-    array.as_any().downcast_ref::<T>().ok_or_else(|| {
-        format!(
-            "column `{column}` has type {}, expected {want}",
-            array.data_type()
-        )
-    })
+    (array.as_any().downcast_ref::<T>()).ok_or_else(|| wrong_type(array, column, want))
+}
+
+/// A `float` or `double` column, read item by item with [`float_at`].
+fn float_column<'a>(array: &'a ArrayRef, column: &str) -> Result<&'a ArrayRef, String> {
+    match FLOATS.contains(array.data_type()) {
+        true => Ok(array),
+        false => Err(wrong_type(array, column, "float")),
+    }
 }
 
 fn list_of<'a>(
@@ -238,13 +249,9 @@ fn list_of<'a>(
     want: &str,
 ) -> Result<&'a ListArray, String> {
     let list: &ListArray = typed(array, column, want)?;
-    if items.contains(&list.value_type()) {
-        Ok(list)
-    } else {
-        Err(format!(
-            "column `{column}` has type {}, expected {want}",
-            array.data_type()
-        ))
+    match items.contains(&list.value_type()) {
+        true => Ok(list),
+        false => Err(wrong_type(array, column, want)),
     }
 }
 
@@ -303,15 +310,7 @@ impl<'a> Columns<'a> {
             candidates,
             item_id: typed(item_id, "candidates.item_id", "string")?,
             candidate_features: feature_columns(candidate_structs, "candidates.")?,
-            ranking_score: match FLOATS.contains(ranking_score.data_type()) {
-                true => ranking_score,
-                false => {
-                    return Err(format!(
-                        "column `candidates.ranking_score` has type {}, expected float",
-                        ranking_score.data_type()
-                    ))
-                }
-            },
+            ranking_score: float_column(ranking_score, "candidates.ranking_score")?,
             exposed: list_of(
                 column("exposed")?,
                 "exposed",
