@@ -269,6 +269,24 @@ fn a_bad_log_fails_with_file_row_and_field() {
     );
 }
 
+/// A log that is not there: named once, with the system's reason once.
+#[test]
+fn a_missing_log_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("absent.parquet");
+    let out = Command::new(env!("CARGO_BIN_EXE_degre"))
+        .args(["check-logs", logs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("degre: {}: ", logs.display())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+}
+
 /// `degre check-logs … | head`: when the reader of its output goes away, it ends as a Unix
 /// tool does (128 + SIGPIPE), without a panic's message.
 #[test]

@@ -7,6 +7,7 @@ slot (cosine similarity of latent vectors, not category redundancy), and a purch
 whose probability falls with price, so the GMV-optimal and click-optimal lists differ.
 
     python3 world.py --seed S --out DIR [--train 20000] [--test 2000]
+                     [--log-temperature 0.5] [--log-random 0.05] [--attr-bias -1.5]
 
 writes DIR/train.parquet, DIR/test.parquet (schema: degre docs/data.md) and DIR/truth.npz
 (catalog, user weights and the test requests' hidden state; score.py reads it back).
@@ -203,17 +204,29 @@ def write_parquet(truth, rows, path):
 
 
 def load_truth(world_dir):
+    """The world's arrays; also restores the constants it was made with (see --attr-bias)."""
     with np.load(os.path.join(world_dir, "truth.npz")) as z:
-        return {k: z[k] for k in z.files}
+        truth = {k: z[k] for k in z.files}
+    globals().update(json.loads(str(truth["params"])))
+    return truth
 
 
 def main():
+    global ATTR_BIAS, LOG_TEMPERATURE, LOG_RANDOM
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--train", type=int, default=20000)
     ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--log-temperature", type=float, default=LOG_TEMPERATURE,
+                    help="the logging policy's temperature on ranking_score (small: logs ~ upstream order)")
+    ap.add_argument("--log-random", type=float, default=LOG_RANDOM,
+                    help="share of logged lists shown in uniformly random order")
+    ap.add_argument("--attr-bias", type=float, default=ATTR_BIAS,
+                    help="logit offset of every attraction (-1.5: ~2 clicks in 8 slots; -4.5: ~1 in 8 requests)")
     a = ap.parse_args()
+    ATTR_BIAS = a.attr_bias
+    LOG_TEMPERATURE, LOG_RANDOM = a.log_temperature, a.log_random
     os.makedirs(a.out, exist_ok=True)
 
     # Independent, seeded streams for the catalog and each split.

@@ -10,9 +10,9 @@ use super::{FieldError, LogError, LoggedRequest, RawRow};
 
 /// Decodes every non-blank line; the row number is the line number.
 pub(super) fn read(path: &Path) -> Result<Vec<(usize, RawRow)>, LogError> {
-    let io = |source| LogError::Io {
+    let io = |error| LogError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let file = File::open(path).map_err(io)?;
     let mut rows = Vec::new();
@@ -39,9 +39,9 @@ pub(super) fn read(path: &Path) -> Result<Vec<(usize, RawRow)>, LogError> {
 }
 
 pub(super) fn write(path: &Path, rows: &[LoggedRequest]) -> Result<(), LogError> {
-    let io = |source| LogError::Io {
+    let io = |error| LogError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let mut out = BufWriter::new(File::create(path).map_err(io)?);
     for row in rows {

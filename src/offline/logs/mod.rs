@@ -179,10 +179,10 @@ pub(crate) struct RawCandidate {
 /// Where a log is bad. `row` counts from 1 (for JSON Lines it is the line number).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
@@ -303,9 +303,9 @@ pub fn read_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
 
 /// The log files of a directory, in name order.
 fn log_files(dir: &Path) -> Result<Vec<PathBuf>, LogError> {
-    let io = |source| LogError::Io {
+    let io = |error| LogError::Io {
         path: dir.to_owned(),
-        source,
+        error,
     };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {

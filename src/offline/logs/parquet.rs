@@ -61,9 +61,9 @@ pub(super) fn write(path: &Path, rows: &[LoggedRequest]) -> Result<(), LogError>
         message,
     };
     let schema = Arc::new(schema());
-    let file = File::create(path).map_err(|source| LogError::Io {
+    let file = File::create(path).map_err(|error| LogError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
@@ -171,9 +171,9 @@ pub(super) fn read(path: &Path) -> Result<Vec<(usize, RawRow)>, LogError> {
         path: path.to_owned(),
         message,
     };
-    let file = File::open(path).map_err(|source| LogError::Io {
+    let file = File::open(path).map_err(|error| LogError::Io {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.with_batch_size(4096).build())
