@@ -18,6 +18,7 @@ fn schema(ctx_dense: usize, ctx_cats: usize, cand_dense: usize, cand_cats: usize
             .map(|i| Categorical {
                 name: format!("{p}{i}"),
                 vocab_size: 5 + 3 * i as u64,
+                hashed: i % 2 == 1,
             })
             .collect()
     };

@@ -86,6 +86,7 @@ async fn served_schema(addr: &str) -> Option<FeatureSchema> {
             .map(|c| Categorical {
                 name: c.name,
                 vocab_size: c.vocab_size,
+                hashed: c.hashed,
             })
             .collect()
     };

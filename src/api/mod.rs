@@ -30,6 +30,7 @@ pub fn model_info(
             .map(|c| v1::CategoricalFeature {
                 name: c.name.clone(),
                 vocab_size: c.vocab_size,
+                hashed: c.hashed,
             })
             .collect()
     };

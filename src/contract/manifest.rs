@@ -67,6 +67,7 @@ impl FeatureSchema {
             let named = |(i, &vocab_size)| Categorical {
                 name: format!("{prefix}_{i}"),
                 vocab_size,
+                hashed: false,
             };
             vocab.iter().enumerate().map(named).collect()
         };
@@ -91,12 +92,15 @@ impl FeatureSchema {
 }
 
 /// A categorical feature. Known ids are `0..vocab_size`; any larger id is looked up in the
-/// reserved unknown bucket, row `vocab_size` of the feature's embedding table.
+/// reserved unknown bucket, row `vocab_size` of the feature's embedding table. A `hashed`
+/// feature's ids are of any size (hashes, 64-bit keys): id `mod vocab_size` is its row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Categorical {
     pub name: String,
     pub vocab_size: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hashed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -220,10 +220,15 @@ impl<'a> InputBuilder<'a> {
 }
 
 /// The embedding row of a non-negative categorical id. New items arrive every day: an id
-/// the model never saw uses the feature's unknown bucket, row `vocab_size`. The only place
-/// this rule is written; training, evaluation and serving all call it.
-pub fn vocab_id(id: i64, vocab_size: u64) -> i64 {
-    id.min(i64::try_from(vocab_size).unwrap_or(i64::MAX))
+/// the model never saw uses the feature's unknown bucket, row `vocab_size`. A hashed
+/// feature (ids of any size, [`Categorical::hashed`]) folds every id into its
+/// `vocab_size` rows. The only place this rule is written; training, evaluation and
+/// serving all call it.
+pub fn vocab_id(id: i64, vocab_size: u64, hashed: bool) -> i64 {
+    match vocab_size {
+        1.. if hashed => (id.unsigned_abs() % vocab_size) as i64,
+        _ => id.min(i64::try_from(vocab_size).unwrap_or(i64::MAX)),
+    }
 }
 
 /// At most 64 characters of a client's string, so an error message (sent back in a
@@ -277,7 +282,7 @@ fn push_ids(
                 format!("id {id} is negative"),
             ));
         }
-        out.push(vocab_id(id, feature.vocab_size));
+        out.push(vocab_id(id, feature.vocab_size, feature.hashed));
     }
     Ok(())
 }
@@ -285,6 +290,17 @@ fn push_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashed_ids_fold_into_the_table_and_others_clamp_to_the_unknown_row() {
+        assert_eq!(vocab_id(3, 8, false), 3);
+        assert_eq!(vocab_id(9, 8, false), 8);
+        assert_eq!(vocab_id(i64::MAX, 8, false), 8);
+        assert_eq!(vocab_id(9, 8, true), 1);
+        assert_eq!(vocab_id(i64::MAX, 1 << 16, true), (1 << 16) - 1);
+        // A hashed feature of no rows (a hostile manifest) still answers, with the only row.
+        assert_eq!(vocab_id(5, 0, true), 0);
+    }
 
     #[test]
     fn a_duplicate_id_is_named_in_at_most_64_characters() {
@@ -295,6 +311,7 @@ mod tests {
             candidate_categorical: vec![Categorical {
                 name: "brand".into(),
                 vocab_size: 4,
+                hashed: false,
             }],
             ranking_score: false,
         };

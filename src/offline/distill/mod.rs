@@ -27,7 +27,7 @@ use crate::contract::manifest::{FeatureSchema, Limits};
 use crate::network::export::version_files;
 use crate::network::reference::ReferenceSteps;
 use crate::network::{Dims, Encoded, EncoderInputs, Mixer, Weights};
-use crate::offline::evaluator::FeatureMap;
+use crate::offline::evaluator::{is_hashed, FeatureMap};
 use crate::offline::logs::LoggedRequest;
 use crate::offline::mine::Mined;
 use crate::offline::training::{self, Schedule, Split};
@@ -153,7 +153,7 @@ impl Forced {
 
 /// The feature schema of a generator for logs of a given shape.
 pub fn schema_of(map: &FeatureMap) -> FeatureSchema {
-    FeatureSchema {
+    let mut schema = FeatureSchema {
         ranking_score: map.ranking_score,
         ..FeatureSchema::positional(
             map.context_mean.len(),
@@ -161,7 +161,17 @@ pub fn schema_of(map: &FeatureMap) -> FeatureSchema {
             map.candidate_mean.len(),
             &map.candidate_vocab,
         )
+    };
+    let sides = [
+        (&mut schema.context_categorical, &map.context_hashed),
+        (&mut schema.candidate_categorical, &map.candidate_hashed),
+    ];
+    for (features, hashed) in sides {
+        for (j, feature) in features.iter_mut().enumerate() {
+            feature.hashed = is_hashed(hashed, j);
+        }
     }
+    schema
 }
 
 /// One request as the generator's training inputs (standardised dense features), row-major.

@@ -8,7 +8,8 @@ use crate::offline::logs::{LogShape, LoggedRequest};
 use crate::rerank::vocab_id;
 
 /// How raw features enter the network: dense ones standardised with the training data's
-/// mean and spread, categorical ids above the vocabulary sent to the unknown row.
+/// mean and spread, categorical ids above the vocabulary sent to the unknown row, or, for a
+/// hashed feature, folded into its rows (`rerank::vocab_id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureMap {
     pub context_mean: Vec<f32>,
@@ -17,6 +18,11 @@ pub struct FeatureMap {
     pub candidate_scale: Vec<f32>,
     pub context_vocab: Vec<u64>,
     pub candidate_vocab: Vec<u64>,
+    /// Per categorical feature: its ids are hashed (absent: none is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context_hashed: Vec<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidate_hashed: Vec<bool>,
     /// Each candidate's dense row ends with the incumbent's order (`contract::upstream`),
     /// derived from the request's `ranking_score`s; the generator reads it too.
     #[serde(default)]
@@ -63,13 +69,22 @@ impl FeatureMap {
             rows.iter()
                 .flat_map(|r| r.candidates.iter().map(|c| &c.features.dense[..])),
         );
+        let (context_vocab, context_hashed) = vocabulary(&shape.context_vocab, |j| {
+            rows.iter().map(move |r| r.context.categorical[j])
+        });
+        let (candidate_vocab, candidate_hashed) = vocabulary(&shape.candidate_vocab, |j| {
+            (rows.iter())
+                .flat_map(move |r| r.candidates.iter().map(move |c| c.features.categorical[j]))
+        });
         FeatureMap {
             context_mean,
             context_scale,
             candidate_mean,
             candidate_scale,
-            context_vocab: shape.context_vocab.clone(),
-            candidate_vocab: shape.candidate_vocab.clone(),
+            context_vocab,
+            candidate_vocab,
+            context_hashed,
+            candidate_hashed,
             ranking_score,
         }
     }
@@ -115,11 +130,11 @@ impl FeatureMap {
     }
 
     pub fn context_ids(&self, raw: &[i64], out: &mut Vec<u32>) {
-        map_ids(raw, &self.context_vocab, out);
+        map_ids(raw, &self.context_vocab, &self.context_hashed, out);
     }
 
     pub fn candidate_ids(&self, raw: &[i64], out: &mut Vec<u32>) {
-        map_ids(raw, &self.candidate_vocab, out);
+        map_ids(raw, &self.candidate_vocab, &self.candidate_hashed, out);
     }
 
     /// Checks that a log's widths are the ones this map was fitted on.
@@ -156,12 +171,39 @@ fn standardise(raw: &[f32], mean: &[f32], scale: &[f32], out: &mut Vec<f32>) {
     );
 }
 
-fn map_ids(raw: &[i64], vocab: &[u64], out: &mut Vec<u32>) {
+fn map_ids(raw: &[i64], vocab: &[u64], hashed: &[bool], out: &mut Vec<u32>) {
     out.extend(
-        raw.iter()
-            .zip(vocab)
-            .map(|(&id, &size)| vocab_id(id, size) as u32),
+        (raw.iter().zip(vocab).enumerate())
+            .map(|(j, (&id, &size))| vocab_id(id, size, is_hashed(hashed, j)) as u32),
     );
+}
+
+/// Whether feature `j` is hashed, in a map that may predate hashing (no flags: none is).
+pub fn is_hashed(hashed: &[bool], j: usize) -> bool {
+    hashed.get(j).copied().unwrap_or(false)
+}
+
+/// Most rows of one feature's embedding table. Ids beyond it (hashes, 64-bit keys: a table
+/// of their largest id would not fit in memory) are hashed into
+/// `4 × distinct ids` rows, rounded up to a power of two and at most this, so that few
+/// of the ids the logs hold share a row.
+pub const MAX_VOCABULARY: u64 = 1 << 16;
+
+/// Each feature's table size and whether it is hashed, from the largest id plus one
+/// (`LogShape`) and, for a feature beyond [`MAX_VOCABULARY`], the ids themselves.
+fn vocabulary<I: Iterator<Item = i64>>(
+    largest: &[u64],
+    ids: impl Fn(usize) -> I,
+) -> (Vec<u64>, Vec<bool>) {
+    (largest.iter().enumerate())
+        .map(|(j, &size)| {
+            if size <= MAX_VOCABULARY {
+                return (size, false);
+            }
+            let distinct = ids(j).collect::<std::collections::HashSet<_>>().len() as u64;
+            ((4 * distinct).next_power_of_two().min(MAX_VOCABULARY), true)
+        })
+        .unzip()
 }
 
 /// A padded batch: `requests × candidates` items, `requests × slots` list positions.
