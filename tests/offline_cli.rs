@@ -306,3 +306,49 @@ fn a_closed_stdout_ends_quietly() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Categorical ids that are 64-bit hashes: the evaluator hashes them into a bounded table
+/// (a table of the largest id would not fit in memory) and the mapping is recorded.
+#[test]
+fn hashed_categorical_ids_train_in_a_bounded_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("hashed.jsonl");
+    let mut text = String::new();
+    for r in 0..60u64 {
+        let hash = |k: u64| k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 2;
+        let candidates: Vec<String> = (0..6u64)
+            .map(|j| {
+                format!(
+                    r#"{{"item_id":"i{j}","dense":[{}],"categorical":[{}],"ranking_score":{}}}"#,
+                    j as f32 / 6.0,
+                    hash((r * 6 + j) % 40),
+                    j
+                )
+            })
+            .collect();
+        text += &format!(
+            r#"{{"request_id":"r{r}","context":{{"dense":[0.5],"categorical":[{}]}},"candidates":[{}],"exposed":[0,1,2],"clicks":[{},false,true]}}"#,
+            hash(1000 + r),
+            candidates.join(","),
+            r % 2 == 0
+        );
+        text.push('\n');
+    }
+    std::fs::write(&logs, text).unwrap();
+    degre(&[
+        "train-evaluator",
+        "--logs",
+        logs.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--out",
+        dir.path().join("e").to_str().unwrap(),
+    ]);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("e/evaluator.json")).unwrap())
+            .unwrap();
+    let features = &saved["features"];
+    assert_eq!(features["candidate_hashed"], serde_json::json!([true]));
+    // 40 distinct ids: 4 × 40 rounded up to a power of two.
+    assert_eq!(features["candidate_vocab"], serde_json::json!([256]));
+}
