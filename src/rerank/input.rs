@@ -222,13 +222,23 @@ impl<'a> InputBuilder<'a> {
 /// The embedding row of a non-negative categorical id. New items arrive every day: an id
 /// the model never saw uses the feature's unknown bucket, row `vocab_size`. A hashed
 /// feature (ids of any size, [`Categorical::hashed`]) folds every id into its
-/// `vocab_size` rows. The only place this rule is written; training, evaluation and
-/// serving all call it.
+/// `vocab_size` rows: `mix(id) mod vocab_size`. The only place this rule is written;
+/// training, evaluation and serving all call it.
 pub fn vocab_id(id: i64, vocab_size: u64, hashed: bool) -> i64 {
     match vocab_size {
-        1.. if hashed => (id.unsigned_abs() % vocab_size) as i64,
+        1.. if hashed => (mix(id as u64) % vocab_size) as i64,
         _ => id.min(i64::try_from(vocab_size).unwrap_or(i64::MAX)),
     }
+}
+
+/// splitmix64's finaliser, a bijection of `u64` whose low bits depend on all of the id's:
+/// ids with a common stride (snowflake keys whose low 12 bits are a sequence number that is
+/// mostly 0, multiples of a shard count) would otherwise share a few rows of a table whose
+/// size is a power of two.
+fn mix(id: u64) -> u64 {
+    let z = (id ^ (id >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// At most 64 characters of a client's string, so an error message (sent back in a
@@ -296,10 +306,22 @@ mod tests {
         assert_eq!(vocab_id(3, 8, false), 3);
         assert_eq!(vocab_id(9, 8, false), 8);
         assert_eq!(vocab_id(i64::MAX, 8, false), 8);
-        assert_eq!(vocab_id(9, 8, true), 1);
-        assert_eq!(vocab_id(i64::MAX, 1 << 16, true), (1 << 16) - 1);
+        for id in [0, 9, i64::MAX, i64::MIN] {
+            assert!((0..8).contains(&vocab_id(id, 8, true)));
+        }
         // A hashed feature of no rows (a hostile manifest) still answers, with the only row.
         assert_eq!(vocab_id(5, 0, true), 0);
+    }
+
+    /// Snowflake-like keys, multiples of 4,096, would all fold to row 0 by `id mod rows`.
+    #[test]
+    fn hashed_ids_with_a_common_stride_spread_over_the_rows() {
+        let rows = 4096;
+        let used: std::collections::HashSet<i64> = (1..=1000i64)
+            .map(|k| vocab_id(k << 12, rows, true))
+            .collect();
+        // 1,000 ids thrown at random into 4,096 rows fill ~884 of them.
+        assert!(used.len() > 850, "{} rows", used.len());
     }
 
     #[test]
