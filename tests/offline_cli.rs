@@ -242,6 +242,48 @@ fn simulate_train_and_eval_from_the_command_line() {
         utility(&reread, "evaluator-greedy"),
         utility(&report, "evaluator-greedy")
     );
+
+    // The value evaluator's click model alone: V reads expected clicks, near the truth's.
+    let clicks = dir.path().join("clicks.json");
+    let mut args = vec!["eval", "--logs", test.to_str().unwrap(), "--world", sim_arg];
+    args.extend(["--evaluator", evaluator.to_str().unwrap()]);
+    args.extend(["--policy", "upstream", "--objective", "clicks"]);
+    degre(&[&args[..], &["--out", clicks.to_str().unwrap()]].concat());
+    let clicks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&clicks).unwrap()).unwrap();
+    assert_eq!(clicks["objective"], "clicks");
+    let upstream = &clicks["policies"][0];
+    let (judged, truth) = (&upstream["evaluator_value"], &upstream["true_clicks"]);
+    let ratio = judged.as_f64().unwrap() / truth.as_f64().unwrap();
+    assert!(
+        (0.7..1.3).contains(&ratio),
+        "V {judged}, true clicks {truth}"
+    );
+    // A clicks evaluator has no value network: it cannot score value.
+    let clicks_only = dir.path().join("clicks-evaluator");
+    let mut args = vec!["train-evaluator", "--logs", train.to_str().unwrap()];
+    args.extend(["--objective", "clicks", "--epochs", "1", "--hidden", "8"]);
+    degre(
+        &[
+            &args[..],
+            &["--quiet", "--out", clicks_only.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let refused = Command::new(env!("CARGO_BIN_EXE_degre"))
+        .args([
+            "eval",
+            "--logs",
+            test.to_str().unwrap(),
+            "--objective",
+            "value",
+        ])
+        .args(["--evaluator", clicks_only.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no value network"), "{stderr}");
 }
 
 #[test]

@@ -177,7 +177,8 @@ pub struct EvalArgs {
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
     /// What utility and `V` measure (see train-evaluator). Default: the evaluator's, else
-    /// value when every row logs values, some not 0, else clicks.
+    /// value when every row logs values, some not 0, else clicks. An evaluator trained
+    /// for value also scores clicks alone (its click model) or any weighted sum.
     #[arg(long)]
     pub objective: Option<Objective>,
     /// Write the report as JSON here.
@@ -203,12 +204,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let logs = read_logs(&args.logs)?;
     let world = args.world.as_deref().map(World::load).transpose()?;
-    let evaluator = args
-        .evaluator
-        .as_deref()
-        .map(Evaluator::load)
-        .transpose()?
-        .map(Ensemble::single);
+    let evaluator = args.evaluator.as_deref().map(Evaluator::load).transpose()?;
     let mut policies: Vec<Policy> =
         if args.policies.is_empty() && args.lists.is_empty() && args.models.is_empty() {
             default_policies(world.is_some(), evaluator.is_some())
@@ -226,16 +222,13 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let objective = match (args.objective, &evaluator) {
         (Some(objective), _) => objective,
-        (None, Some(e)) => e.first().spec.objective,
+        (None, Some(e)) => e.spec.objective,
         (None, None) => (LogShape::of(&logs).context("no logged requests")?).default_objective(),
     };
-    if let Some(e) = &evaluator {
-        let trained = e.first().spec.objective;
-        anyhow::ensure!(
-            trained == objective,
-            "the evaluator was trained for {trained}, not {objective}"
-        );
-    }
+    // A value evaluator also reads as clicks alone: which part of a judged gain is clicks.
+    let evaluator = (evaluator.map(|e| e.with_objective(objective)))
+        .transpose()?
+        .map(Ensemble::single);
     let report = compare::evaluate(&EvalInputs {
         objective,
         logs: &logs,

@@ -145,6 +145,18 @@ impl Evaluator {
         self.reward_of_click(1.0)
     }
 
+    /// This evaluator scoring another objective: its click model alone scores clicks, and
+    /// with a value network (trained for an objective with value) any weighted sum.
+    pub fn with_objective(mut self, objective: Objective) -> anyhow::Result<Evaluator> {
+        let trained = self.spec.objective;
+        anyhow::ensure!(
+            !objective.uses_value() || self.spec.dims.purchases,
+            "the evaluator was trained for {trained}: it has no value network to score {objective}"
+        );
+        self.spec.objective = objective;
+        Ok(self)
+    }
+
     /// The incremental scorer of one request, for search.
     pub fn scorer(&self, request: &LoggedRequest) -> anyhow::Result<RequestScorer> {
         RequestScorer::new(self, request)
