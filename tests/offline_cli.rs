@@ -38,9 +38,15 @@ print(json.dumps({
 "#;
 
 fn pyarrow_reads(path: &Path) -> Option<serde_json::Value> {
+    pyarrow(PYARROW_CHECK, &[path]).map(|stdout| serde_json::from_slice(&stdout).unwrap())
+}
+
+/// Runs a python3 script that imports pyarrow; its stdout, or `None` (the check skipped)
+/// when pyarrow is missing and DEGRE_REQUIRE_PYARROW is not set.
+fn pyarrow(script: &str, args: &[&Path]) -> Option<Vec<u8>> {
     let out = Command::new("python3")
-        .args(["-c", PYARROW_CHECK])
-        .arg(path)
+        .args(["-c", script])
+        .args(args)
         .output()
         .expect("python3 runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -52,7 +58,51 @@ fn pyarrow_reads(path: &Path) -> Option<serde_json::Value> {
         return None;
     }
     assert!(out.status.success(), "{stderr}");
-    Some(serde_json::from_slice(&out.stdout).unwrap())
+    Some(out.stdout)
+}
+
+/// Rewrites a log the way other writers store it: Polars (`large_list`, `large_string`,
+/// zstd pages), a pandas categorical (a dictionary-encoded string, lz4), gzip pages.
+const OTHER_WRITERS: &str = r#"
+import sys
+import pyarrow as pa, pyarrow.parquet as pq
+src, out = sys.argv[1], sys.argv[2]
+table = pq.read_table(src)
+def large(t):
+    if pa.types.is_list(t):
+        return pa.large_list(pa.field(t.value_field.name, large(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, large(f.type), f.nullable) for f in t])
+    return pa.large_string() if pa.types.is_string(t) else t
+polars = table.cast(pa.schema([pa.field(f.name, large(f.type), f.nullable) for f in table.schema]))
+pq.write_table(polars, f"{out}/polars.parquet", compression="zstd")
+i = table.schema.get_field_index("request_id")
+categorical = table.set_column(i, "request_id", table.column(i).dictionary_encode())
+pq.write_table(categorical, f"{out}/pandas-categorical.parquet", compression="lz4")
+pq.write_table(table, f"{out}/gzip.parquet", compression="gzip")
+"#;
+
+/// Logs from other writers read as the same rows as degre's own.
+#[test]
+fn parquet_from_other_writers_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sim.toml");
+    std::fs::write(&config, "train_requests = 40\ntest_requests = 10\n").unwrap();
+    let sim = dir.path().join("sim");
+    let mut args = vec!["simulate", "--out", sim.to_str().unwrap()];
+    args.extend(["--config", config.to_str().unwrap()]);
+    degre(&args);
+    let own = sim.join("train.parquet");
+    if pyarrow(OTHER_WRITERS, &[&own, dir.path()]).is_none() {
+        return;
+    }
+    let rows = degre::offline::logs::read_logs(&own).unwrap();
+    assert_eq!(rows.len(), 40);
+    for name in ["polars", "pandas-categorical", "gzip"] {
+        let path = dir.path().join(format!("{name}.parquet"));
+        let read = degre::offline::logs::read_logs(&path);
+        assert!(read.as_ref().is_ok_and(|r| *r == rows), "{name}: {read:?}");
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use arrow_array::{
 };
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Fields, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -175,7 +175,11 @@ pub(super) fn read(path: &Path) -> Result<Vec<(usize, RawRow)>, LogError> {
         path: path.to_owned(),
         error,
     })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    // The Parquet types, not the writer's Arrow schema: Polars stores `large_list` and
+    // `large_string`, pandas categoricals a dictionary, newer writers string views, and each
+    // reads back as the list and string this reader checks.
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
         .and_then(|b| b.with_batch_size(4096).build())
         .map_err(|e| file_err(format!("not a readable Parquet file: {e}")))?;
     let mut rows = Vec::new();
