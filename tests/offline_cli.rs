@@ -80,6 +80,20 @@ i = table.schema.get_field_index("request_id")
 categorical = table.set_column(i, "request_id", table.column(i).dictionary_encode())
 pq.write_table(categorical, f"{out}/pandas-categorical.parquet", compression="lz4")
 pq.write_table(table, f"{out}/gzip.parquet", compression="gzip")
+# A warehouse's: integer request and item keys, clicks as 0/1 bytes.
+rows = table.to_pylist()
+for r in rows:
+    r["request_id"] = int(r["request_id"].split("-")[-1])
+    for c in r["candidates"]:
+        c["item_id"] = int(c["item_id"].split("-")[-1])
+    r["clicks"] = [int(c) for c in r["clicks"]]
+schema = table.schema
+for name, t in [("request_id", pa.int64()), ("clicks", pa.list_(pa.int8()))]:
+    schema = schema.set(schema.get_field_index(name), pa.field(name, t))
+candidate = schema.field("candidates").type.value_type
+candidate = pa.struct([pa.field(f.name, pa.int64()) if f.name == "item_id" else f for f in candidate])
+schema = schema.set(schema.get_field_index("candidates"), pa.field("candidates", pa.list_(candidate)))
+pq.write_table(pa.Table.from_pylist(rows, schema=schema), f"{out}/warehouse.parquet")
 "#;
 
 /// Logs from other writers read as the same rows as degre's own.
@@ -103,6 +117,16 @@ fn parquet_from_other_writers_reads_the_same() {
         let read = degre::offline::logs::read_logs(&path);
         assert!(read.as_ref().is_ok_and(|r| *r == rows), "{name}: {read:?}");
     }
+    // Integer keys read as their decimal text, 0/1 clicks as booleans.
+    let mut keyed = rows.clone();
+    for row in &mut keyed {
+        row.request_id = row.request_id.rsplit('-').next().unwrap().to_string();
+        for c in &mut row.candidates {
+            c.item_id = c.item_id.rsplit('-').next().unwrap().to_string();
+        }
+    }
+    let warehouse = degre::offline::logs::read_logs(&dir.path().join("warehouse.parquet"));
+    assert_eq!(warehouse.unwrap(), keyed);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! documented in `docs/data.md`.
 
 mod jsonl;
+mod lenient;
 mod parquet;
 
 use std::collections::{HashMap, HashSet};
@@ -151,10 +152,12 @@ fn grow_vocab(vocab: &mut [u64], ids: &[i64]) {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRow {
+    #[serde(default, deserialize_with = "lenient::id")]
     pub request_id: Option<String>,
     pub context: Option<RawFeatures>,
     pub candidates: Option<Vec<RawCandidate>>,
     pub exposed: Option<Vec<i64>>,
+    #[serde(default, deserialize_with = "lenient::flags")]
     pub clicks: Option<Vec<bool>>,
     #[serde(default)]
     pub values: Option<Vec<f32>>,
@@ -170,6 +173,7 @@ pub(crate) struct RawFeatures {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCandidate {
+    #[serde(default, deserialize_with = "lenient::id")]
     pub item_id: Option<String>,
     pub dense: Option<Vec<f32>>,
     pub categorical: Option<Vec<i64>>,

@@ -20,6 +20,19 @@ use super::{FieldError, LogError, LoggedRequest, RawCandidate, RawFeatures, RawR
 /// What a float column may hold: Spark and pandas write `double` as often as `float`.
 const FLOATS: &[DataType] = &[DataType::Float32, DataType::Float64];
 
+/// What an id column may hold besides strings (warehouse keys are integers), and a click
+/// column besides booleans (0/1 labels).
+const INTEGERS: &[DataType] = &[
+    DataType::Int8,
+    DataType::Int16,
+    DataType::Int32,
+    DataType::Int64,
+    DataType::UInt8,
+    DataType::UInt16,
+    DataType::UInt32,
+    DataType::UInt64,
+];
+
 fn list_type(item: DataType) -> DataType {
     DataType::List(Arc::new(Field::new("item", item, false)))
 }
@@ -196,11 +209,11 @@ pub(super) fn read(path: &Path) -> Result<Vec<(usize, RawRow)>, LogError> {
 
 /// The typed columns of one batch, checked once.
 struct Columns<'a> {
-    request_id: &'a StringArray,
+    request_id: &'a ArrayRef,
     context: &'a StructArray,
     context_features: FeatureColumns<'a>,
     candidates: &'a ListArray,
-    item_id: &'a StringArray,
+    item_id: &'a ArrayRef,
     candidate_features: FeatureColumns<'a>,
     ranking_score: &'a ArrayRef,
     exposed: &'a ListArray,
@@ -236,6 +249,14 @@ fn wrong_type(array: &ArrayRef, column: &str, want: &str) -> String {
 
 fn typed<'a, T: 'static>(array: &'a ArrayRef, column: &str, want: &str) -> Result<&'a T, String> {
     (array.as_any().downcast_ref::<T>()).ok_or_else(|| wrong_type(array, column, want))
+}
+
+/// A string or integer column, read item by item with [`text_at`].
+fn id_column<'a>(array: &'a ArrayRef, column: &str) -> Result<&'a ArrayRef, String> {
+    match array.data_type() == &DataType::Utf8 || INTEGERS.contains(array.data_type()) {
+        true => Ok(array),
+        false => Err(wrong_type(array, column, "string")),
+    }
 }
 
 /// A `float` or `double` column, read item by item with [`float_at`].
@@ -308,11 +329,11 @@ impl<'a> Columns<'a> {
             None => None,
         };
         Ok(Columns {
-            request_id: typed(column("request_id")?, "request_id", "string")?,
+            request_id: id_column(column("request_id")?, "request_id")?,
             context,
             context_features: feature_columns(context, "context.")?,
             candidates,
-            item_id: typed(item_id, "candidates.item_id", "string")?,
+            item_id: id_column(item_id, "candidates.item_id")?,
             candidate_features: feature_columns(candidate_structs, "candidates.")?,
             ranking_score: float_column(ranking_score, "candidates.ranking_score")?,
             exposed: list_of(
@@ -324,7 +345,7 @@ impl<'a> Columns<'a> {
             clicks: list_of(
                 column("clicks")?,
                 "clicks",
-                &[DataType::Boolean],
+                &[&[DataType::Boolean], INTEGERS].concat(),
                 "list<bool>",
             )?,
             values,
@@ -347,10 +368,7 @@ impl<'a> Columns<'a> {
             for (n, j) in (start..end).enumerate() {
                 let prefix = format!("candidates[{n}]");
                 candidates.push(RawCandidate {
-                    item_id: self
-                        .item_id
-                        .is_valid(j)
-                        .then(|| self.item_id.value(j).to_string()),
+                    item_id: text_at(self.item_id, j),
                     dense: floats(self.candidate_features.dense, j, &format!("{prefix}.dense"))?,
                     categorical: ints(
                         self.candidate_features.categorical,
@@ -365,10 +383,7 @@ impl<'a> Columns<'a> {
             None
         };
         Ok(RawRow {
-            request_id: self
-                .request_id
-                .is_valid(i)
-                .then(|| self.request_id.value(i).to_string()),
+            request_id: text_at(self.request_id, i),
             context,
             candidates,
             exposed: ints(self.exposed, i, "exposed")?,
@@ -381,12 +396,13 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// The items of list `i`, `None` if the list is null; a null item is an error.
+/// The items of list `i`, `None` if the list is null; an item `read` refuses (a null, by
+/// default) is an error.
 fn items<T>(
     list: &ListArray,
     i: usize,
     field: &str,
-    read: impl Fn(&ArrayRef, usize) -> Option<T>,
+    read: impl Fn(&ArrayRef, usize) -> Result<T, String>,
 ) -> Result<Option<Vec<T>>, FieldError> {
     if list.is_null(i) {
         return Ok(None);
@@ -394,17 +410,52 @@ fn items<T>(
     let values = list.value(i);
     (0..values.len())
         .map(|k| {
-            read(&values, k).ok_or_else(|| FieldError {
+            read(&values, k).map_err(|message| FieldError {
                 field: format!("{field}[{k}]"),
-                message: "null".into(),
+                message,
             })
         })
         .collect::<Result<Vec<T>, _>>()
         .map(Some)
 }
 
+fn not_null<T>(item: Option<T>) -> Result<T, String> {
+    item.ok_or_else(|| "null".to_string())
+}
+
 fn floats(list: &ListArray, i: usize, field: &str) -> Result<Option<Vec<f32>>, FieldError> {
-    items(list, i, field, float_at)
+    items(list, i, field, |a, k| not_null(float_at(a, k)))
+}
+
+/// Item `k` of a string or integer array as text (`None` if null).
+fn text_at(a: &ArrayRef, k: usize) -> Option<String> {
+    if !a.is_valid(k) {
+        return None;
+    }
+    match a.as_any().downcast_ref::<StringArray>() {
+        Some(strings) => Some(strings.value(k).to_string()),
+        None => integer_at(a, k).map(|v| v.to_string()),
+    }
+}
+
+/// Item `k` of any integer array, widened (`None` if null or not an integer array).
+fn integer_at(a: &ArrayRef, k: usize) -> Option<i128> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::*;
+    if !a.is_valid(k) {
+        return None;
+    }
+    Some(match a.data_type() {
+        DataType::Int8 => a.as_primitive::<Int8Type>().value(k).into(),
+        DataType::Int16 => a.as_primitive::<Int16Type>().value(k).into(),
+        DataType::Int32 => a.as_primitive::<Int32Type>().value(k).into(),
+        DataType::Int64 => a.as_primitive::<Int64Type>().value(k).into(),
+        DataType::UInt8 => a.as_primitive::<UInt8Type>().value(k).into(),
+        DataType::UInt16 => a.as_primitive::<UInt16Type>().value(k).into(),
+        DataType::UInt32 => a.as_primitive::<UInt32Type>().value(k).into(),
+        DataType::UInt64 => a.as_primitive::<UInt64Type>().value(k).into(),
+        _ => return None,
+    })
 }
 
 /// Item `k` of a `float` or `double` array, as f32 (`None` if null). A double beyond f32's
@@ -422,19 +473,19 @@ fn float_at(a: &ArrayRef, k: usize) -> Option<f32> {
 
 fn ints(list: &ListArray, i: usize, field: &str) -> Result<Option<Vec<i64>>, FieldError> {
     items(list, i, field, |a, k| {
-        if !a.is_valid(k) {
-            return None;
-        }
-        let any = a.as_any();
-        any.downcast_ref::<Int64Array>()
-            .map(|a| a.value(k))
-            .or_else(|| any.downcast_ref::<Int32Array>().map(|a| a.value(k).into()))
+        not_null(integer_at(a, k)).map(|v| v as i64)
     })
 }
 
+/// Booleans, or integers that are 0 or 1.
 fn bools(list: &ListArray, i: usize, field: &str) -> Result<Option<Vec<bool>>, FieldError> {
     items(list, i, field, |a, k| {
-        let a = a.as_any().downcast_ref::<BooleanArray>()?;
-        a.is_valid(k).then(|| a.value(k))
+        match a.as_any().downcast_ref::<BooleanArray>() {
+            Some(flags) => not_null(flags.is_valid(k).then(|| flags.value(k))),
+            None => match not_null(integer_at(a, k))? {
+                v @ (0 | 1) => Ok(v == 1),
+                v => Err(format!("{v} is not a click (true, false, 0 or 1)")),
+            },
+        }
     })
 }

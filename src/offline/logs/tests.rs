@@ -371,3 +371,25 @@ fn a_directory_of_part_files_is_one_log() {
         "{err}"
     );
 }
+
+/// Integer request and item ids read as their decimal text and 0/1 clicks as booleans;
+/// any other number is not a click.
+#[test]
+fn json_ids_may_be_integers_and_clicks_0_or_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.jsonl");
+    let line = |clicks: &str| {
+        format!(
+            r#"{{"request_id": 17, "context": {{"dense": [], "categorical": []}}, "candidates": [{{"item_id": 4, "dense": [], "categorical": [], "ranking_score": 1}}, {{"item_id": "x", "dense": [], "categorical": [], "ranking_score": 0}}], "exposed": [1, 0], "clicks": {clicks}}}"#
+        )
+    };
+    std::fs::write(&path, line("[0, 1]") + "\n").unwrap();
+    let rows = read_logs(&path).unwrap();
+    assert_eq!(rows[0].request_id, "17");
+    assert_eq!(rows[0].candidates[0].item_id, "4");
+    assert_eq!(rows[0].clicks, [false, true]);
+    std::fs::write(&path, line("[0, 2]") + "\n").unwrap();
+    let err = read_logs(&path).unwrap_err().to_string();
+    assert!(err.contains("row 1: field `clicks[1]`"), "{err}");
+    assert!(err.contains("expected a boolean, 0 or 1"), "{err}");
+}
