@@ -226,7 +226,8 @@ impl FieldError {
 
 /// Reads and validates a whole log; the encoding follows the extension (`.parquet`,
 /// `.jsonl`/`.ndjson`). A directory (e.g. a Spark job's output) is read as its log files in
-/// name order, other files skipped. Every row must have the widths of the first.
+/// path order, its subdirectories (Hive partitions) too; other files, and names starting
+/// with `_` or `.`, are skipped. Every row must have the widths of the first.
 pub fn read_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
     if path.is_dir() {
         let mut rows: Vec<LoggedRequest> = Vec::new();
@@ -314,7 +315,15 @@ fn log_files(dir: &Path) -> Result<Vec<PathBuf>, LogError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        if path.is_file() && Encoding::of(&path).is_ok() {
+        // Spark's bookkeeping (`_SUCCESS`, `_temporary/`, `.crc` files) is not data.
+        let name = path.file_name().map_or("".into(), |n| n.to_string_lossy());
+        if name.starts_with(['_', '.']) {
+            continue;
+        }
+        if path.is_dir() {
+            // Hive partitions: `logs/dt=2026-12-01/part-0.parquet`.
+            files.extend(log_files(&path)?);
+        } else if path.is_file() && Encoding::of(&path).is_ok() {
             files.push(path);
         }
     }

@@ -352,6 +352,17 @@ fn a_directory_of_part_files_is_one_log() {
     write_logs(&dir.path().join("part-1.jsonl"), &all[2..]).unwrap();
     std::fs::write(dir.path().join("_SUCCESS"), "").unwrap();
     assert_eq!(read_logs(dir.path()).unwrap(), all);
+    // Hive partitions are read too, in path order; Spark's temporary files are not.
+    let partition = dir.path().join("dt=2026-12-01");
+    std::fs::create_dir_all(partition.join("_temporary")).unwrap();
+    write_logs(&partition.join("part-0.jsonl"), &all[2..]).unwrap();
+    write_logs(&partition.join("_temporary/part-9.jsonl"), &all[..1]).unwrap();
+    std::fs::remove_file(dir.path().join("part-1.jsonl")).unwrap();
+    // `dt=…/part-0.jsonl` sorts before `part-0.parquet`.
+    let in_path_order = [&all[2..], &all[..2]].concat();
+    assert_eq!(read_logs(dir.path()).unwrap(), in_path_order);
+    std::fs::remove_dir_all(&partition).unwrap();
+    write_logs(&dir.path().join("part-1.jsonl"), &all[2..]).unwrap();
 
     let mut narrow = row(3, false);
     narrow.context.dense.pop();
