@@ -468,3 +468,29 @@ fn hashed_categorical_ids_train_in_a_bounded_table() {
     // 40 distinct ids: 4 × 40 rounded up to a power of two.
     assert_eq!(features["candidate_vocab"], serde_json::json!([256]));
 }
+
+/// Logs without a single click (a broken join) teach nothing: the pipeline says so, by
+/// file, instead of publishing a model trained on them.
+#[test]
+fn logs_without_a_click_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("unclicked.jsonl");
+    let row = |r: usize| {
+        format!(
+            r#"{{"request_id":"r{r}","context":{{"dense":[0.5],"categorical":[]}},"candidates":[{{"item_id":"a","dense":[1],"categorical":[],"ranking_score":1}},{{"item_id":"b","dense":[0],"categorical":[],"ranking_score":0}}],"exposed":[0,1],"clicks":[false,false]}}"#
+        )
+    };
+    let text: Vec<String> = (0..20).map(row).collect();
+    std::fs::write(&logs, text.join("\n")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_degre"))
+        .args(["pipeline", "--logs", logs.to_str().unwrap(), "--out"])
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("unclicked.jsonl: no click in its 20 requests"),
+        "{stderr}"
+    );
+}

@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::offline::compare::{self, EvalInputs, EvalReport};
 use crate::offline::evaluator::{self, Ensemble, Evaluator, TrainConfig};
-use crate::offline::logs::{read_logs, LogShape, LoggedRequest};
+use crate::offline::logs::{read_logs, read_training_logs, LogShape, LoggedRequest};
 use crate::offline::objective::Objective;
 use crate::offline::policy::{self, Policy};
 use crate::offline::sim::{self, SimConfig, World};
@@ -109,7 +109,7 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
         args.batch_size > 0 && args.hidden > 0,
         "--batch-size and --hidden must be > 0"
     );
-    let rows = read_logs(&args.logs)?;
+    let rows = read_training_logs(&args.logs)?;
     let config = TrainConfig {
         hidden: args.hidden,
         epochs: args.epochs,

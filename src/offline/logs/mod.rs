@@ -331,6 +331,23 @@ fn log_files(dir: &Path) -> Result<Vec<PathBuf>, LogError> {
     Ok(files)
 }
 
+/// Logs to learn from: at least one logged click (logs without any are usually a broken
+/// join, and every model trained on them predicts nothing).
+pub fn read_training_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
+    let rows = read_logs(path)?;
+    if !rows.iter().any(|r| r.clicks.contains(&true)) {
+        return Err(LogError::File {
+            path: path.to_owned(),
+            message: format!(
+                "no click in its {} requests: there is nothing to learn from (is the `clicks` \
+                 column joined right?)",
+                rows.len()
+            ),
+        });
+    }
+    Ok(rows)
+}
+
 /// Writes rows in the encoding the extension names.
 pub fn write_logs(path: &Path, rows: &[LoggedRequest]) -> Result<(), LogError> {
     match Encoding::of(path)? {
