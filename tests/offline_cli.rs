@@ -94,9 +94,16 @@ candidate = schema.field("candidates").type.value_type
 candidate = pa.struct([pa.field(f.name, pa.int64()) if f.name == "item_id" else f for f in candidate])
 schema = schema.set(schema.get_field_index("candidates"), pa.field("candidates", pa.list_(candidate)))
 pq.write_table(pa.Table.from_pylist(rows, schema=schema), f"{out}/warehouse.parquet")
+# No ranking score logged: the candidates' order stands for the ranking stage's.
+rows = table.to_pylist()
+for r in rows:
+    for c in r["candidates"]:
+        del c["ranking_score"]
+pq.write_table(pa.Table.from_pylist(rows), f"{out}/unscored.parquet")
 "#;
 
-/// Logs from other writers read as the same rows as degre's own.
+/// Logs from other writers read as the same rows as degre's own (and without a ranking
+/// score, in their candidates' order).
 #[test]
 fn parquet_from_other_writers_reads_the_same() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,6 +134,14 @@ fn parquet_from_other_writers_reads_the_same() {
     }
     let warehouse = degre::offline::logs::read_logs(&dir.path().join("warehouse.parquet"));
     assert_eq!(warehouse.unwrap(), keyed);
+    let mut ordered = rows.clone();
+    for row in &mut ordered {
+        for (i, c) in row.candidates.iter_mut().enumerate() {
+            c.ranking_score = -(i as f32);
+        }
+    }
+    let unscored = degre::offline::logs::read_logs(&dir.path().join("unscored.parquet"));
+    assert_eq!(unscored.unwrap(), ordered);
 }
 
 #[test]

@@ -450,6 +450,9 @@ fn validate(raw: RawRow, widths: Option<&Widths>) -> Result<LoggedRequest, Field
     if raw_candidates.is_empty() {
         return Err(FieldError::new("candidates", "empty"));
     }
+    // Without any ranking score the candidates' order is the ranking stage's, as for a Rerank
+    // request (`contract::upstream`): scores 0, −1, −2, …
+    let unscored = raw_candidates.iter().all(|c| c.ranking_score.is_none());
     let mut candidates: Vec<Candidate> = Vec::with_capacity(raw_candidates.len());
     let mut ids = HashSet::with_capacity(raw_candidates.len());
     for (i, raw) in raw_candidates.into_iter().enumerate() {
@@ -473,12 +476,18 @@ fn validate(raw: RawRow, widths: Option<&Widths>) -> Result<LoggedRequest, Field
                 format!("duplicate item id {item_id:?}"),
             ));
         }
-        let ranking_score = required(raw.ranking_score, &format!("{prefix}.ranking_score"))?;
+        let field = || format!("{prefix}.ranking_score");
+        let ranking_score = match raw.ranking_score {
+            None if unscored => -(i as f32),
+            None => {
+                let others = "missing, and other candidates of the row have one";
+                return Err(FieldError::new(field(), others));
+            }
+            Some(score) => score,
+        };
         if !ranking_score.is_finite() {
-            return Err(FieldError::new(
-                format!("{prefix}.ranking_score"),
-                format!("{ranking_score} is not finite"),
-            ));
+            let message = format!("{ranking_score} is not finite");
+            return Err(FieldError::new(field(), message));
         }
         candidates.push(Candidate {
             item_id,

@@ -215,7 +215,7 @@ struct Columns<'a> {
     candidates: &'a ListArray,
     item_id: &'a ArrayRef,
     candidate_features: FeatureColumns<'a>,
-    ranking_score: &'a ArrayRef,
+    ranking_score: Option<&'a ArrayRef>,
     exposed: &'a ListArray,
     clicks: &'a ListArray,
     values: Option<&'a ListArray>,
@@ -318,12 +318,16 @@ impl<'a> Columns<'a> {
             "item_id",
             "candidates.",
         )?;
+        // Optional: without it each row's candidates are in the ranking stage's order.
         let ranking_score = child(
             candidate_columns,
             candidate_fields,
             "ranking_score",
             "candidates.",
-        )?;
+        )
+        .ok()
+        .map(|scores| float_column(scores, "candidates.ranking_score"))
+        .transpose()?;
         let values = match fields.iter().position(|f| f.name() == "values") {
             Some(i) => Some(list_of(&columns[i], "values", FLOATS, "list<float>")?),
             None => None,
@@ -335,7 +339,7 @@ impl<'a> Columns<'a> {
             candidates,
             item_id: id_column(item_id, "candidates.item_id")?,
             candidate_features: feature_columns(candidate_structs, "candidates.")?,
-            ranking_score: float_column(ranking_score, "candidates.ranking_score")?,
+            ranking_score,
             exposed: list_of(
                 column("exposed")?,
                 "exposed",
@@ -375,7 +379,7 @@ impl<'a> Columns<'a> {
                         j,
                         &format!("{prefix}.categorical"),
                     )?,
-                    ranking_score: float_at(self.ranking_score, j),
+                    ranking_score: self.ranking_score.and_then(|s| float_at(s, j)),
                 });
             }
             Some(candidates)

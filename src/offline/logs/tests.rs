@@ -139,7 +139,7 @@ fn every_malformed_row_names_its_field() {
             }),
         ),
         (
-            "field `candidates[0].ranking_score`: missing or null",
+            "field `candidates[0].ranking_score`: missing, and other candidates of the row have one",
             Box::new(|r| {
                 r["candidates"][0]["ranking_score"] = json!(null);
             }),
@@ -403,4 +403,31 @@ fn json_ids_may_be_integers_and_clicks_0_or_1() {
     let err = read_logs(&path).unwrap_err().to_string();
     assert!(err.contains("row 1: field `clicks[1]`"), "{err}");
     assert!(err.contains("expected a boolean, 0 or 1"), "{err}");
+}
+
+/// Rows without any ranking score stand for their candidates' order, as a Rerank request
+/// does (scores 0, −1, −2, …); Parquet without the column: tests/offline_cli.rs.
+#[test]
+fn unscored_candidates_are_in_the_ranking_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("unscored.jsonl");
+    let mut text = String::new();
+    for r in rows() {
+        let mut v = serde_json::to_value(&r).unwrap();
+        for c in v["candidates"].as_array_mut().unwrap() {
+            let c = c.as_object_mut().unwrap();
+            c.remove("ranking_score");
+            let features = c.remove("features").unwrap();
+            c.insert("dense".into(), features["dense"].clone());
+            c.insert("categorical".into(), features["categorical"].clone());
+        }
+        if v["values"].is_null() {
+            v.as_object_mut().unwrap().remove("values");
+        }
+        text += &format!("{v}\n");
+    }
+    std::fs::write(&json, text).unwrap();
+    let read = read_logs(&json).unwrap();
+    let scores: Vec<f32> = read[0].candidates.iter().map(|c| c.ranking_score).collect();
+    assert_eq!(scores, [0.0, -1.0, -2.0, -3.0]);
 }
