@@ -80,7 +80,7 @@ i = table.schema.get_field_index("request_id")
 categorical = table.set_column(i, "request_id", table.column(i).dictionary_encode())
 pq.write_table(categorical, f"{out}/pandas-categorical.parquet", compression="lz4")
 pq.write_table(table, f"{out}/gzip.parquet", compression="gzip")
-# A warehouse's: integer request and item keys, clicks as 0/1 bytes.
+# A warehouse's: integer request and item keys, clicks as 0/1 bytes, unsigned ids.
 rows = table.to_pylist()
 for r in rows:
     r["request_id"] = int(r["request_id"].split("-")[-1])
@@ -88,10 +88,15 @@ for r in rows:
         c["item_id"] = int(c["item_id"].split("-")[-1])
     r["clicks"] = [int(c) for c in r["clicks"]]
 schema = table.schema
-for name, t in [("request_id", pa.int64()), ("clicks", pa.list_(pa.int8()))]:
+for name, t in [("request_id", pa.int64()), ("clicks", pa.list_(pa.int8())),
+                ("exposed", pa.list_(pa.uint16()))]:
     schema = schema.set(schema.get_field_index(name), pa.field(name, t))
 candidate = schema.field("candidates").type.value_type
-candidate = pa.struct([pa.field(f.name, pa.int64()) if f.name == "item_id" else f for f in candidate])
+def unsigned(f):
+    if f.name == "item_id":
+        return pa.field(f.name, pa.int64())
+    return pa.field(f.name, pa.list_(pa.uint32())) if f.name == "categorical" else f
+candidate = pa.struct([unsigned(f) for f in candidate])
 schema = schema.set(schema.get_field_index("candidates"), pa.field("candidates", pa.list_(candidate)))
 pq.write_table(pa.Table.from_pylist(rows, schema=schema), f"{out}/warehouse.parquet")
 # No ranking score logged: the candidates' order stands for the ranking stage's.

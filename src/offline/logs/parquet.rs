@@ -20,8 +20,8 @@ use super::{FieldError, LogError, LoggedRequest, RawCandidate, RawFeatures, RawR
 /// What a float column may hold: Spark and pandas write `double` as often as `float`.
 const FLOATS: &[DataType] = &[DataType::Float32, DataType::Float64];
 
-/// What an id column may hold besides strings (warehouse keys are integers), and a click
-/// column besides booleans (0/1 labels).
+/// Any integer column: categorical ids and exposed indices, ids besides strings (warehouse
+/// keys are integers), and clicks besides booleans (0/1 labels).
 const INTEGERS: &[DataType] = &[
     DataType::Int8,
     DataType::Int16,
@@ -290,7 +290,7 @@ fn feature_columns<'a>(parent: &'a StructArray, path: &str) -> Result<FeatureCol
         categorical: list_of(
             categorical,
             &format!("{path}categorical"),
-            &[DataType::Int64, DataType::Int32],
+            INTEGERS,
             "list<int64>",
         )?,
     })
@@ -340,12 +340,7 @@ impl<'a> Columns<'a> {
             item_id: id_column(item_id, "candidates.item_id")?,
             candidate_features: feature_columns(candidate_structs, "candidates.")?,
             ranking_score,
-            exposed: list_of(
-                column("exposed")?,
-                "exposed",
-                &[DataType::Int32, DataType::Int64],
-                "list<int32>",
-            )?,
+            exposed: list_of(column("exposed")?, "exposed", INTEGERS, "list<int32>")?,
             clicks: list_of(
                 column("clicks")?,
                 "clicks",
@@ -477,7 +472,8 @@ fn float_at(a: &ArrayRef, k: usize) -> Option<f32> {
 
 fn ints(list: &ListArray, i: usize, field: &str) -> Result<Option<Vec<i64>>, FieldError> {
     items(list, i, field, |a, k| {
-        not_null(integer_at(a, k)).map(|v| v as i64)
+        let v = not_null(integer_at(a, k))?;
+        i64::try_from(v).map_err(|_| format!("{v} is beyond the largest id, 2^63 - 1"))
     })
 }
 
