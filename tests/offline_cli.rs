@@ -22,6 +22,18 @@ fn degre(args: &[&str]) -> String {
     stdout
 }
 
+/// Runs degre expecting it to fail (without a panic); its stderr.
+fn degre_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_degre"))
+        .args(args)
+        .output()
+        .expect("degre runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "degre {args:?} succeeded:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 const PYARROW_CHECK: &str = r#"
 import json, sys
 import pyarrow.parquet as pq
@@ -258,20 +270,22 @@ fn simulate_train_and_eval_from_the_command_line() {
         .filter(|(a, b)| (a.value - b.value).abs() > 1e-6);
     assert!(moved.count() > first.len() / 2);
     // A weight needs the evaluator it weighs.
-    let lone = Command::new(env!("CARGO_BIN_EXE_degre"))
-        .args([
-            "mine",
-            "--logs",
-            train.to_str().unwrap(),
-            "--list-weight",
-            "0.5",
-        ])
-        .args(["--evaluator", evaluator.to_str().unwrap(), "--out"])
-        .arg(mined.join("x.jsonl"))
-        .output()
-        .unwrap();
-    assert!(!lone.status.success());
-    assert!(String::from_utf8_lossy(&lone.stderr).contains("--pointwise"));
+    let mut args = vec![
+        "mine",
+        "--logs",
+        train.to_str().unwrap(),
+        "--list-weight",
+        "0.5",
+    ];
+    args.extend(["--evaluator", evaluator.to_str().unwrap()]);
+    let lone = degre_fails(
+        &[
+            &args[..],
+            &["--out", mined.join("x.jsonl").to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(lone.contains("--pointwise"), "{lone}");
 
     let report = dir.path().join("report.json");
     let lists = dir.path().join("lists");
@@ -364,20 +378,16 @@ fn simulate_train_and_eval_from_the_command_line() {
         ]
         .concat(),
     );
-    let refused = Command::new(env!("CARGO_BIN_EXE_degre"))
-        .args([
-            "eval",
-            "--logs",
-            test.to_str().unwrap(),
-            "--objective",
-            "value",
-        ])
-        .args(["--evaluator", clicks_only.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("no value network"), "{stderr}");
+    let mut args = vec![
+        "eval",
+        "--logs",
+        test.to_str().unwrap(),
+        "--objective",
+        "value",
+    ];
+    args.extend(["--evaluator", clicks_only.to_str().unwrap()]);
+    let refused = degre_fails(&args);
+    assert!(refused.contains("no value network"), "{refused}");
 }
 
 #[test]
@@ -389,17 +399,18 @@ fn a_bad_log_fails_with_file_row_and_field() {
         r#"{"request_id":"a","context":{"dense":[1.0],"categorical":[0]},"candidates":[{"item_id":"x","dense":[0.5],"categorical":[1],"ranking_score":0.1}],"exposed":[3],"clicks":[true]}"#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_degre"))
-        .args(["train-evaluator", "--logs", logs.to_str().unwrap(), "--out"])
-        .arg(dir.path().join("e"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = dir.path().join("e");
+    let logs = logs.to_str().unwrap();
+    let stderr = degre_fails(&[
+        "train-evaluator",
+        "--logs",
+        logs,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(
         stderr.contains(&format!(
-            "{}: row 1: field `exposed[0]`: index 3 is not a candidate (0..1)",
-            logs.display()
+            "{logs}: row 1: field `exposed[0]`: index 3 is not a candidate (0..1)"
         )),
         "{stderr}"
     );
@@ -410,12 +421,7 @@ fn a_bad_log_fails_with_file_row_and_field() {
 fn a_missing_log_is_named_once() {
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("absent.parquet");
-    let out = Command::new(env!("CARGO_BIN_EXE_degre"))
-        .args(["check-logs", logs.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = degre_fails(&["check-logs", logs.to_str().unwrap()]);
     assert!(
         stderr.starts_with(&format!("degre: {}: ", logs.display())),
         "{stderr}"
@@ -502,13 +508,9 @@ fn logs_without_a_click_are_refused() {
     };
     let text: Vec<String> = (0..20).map(row).collect();
     std::fs::write(&logs, text.join("\n")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_degre"))
-        .args(["pipeline", "--logs", logs.to_str().unwrap(), "--out"])
-        .arg(dir.path().join("run"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let run = dir.path().join("run");
+    let (logs, run) = (logs.to_str().unwrap(), run.to_str().unwrap());
+    let stderr = degre_fails(&["pipeline", "--logs", logs, "--out", run]);
     assert!(
         stderr.contains("unclicked.jsonl: no click in its 20 requests"),
         "{stderr}"
