@@ -92,16 +92,19 @@ i = table.schema.get_field_index("request_id")
 categorical = table.set_column(i, "request_id", table.column(i).dictionary_encode())
 pq.write_table(categorical, f"{out}/pandas-categorical.parquet", compression="lz4")
 pq.write_table(table, f"{out}/gzip.parquet", compression="gzip")
-# A warehouse's: integer request and item keys, clicks as 0/1 bytes, unsigned ids.
+# A warehouse's: integer request and item keys, clicks as 0/1 bytes, unsigned ids, money
+# as decimal (quarters, so that the expected values are exact).
+from decimal import Decimal
 rows = table.to_pylist()
 for r in rows:
     r["request_id"] = int(r["request_id"].split("-")[-1])
     for c in r["candidates"]:
         c["item_id"] = int(c["item_id"].split("-")[-1])
     r["clicks"] = [int(c) for c in r["clicks"]]
+    r["values"] = [Decimal(int(v * 4)) / 4 for v in r["values"]]
 schema = table.schema
 for name, t in [("request_id", pa.int64()), ("clicks", pa.list_(pa.int8())),
-                ("exposed", pa.list_(pa.uint16()))]:
+                ("exposed", pa.list_(pa.uint16())), ("values", pa.list_(pa.decimal128(12, 2)))]:
     schema = schema.set(schema.get_field_index(name), pa.field(name, t))
 candidate = schema.field("candidates").type.value_type
 def unsigned(f):
@@ -141,9 +144,12 @@ fn parquet_from_other_writers_reads_the_same() {
         let read = degre::offline::logs::read_logs(&path);
         assert!(read.as_ref().is_ok_and(|r| *r == rows), "{name}: {read:?}");
     }
-    // Integer keys read as their decimal text, 0/1 clicks as booleans.
+    // Integer keys read as their decimal text, 0/1 clicks as booleans, decimals as floats.
     let mut keyed = rows.clone();
     for row in &mut keyed {
+        for v in row.values.iter_mut().flatten() {
+            *v = (*v * 4.0).trunc() / 4.0;
+        }
         row.request_id = row.request_id.rsplit('-').next().unwrap().to_string();
         for c in &mut row.candidates {
             c.item_id = c.item_id.rsplit('-').next().unwrap().to_string();

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, ListArray,
-    RecordBatch, StringArray, StructArray,
+    Array, ArrayRef, BooleanArray, Decimal128Array, Float32Array, Float64Array, Int32Array,
+    Int64Array, ListArray, RecordBatch, StringArray, StructArray,
 };
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Fields, Schema};
@@ -17,21 +17,28 @@ use parquet::file::properties::WriterProperties;
 
 use super::{FieldError, LogError, LoggedRequest, RawCandidate, RawFeatures, RawRow};
 
-/// What a float column may hold: Spark and pandas write `double` as often as `float`.
-const FLOATS: &[DataType] = &[DataType::Float32, DataType::Float64];
+/// What a float column may hold: Spark and pandas write `double` as often as `float`, and a
+/// warehouse keeps money (`values`, e.g. GMV) as `decimal`.
+fn is_float(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Float32 | DataType::Float64 | DataType::Decimal128(..)
+    )
+}
 
-/// Any integer column: categorical ids and exposed indices, ids besides strings (warehouse
-/// keys are integers), and clicks besides booleans (0/1 labels).
-const INTEGERS: &[DataType] = &[
-    DataType::Int8,
-    DataType::Int16,
-    DataType::Int32,
-    DataType::Int64,
-    DataType::UInt8,
-    DataType::UInt16,
-    DataType::UInt32,
-    DataType::UInt64,
-];
+/// Any integer: categorical ids and exposed indices, ids besides strings (warehouse keys
+/// are integers), and clicks besides booleans (0/1 labels).
+fn is_integer(t: &DataType) -> bool {
+    use DataType::*;
+    matches!(
+        t,
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
+    )
+}
+
+fn is_click(t: &DataType) -> bool {
+    t == &DataType::Boolean || is_integer(t)
+}
 
 fn list_type(item: DataType) -> DataType {
     DataType::List(Arc::new(Field::new("item", item, false)))
@@ -253,7 +260,7 @@ fn typed<'a, T: 'static>(array: &'a ArrayRef, column: &str, want: &str) -> Resul
 
 /// A string or integer column, read item by item with [`text_at`].
 fn id_column<'a>(array: &'a ArrayRef, column: &str) -> Result<&'a ArrayRef, String> {
-    match array.data_type() == &DataType::Utf8 || INTEGERS.contains(array.data_type()) {
+    match array.data_type() == &DataType::Utf8 || is_integer(array.data_type()) {
         true => Ok(array),
         false => Err(wrong_type(array, column, "string")),
     }
@@ -261,7 +268,7 @@ fn id_column<'a>(array: &'a ArrayRef, column: &str) -> Result<&'a ArrayRef, Stri
 
 /// A `float` or `double` column, read item by item with [`float_at`].
 fn float_column<'a>(array: &'a ArrayRef, column: &str) -> Result<&'a ArrayRef, String> {
-    match FLOATS.contains(array.data_type()) {
+    match is_float(array.data_type()) {
         true => Ok(array),
         false => Err(wrong_type(array, column, "float")),
     }
@@ -270,11 +277,11 @@ fn float_column<'a>(array: &'a ArrayRef, column: &str) -> Result<&'a ArrayRef, S
 fn list_of<'a>(
     array: &'a ArrayRef,
     column: &str,
-    items: &[DataType],
+    items: fn(&DataType) -> bool,
     want: &str,
 ) -> Result<&'a ListArray, String> {
     let list: &ListArray = typed(array, column, want)?;
-    match items.contains(&list.value_type()) {
+    match items(&list.value_type()) {
         true => Ok(list),
         false => Err(wrong_type(array, column, want)),
     }
@@ -286,11 +293,11 @@ fn feature_columns<'a>(parent: &'a StructArray, path: &str) -> Result<FeatureCol
     let dense = child(columns, fields, "dense", path)?;
     let categorical = child(columns, fields, "categorical", path)?;
     Ok(FeatureColumns {
-        dense: list_of(dense, &format!("{path}dense"), FLOATS, "list<float>")?,
+        dense: list_of(dense, &format!("{path}dense"), is_float, "list<float>")?,
         categorical: list_of(
             categorical,
             &format!("{path}categorical"),
-            INTEGERS,
+            is_integer,
             "list<int64>",
         )?,
     })
@@ -329,7 +336,7 @@ impl<'a> Columns<'a> {
         .map(|scores| float_column(scores, "candidates.ranking_score"))
         .transpose()?;
         let values = match fields.iter().position(|f| f.name() == "values") {
-            Some(i) => Some(list_of(&columns[i], "values", FLOATS, "list<float>")?),
+            Some(i) => Some(list_of(&columns[i], "values", is_float, "list<float>")?),
             None => None,
         };
         Ok(Columns {
@@ -340,13 +347,8 @@ impl<'a> Columns<'a> {
             item_id: id_column(item_id, "candidates.item_id")?,
             candidate_features: feature_columns(candidate_structs, "candidates.")?,
             ranking_score,
-            exposed: list_of(column("exposed")?, "exposed", INTEGERS, "list<int32>")?,
-            clicks: list_of(
-                column("clicks")?,
-                "clicks",
-                &[&[DataType::Boolean], INTEGERS].concat(),
-                "list<bool>",
-            )?,
+            exposed: list_of(column("exposed")?, "exposed", is_integer, "list<int32>")?,
+            clicks: list_of(column("clicks")?, "clicks", is_click, "list<bool>")?,
             values,
         })
     }
@@ -464,10 +466,13 @@ fn float_at(a: &ArrayRef, k: usize) -> Option<f32> {
         return None;
     }
     let any = a.as_any();
-    (any.downcast_ref::<Float32Array>().map(|a| a.value(k))).or_else(|| {
-        any.downcast_ref::<Float64Array>()
-            .map(|a| a.value(k) as f32)
-    })
+    (any.downcast_ref::<Float32Array>().map(|a| a.value(k)))
+        .or_else(|| (any.downcast_ref::<Float64Array>()).map(|a| a.value(k) as f32))
+        .or_else(|| {
+            let decimals = any.downcast_ref::<Decimal128Array>()?;
+            let scale = 10f64.powi(decimals.scale().into());
+            Some((decimals.value(k) as f64 / scale) as f32)
+        })
 }
 
 fn ints(list: &ListArray, i: usize, field: &str) -> Result<Option<Vec<i64>>, FieldError> {
