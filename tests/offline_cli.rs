@@ -74,7 +74,9 @@ fn pyarrow(script: &str, args: &[&Path]) -> Option<Vec<u8>> {
 }
 
 /// Rewrites a log the way other writers store it: Polars (`large_list`, `large_string`,
-/// zstd pages), a pandas categorical (a dictionary-encoded string, lz4), gzip pages.
+/// zstd pages), a pandas categorical (a dictionary-encoded string, lz4), gzip pages, a
+/// warehouse table (integer keys, 0/1 clicks, unsigned ids, decimal money), and without
+/// ranking scores.
 const OTHER_WRITERS: &str = r#"
 import sys
 import pyarrow as pa, pyarrow.parquet as pq
