@@ -74,7 +74,8 @@ fn pyarrow(script: &str, args: &[&Path]) -> Option<Vec<u8>> {
 }
 
 /// Rewrites a log the way other writers store it: Polars (`large_list`, `large_string`,
-/// zstd pages), a pandas categorical (a dictionary-encoded string, lz4), gzip pages, a
+/// zstd pages), a pandas categorical (a dictionary-encoded string, lz4), gzip pages, old
+/// Hive (strings as bytes without the UTF-8 annotation), a
 /// warehouse table (integer keys, 0/1 clicks, unsigned ids, decimal money), and without
 /// ranking scores.
 const OTHER_WRITERS: &str = r#"
@@ -94,6 +95,8 @@ i = table.schema.get_field_index("request_id")
 categorical = table.set_column(i, "request_id", table.column(i).dictionary_encode())
 pq.write_table(categorical, f"{out}/pandas-categorical.parquet", compression="lz4")
 pq.write_table(table, f"{out}/gzip.parquet", compression="gzip")
+hive = table.set_column(i, "request_id", table.column(i).cast(pa.binary()))
+pq.write_table(hive, f"{out}/hive-bytes.parquet")
 # A warehouse's: integer request and item keys, clicks as 0/1 bytes, unsigned ids, money
 # as decimal (quarters, so that the expected values are exact).
 from decimal import Decimal
@@ -141,7 +144,7 @@ fn parquet_from_other_writers_reads_the_same() {
     }
     let rows = degre::offline::logs::read_logs(&own).unwrap();
     assert_eq!(rows.len(), 40);
-    for name in ["polars", "pandas-categorical", "gzip"] {
+    for name in ["polars", "pandas-categorical", "gzip", "hive-bytes"] {
         let path = dir.path().join(format!("{name}.parquet"));
         let read = degre::offline::logs::read_logs(&path);
         assert!(read.as_ref().is_ok_and(|r| *r == rows), "{name}: {read:?}");

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Decimal128Array, Float32Array, Float64Array, Int32Array,
-    Int64Array, ListArray, RecordBatch, StringArray, StructArray,
+    Array, ArrayRef, BinaryArray, BooleanArray, Decimal128Array, Float32Array, Float64Array,
+    Int32Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
 };
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Fields, Schema};
@@ -258,9 +258,12 @@ fn typed<'a, T: 'static>(array: &'a ArrayRef, column: &str, want: &str) -> Resul
     (array.as_any().downcast_ref::<T>()).ok_or_else(|| wrong_type(array, column, want))
 }
 
-/// A string or integer column, read item by item with [`text_at`].
+/// A string or integer column, read item by item with [`text_at`]. Older Hive and Impala
+/// write strings as bytes without the UTF-8 annotation (what Spark's `binaryAsString` is
+/// for): read as text.
 fn id_column<'a>(array: &'a ArrayRef, column: &str) -> Result<&'a ArrayRef, String> {
-    match array.data_type() == &DataType::Utf8 || is_integer(array.data_type()) {
+    let text = matches!(array.data_type(), DataType::Utf8 | DataType::Binary);
+    match text || is_integer(array.data_type()) {
         true => Ok(array),
         false => Err(wrong_type(array, column, "string")),
     }
@@ -433,10 +436,14 @@ fn text_at(a: &ArrayRef, k: usize) -> Option<String> {
     if !a.is_valid(k) {
         return None;
     }
-    match a.as_any().downcast_ref::<StringArray>() {
-        Some(strings) => Some(strings.value(k).to_string()),
-        None => integer_at(a, k).map(|v| v.to_string()),
+    let any = a.as_any();
+    if let Some(strings) = any.downcast_ref::<StringArray>() {
+        return Some(strings.value(k).to_string());
     }
+    if let Some(bytes) = any.downcast_ref::<BinaryArray>() {
+        return Some(String::from_utf8_lossy(bytes.value(k)).into_owned());
+    }
+    integer_at(a, k).map(|v| v.to_string())
 }
 
 /// Item `k` of any integer array, widened (`None` if null or not an integer array).
