@@ -47,7 +47,8 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct TrainEvaluatorArgs {
-    /// Logged requests (.parquet or .jsonl); a validation split is held out of them.
+    /// Logged requests (.parquet, .jsonl, .jsonl.gz or a directory of them); a validation
+    /// split is held out of them.
     #[arg(long)]
     pub logs: PathBuf,
     /// Directory for evaluator.json, evaluator.safetensors and checkpoint/.
@@ -158,7 +159,7 @@ pub fn train_evaluator(args: TrainEvaluatorArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Held-out logged requests (.parquet or .jsonl).
+    /// Held-out logged requests (.parquet, .jsonl, .jsonl.gz or a directory of them).
     #[arg(long)]
     pub logs: PathBuf,
     /// The simulator's world (its directory or world.json): enables true utility and the oracle.
@@ -296,7 +297,7 @@ fn default_policies(simulator: bool, evaluator: bool) -> Vec<Policy> {
 
 #[derive(Debug, Args)]
 pub struct CheckLogsArgs {
-    /// A log file (.parquet or .jsonl); every row is validated.
+    /// A log (.parquet, .jsonl, .jsonl.gz or a directory of them); every row is validated.
     pub logs: PathBuf,
     /// Also write the validated rows here, in the encoding its extension names.
     #[arg(long)]

@@ -19,7 +19,7 @@ use crate::repository::publish::{publish_files, write_version_dir};
 
 #[derive(Debug, Args)]
 pub struct MineArgs {
-    /// Logged requests (.parquet or .jsonl).
+    /// Logged requests (.parquet, .jsonl, .jsonl.gz or a directory of them).
     #[arg(long)]
     pub logs: PathBuf,
     /// A trained evaluator's directory; repeat it to search an ensemble on
@@ -209,7 +209,8 @@ pub struct PipelineArgs {
     /// TOML config (sections simulator, evaluator, mining, distill, export; see docs/offline.md).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Run on these logs instead of the simulator (.parquet or .jsonl).
+    /// Run on these logs instead of the simulator (.parquet, .jsonl, .jsonl.gz or a
+    /// directory of them).
     #[arg(long)]
     pub logs: Option<PathBuf>,
     /// Overrides the config's seeds with this one seed.

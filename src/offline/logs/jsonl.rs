@@ -4,19 +4,26 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
 use serde_json::json;
 
 use super::{FieldError, LogError, LoggedRequest, RawRow};
 
-/// Decodes every non-blank line; the row number is the line number.
-pub(super) fn read(path: &Path) -> Result<Vec<(usize, RawRow)>, LogError> {
+/// Decodes every non-blank line; the row number is the line number. `gzip`: the file is
+/// gzipped (one member or several concatenated, as `cat a.gz b.gz` makes).
+pub(super) fn read(path: &Path, gzip: bool) -> Result<Vec<(usize, RawRow)>, LogError> {
     let io = |error| LogError::Io {
         path: path.to_owned(),
         error,
     };
     let file = File::open(path).map_err(io)?;
+    let lines: Box<dyn BufRead> = match gzip {
+        true => Box::new(BufReader::new(MultiGzDecoder::new(file))),
+        false => Box::new(BufReader::new(file)),
+    };
     let mut rows = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
+    for (i, line) in lines.lines().enumerate() {
         let line = line.map_err(io)?;
         if line.trim().is_empty() {
             continue;
@@ -38,12 +45,24 @@ pub(super) fn read(path: &Path) -> Result<Vec<(usize, RawRow)>, LogError> {
     Ok(rows)
 }
 
-pub(super) fn write(path: &Path, rows: &[LoggedRequest]) -> Result<(), LogError> {
+pub(super) fn write(path: &Path, rows: &[LoggedRequest], gzip: bool) -> Result<(), LogError> {
     let io = |error| LogError::Io {
         path: path.to_owned(),
         error,
     };
-    let mut out = BufWriter::new(File::create(path).map_err(io)?);
+    let file = File::create(path).map_err(io)?;
+    if gzip {
+        let zipped = write_lines(GzEncoder::new(file, Default::default()), rows).map_err(io)?;
+        zipped.finish().map_err(io)?;
+    } else {
+        write_lines(file, rows).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Every row as one line of JSON; the writer back, flushed.
+fn write_lines<W: Write>(out: W, rows: &[LoggedRequest]) -> std::io::Result<W> {
+    let mut out = BufWriter::new(out);
     for row in rows {
         let candidates: Vec<_> = row
             .candidates
@@ -67,8 +86,8 @@ pub(super) fn write(path: &Path, rows: &[LoggedRequest]) -> Result<(), LogError>
         if let Some(values) = &row.values {
             object["values"] = json!(values);
         }
-        serde_json::to_writer(&mut out, &object).map_err(|e| io(e.into()))?;
-        out.write_all(b"\n").map_err(io)?;
+        serde_json::to_writer(&mut out, &object)?;
+        out.write_all(b"\n")?;
     }
-    out.flush().map_err(io)
+    out.into_inner().map_err(|e| e.into_error())
 }

@@ -279,7 +279,7 @@ pub fn read_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
     }
     let raw = match Encoding::of(path)? {
         Encoding::Parquet => parquet::read(path)?,
-        Encoding::JsonLines => jsonl::read(path)?,
+        Encoding::JsonLines { gzip } => jsonl::read(path, gzip)?,
     };
     let mut rows = Vec::with_capacity(raw.len());
     let mut widths = None;
@@ -352,23 +352,31 @@ pub fn read_training_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
 pub fn write_logs(path: &Path, rows: &[LoggedRequest]) -> Result<(), LogError> {
     match Encoding::of(path)? {
         Encoding::Parquet => parquet::write(path, rows),
-        Encoding::JsonLines => jsonl::write(path, rows),
+        Encoding::JsonLines { gzip } => jsonl::write(path, rows, gzip),
     }
 }
 
 enum Encoding {
     Parquet,
-    JsonLines,
+    /// Gzipped (`.jsonl.gz`): how line logs are kept and shipped.
+    JsonLines {
+        gzip: bool,
+    },
 }
 
 impl Encoding {
     fn of(path: &Path) -> Result<Encoding, LogError> {
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("parquet") => Ok(Encoding::Parquet),
-            Some("jsonl" | "ndjson") => Ok(Encoding::JsonLines),
+        let name = path.file_name().map_or("".into(), |n| n.to_string_lossy());
+        let (stem, gzip) = match name.strip_suffix(".gz") {
+            Some(stem) => (stem, true),
+            None => (&*name, false),
+        };
+        match stem.rsplit_once('.').map(|(_, extension)| extension) {
+            Some("parquet") if !gzip => Ok(Encoding::Parquet),
+            Some("jsonl" | "ndjson") => Ok(Encoding::JsonLines { gzip }),
             _ => Err(LogError::File {
                 path: path.to_owned(),
-                message: "unknown log encoding: use a .parquet or .jsonl file".into(),
+                message: "unknown log encoding: use a .parquet, .jsonl or .jsonl.gz file".into(),
             }),
         }
     }

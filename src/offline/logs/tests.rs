@@ -33,11 +33,22 @@ fn rows() -> Vec<LoggedRequest> {
 #[test]
 fn parquet_and_json_lines_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["logs.parquet", "logs.jsonl"] {
+    for name in ["logs.parquet", "logs.jsonl", "logs.jsonl.gz"] {
         let path = dir.path().join(name);
         write_logs(&path, &rows()).unwrap();
         assert_eq!(read_logs(&path).unwrap(), rows(), "{name}");
     }
+    // Gzipped for real, and concatenated as `cat a.gz b.gz` does.
+    let all = rows();
+    let (a, b) = (dir.path().join("a.jsonl.gz"), dir.path().join("b.jsonl.gz"));
+    write_logs(&a, &all[..1]).unwrap();
+    write_logs(&b, &all[1..]).unwrap();
+    let mut both = std::fs::read(&a).unwrap();
+    assert_eq!(both[..2], [0x1f, 0x8b], "a gzip member");
+    both.extend(std::fs::read(&b).unwrap());
+    let joined = dir.path().join("joined.ndjson.gz");
+    std::fs::write(&joined, both).unwrap();
+    assert_eq!(read_logs(&joined).unwrap(), all);
 }
 
 #[test]
@@ -336,7 +347,7 @@ fn unreadable_files_name_the_file() {
     let err = read_logs(csv).unwrap_err().to_string();
     assert_eq!(
         err,
-        "logs.csv: unknown log encoding: use a .parquet or .jsonl file"
+        "logs.csv: unknown log encoding: use a .parquet, .jsonl or .jsonl.gz file"
     );
     let empty = dir.path().join("empty.jsonl");
     std::fs::write(&empty, "\n").unwrap();
