@@ -317,6 +317,9 @@ pub fn check_logs(args: CheckLogsArgs) -> anyhow::Result<()> {
         clicks as f64 / slots as f64
     );
     println!("{}", serde_json::to_string_pretty(&shape)?);
+    if let Some(note) = crate::offline::logs::unscored_note(&rows) {
+        eprintln!("{note}");
+    }
     if let Some(out) = &args.convert_to {
         crate::offline::logs::write_logs(out, &rows)?;
         println!("wrote {}", out.display());

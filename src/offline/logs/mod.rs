@@ -348,6 +348,23 @@ pub fn read_training_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
     Ok(rows)
 }
 
+/// A note when some rows carry no ranking score: each one's candidate order then stands
+/// for the ranking stage's (the reader's scores 0, −1, −2, …), which the `upstream`
+/// baseline and the publish gate compare with, so it had better be the real one.
+pub fn unscored_note(rows: &[LoggedRequest]) -> Option<String> {
+    let by_order = |r: &&LoggedRequest| {
+        (r.candidates.iter().enumerate()).all(|(i, c)| c.ranking_score == -(i as f32))
+    };
+    let n = rows.iter().filter(by_order).count();
+    (n > 0).then(|| {
+        format!(
+            "note: {n} of {} requests log no ranking_score: their candidates' order stands for \
+             the ranking stage's (the upstream baseline and the publish gate compare with it)",
+            rows.len()
+        )
+    })
+}
+
 /// Writes rows in the encoding the extension names.
 pub fn write_logs(path: &Path, rows: &[LoggedRequest]) -> Result<(), LogError> {
     match Encoding::of(path)? {

@@ -441,4 +441,10 @@ fn unscored_candidates_are_in_the_ranking_order() {
     let read = read_logs(&json).unwrap();
     let scores: Vec<f32> = read[0].candidates.iter().map(|c| c.ranking_score).collect();
     assert_eq!(scores, [0.0, -1.0, -2.0, -3.0]);
+    let note = unscored_note(&read).unwrap();
+    assert!(
+        note.starts_with("note: 3 of 3 requests log no ranking_score"),
+        "{note}"
+    );
+    assert_eq!(unscored_note(&rows()), None);
 }

@@ -19,7 +19,7 @@ use crate::offline::compare::EvalReport;
 use crate::offline::distill::{DistillConfig, DistillSummary, TrainedGenerator};
 use crate::offline::evaluator;
 use crate::offline::gate::GateReport;
-use crate::offline::logs::{read_training_logs, LoggedRequest};
+use crate::offline::logs::{read_training_logs, unscored_note, LoggedRequest};
 
 /// Everything one seed produced.
 #[derive(Debug, Clone, Serialize)]
@@ -82,7 +82,13 @@ pub fn run(
 ) -> anyhow::Result<PipelineOutput> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("{}", run_dir.display()))?;
     let user_logs = match source {
-        Source::Logs(path) => Some(read_training_logs(path)?),
+        Source::Logs(path) => {
+            let logs = read_training_logs(path)?;
+            if let Some(note) = unscored_note(&logs) {
+                eprintln!("{note}");
+            }
+            Some(logs)
+        }
         Source::Simulator => None,
     };
     let max_candidates_seen = match &user_logs {
