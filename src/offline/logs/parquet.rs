@@ -196,8 +196,8 @@ pub(super) fn read(path: &Path) -> Result<Vec<(usize, RawRow)>, LogError> {
         error,
     })?;
     // The Parquet types, not the writer's Arrow schema: Polars stores `large_list` and
-    // `large_string`, pandas categoricals a dictionary, newer writers string views, and each
-    // reads back as the list and string this reader checks.
+    // `large_string`, pandas categoricals a dictionary, and each reads back as the list and
+    // string this reader checks.
     let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
     let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
         .and_then(|b| b.with_batch_size(4096).build())
