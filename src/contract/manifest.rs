@@ -93,7 +93,8 @@ impl FeatureSchema {
 
 /// A categorical feature. Known ids are `0..vocab_size`; any larger id is looked up in the
 /// reserved unknown bucket, row `vocab_size` of the feature's embedding table. A `hashed`
-/// feature's ids are of any size (hashes, 64-bit keys): id `mod vocab_size` is its row.
+/// feature's ids are of any size (hashes, 64-bit keys), folded into its rows by
+/// `rerank::vocab_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Categorical {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::FeatureSchema;
+use crate::contract::{upstream, FeatureSchema};
 use crate::offline::objective::Objective;
 use crate::rerank::{InputBuilder, InvalidField, RerankInput};
 
@@ -316,8 +316,7 @@ fn log_files(dir: &Path) -> Result<Vec<PathBuf>, LogError> {
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         // Spark's bookkeeping (`_SUCCESS`, `_temporary/`, `.crc` files) is not data.
-        let name = path.file_name().map_or("".into(), |n| n.to_string_lossy());
-        if name.starts_with(['_', '.']) {
+        if file_name(&path).starts_with(['_', '.']) {
             continue;
         }
         if path.is_dir() {
@@ -329,6 +328,10 @@ fn log_files(dir: &Path) -> Result<Vec<PathBuf>, LogError> {
     }
     files.sort();
     Ok(files)
+}
+
+fn file_name(path: &Path) -> std::borrow::Cow<'_, str> {
+    path.file_name().map_or("".into(), |n| n.to_string_lossy())
 }
 
 /// Logs to learn from: at least one logged click (logs without any are usually a broken
@@ -353,7 +356,11 @@ pub fn read_training_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
 /// baseline and the publish gate compare with, so it had better be the real one.
 pub fn unscored_note(rows: &[LoggedRequest]) -> Option<String> {
     let by_order = |r: &&LoggedRequest| {
-        (r.candidates.iter().enumerate()).all(|(i, c)| c.ranking_score == -(i as f32))
+        let order = upstream::scores_of_request_order(r.candidates.len());
+        r.candidates
+            .iter()
+            .zip(order)
+            .all(|(c, s)| c.ranking_score == s)
     };
     let n = rows.iter().filter(by_order).count();
     (n > 0).then(|| {
@@ -383,7 +390,7 @@ enum Encoding {
 
 impl Encoding {
     fn of(path: &Path) -> Result<Encoding, LogError> {
-        let name = path.file_name().map_or("".into(), |n| n.to_string_lossy());
+        let name = file_name(path);
         let (stem, gzip) = match name.strip_suffix(".gz") {
             Some(stem) => (stem, true),
             None => (&*name, false),
@@ -476,8 +483,9 @@ fn validate(raw: RawRow, widths: Option<&Widths>) -> Result<LoggedRequest, Field
         return Err(FieldError::new("candidates", "empty"));
     }
     // Without any ranking score the candidates' order is the ranking stage's, as for a Rerank
-    // request (`contract::upstream`): scores 0, −1, −2, …
-    let unscored = raw_candidates.iter().all(|c| c.ranking_score.is_none());
+    // request.
+    let unscored = (raw_candidates.iter().all(|c| c.ranking_score.is_none()))
+        .then(|| upstream::scores_of_request_order(raw_candidates.len()));
     let mut candidates: Vec<Candidate> = Vec::with_capacity(raw_candidates.len());
     let mut ids = HashSet::with_capacity(raw_candidates.len());
     for (i, raw) in raw_candidates.into_iter().enumerate() {
@@ -502,13 +510,13 @@ fn validate(raw: RawRow, widths: Option<&Widths>) -> Result<LoggedRequest, Field
             ));
         }
         let field = || format!("{prefix}.ranking_score");
-        let ranking_score = match raw.ranking_score {
-            None if unscored => -(i as f32),
-            None => {
+        let ranking_score = match (raw.ranking_score, &unscored) {
+            (Some(score), _) => score,
+            (None, Some(order)) => order[i],
+            (None, None) => {
                 let others = "missing, and other candidates of the row have one";
                 return Err(FieldError::new(field(), others));
             }
-            Some(score) => score,
         };
         if !ranking_score.is_finite() {
             let message = format!("{ranking_score} is not finite");
