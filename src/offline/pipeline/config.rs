@@ -55,7 +55,7 @@ pub struct MiningSettings {
     /// Beam widths of the utility-vs-width sweep (evaluation only).
     pub sweep: Vec<usize>,
     /// Mine (and distil from) at most this many training requests; 0: all, unless their
-    /// candidates are many (a work budget, `stages::mining_requests`).
+    /// lists are large (a work budget: `stages::mining_requests`).
     pub max_requests: usize,
     /// Evaluators searched together (different seeds), on `mean − pessimism·sd` of each
     /// slot's reward: 1 searches a single evaluator as it is.

@@ -214,18 +214,20 @@ fn bootstrap(rows: &[LoggedRequest], seed: u64) -> (Vec<LoggedRequest>, training
     (sample, split)
 }
 
-/// What `[mining] max_requests = 0` mines at most, in units of `(N·K)²` summed over the
-/// requests: a request's lookahead costs `O(K²·N²)` (docs/offline.md, "Cost in N"). It is
-/// 13,500 requests of 50 candidates and 10 slots, about 3 minutes on 2 cores (estimated
-/// from the rates measured at N = 20 and N = 100), so logs like the simulator's (N = 20)
-/// are mined whole.
-const MINING_BUDGET: f64 = 13_500.0 * 500.0 * 500.0;
-/// ... but never fewer requests than this (when the logs have them): the generator needs
-/// examples more than the budget needs keeping.
-const MIN_AUTO_MINED: usize = 2_000;
+/// What `[mining] max_requests = 0` mines at most, in units of [`mine::lookahead_cost`]
+/// summed over the requests: 13,500 requests of 50 candidates and 10 slots, about 3
+/// minutes on 2 cores (measured: 13 million units a second at N = 150, K = 20, three
+/// members), so logs like the simulator's (N = 20) are mined whole.
+const MINING_BUDGET: f64 = 13_500.0 * mine::lookahead_cost(50, 10);
+/// ... but never fewer lists' steps than this (when the logs have them): 2,000 requests of 10
+/// slots. The generator learns a soft target at every step, and needs examples more than
+/// the budget needs keeping; counted in steps, long lists (whose lookahead costs `K²`) do
+/// not multiply the floor's cost.
+const MIN_AUTO_MINED_STEPS: usize = 20_000;
 
 /// The training requests to mine: the first `max_requests`, or with 0 the first that fit
-/// [`MINING_BUDGET`] (at least [`MIN_AUTO_MINED`]); and whether the budget left some out.
+/// [`MINING_BUDGET`] (at least [`MIN_AUTO_MINED_STEPS`]); and whether the budget left some
+/// out.
 pub fn mining_requests(
     train: &[LoggedRequest],
     max_requests: usize,
@@ -241,11 +243,13 @@ fn mining_count(sizes: impl Iterator<Item = (usize, usize)>, max_requests: usize
     if max_requests > 0 {
         return sizes.take(max_requests).count();
     }
-    let mut spent = 0.0;
-    (sizes.enumerate())
-        .take_while(|&(i, (n, k))| {
-            spent += ((n * k) as f64).powi(2);
-            i < MIN_AUTO_MINED || spent <= MINING_BUDGET
+    let (mut spent, mut steps) = (0.0, 0);
+    sizes
+        .take_while(|&(n, k)| {
+            let floor = steps < MIN_AUTO_MINED_STEPS;
+            spent += mine::lookahead_cost(n, k);
+            steps += k.min(n);
+            floor || spent <= MINING_BUDGET
         })
         .count()
 }
@@ -565,11 +569,15 @@ mod tests {
         let logs = |count: usize, n: usize| std::iter::repeat_n((n, 10), count);
         // The simulator's size (N = 20, K = 10): 20,000 requests fit the budget.
         assert_eq!(mining_count(logs(20_000, 20), 0), 20_000);
-        // N = 100: the budget's share, (13,500 · 500²) / 1,000².
-        assert_eq!(mining_count(logs(20_000, 100), 0), 3_375);
-        // N = 400: the budget would allow 210; the floor keeps 2,000.
-        assert_eq!(mining_count(logs(20_000, 400), 0), MIN_AUTO_MINED);
+        // N = 100: the budget's share; the lookahead pool is 32 at either size, so
+        // 13,500 · 50 / 100.
+        assert_eq!(mining_count(logs(20_000, 100), 0), 6_750);
+        // N = 400: the budget would allow 1,687; the floor keeps 20,000 steps, 2,000 lists.
+        assert_eq!(mining_count(logs(20_000, 400), 0), 2_000);
         assert_eq!(mining_count(logs(500, 400), 0), 500);
+        // 50 slots of 60 candidates: the budget allows 240, the floor 400 (20,000 steps).
+        let long = std::iter::repeat_n((60, 50), 20_000);
+        assert_eq!(mining_count(long, 0), 400);
         // A cap the user sets wins, either way.
         assert_eq!(mining_count(logs(20_000, 20), 7), 7);
         assert_eq!(mining_count(logs(20_000, 400), 5_000), 5_000);
