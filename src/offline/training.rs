@@ -89,6 +89,10 @@ pub trait Trainee {
     fn validate(&mut self) -> anyhow::Result<f64>;
     /// The current parameters are the best so far: keep them.
     fn keep_best(&mut self) -> anyhow::Result<()>;
+    /// How the progress line states the latest validation, [`Trainee::validate`]'s `loss`.
+    fn describe_validation(&self, loss: f64) -> String {
+        format!("validation {loss:.4}")
+    }
     /// Writes the current parameters into a checkpoint directory.
     fn save_checkpoint(&self, _dir: &Path) -> anyhow::Result<()> {
         Ok(())
@@ -228,7 +232,8 @@ pub fn run(
             trainee.keep_best()?;
         }
         let best = if better { " (best)" } else { "" };
-        bar.finish(format!("loss {train_loss:.4}, validation {valid:.4}{best}"));
+        let validation = trainee.describe_validation(valid);
+        bar.finish(format!("loss {train_loss:.4}, {validation}{best}"));
         if let Some(c) = checkpoints {
             std::fs::create_dir_all(&c.dir).with_context(|| c.dir.display().to_string())?;
             trainee.save_checkpoint(&c.dir)?;

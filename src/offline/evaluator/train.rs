@@ -642,12 +642,15 @@ fn train_value(
         valid,
         best: Vec::new(),
         parts: None,
+        latest: None,
     };
-    let schedule = Schedule {
-        progress: false,
-        ..config.schedule()
-    };
-    let outcome = training::run(&schedule, train, &mut trainee, "value network", None)?;
+    let outcome = training::run(
+        &config.schedule(),
+        train,
+        &mut trainee,
+        "value network",
+        None,
+    )?;
     let parts = trainee.parts.iter().flat_map(|p| [&p.buy, &p.amount]);
     for best in parts.flatten() {
         for (name, weight) in &best.weights {
@@ -712,6 +715,9 @@ struct ValueTrainee<'a> {
     best: Vec<(String, Tensor)>,
     /// With `value_parts`: each part's own best (`best` stays empty).
     parts: Option<PartBests>,
+    /// With `value_parts`: the latest validation's purchase loss and amount error, which
+    /// the progress line states (the loop's criterion is an epoch count).
+    latest: Option<[f64; 2]>,
 }
 
 impl training::Trainee for ValueTrainee<'_> {
@@ -759,6 +765,7 @@ impl training::Trainee for ValueTrainee<'_> {
         let bests = self.parts.get_or_insert_with(PartBests::default);
         if weights[1] == 0.0 {
             // No held-out purchase: no evidence for any amount but the logs' (epoch 0).
+            self.latest = Some([buy, f64::INFINITY]);
             return Ok(bests.update(params, buy, f64::INFINITY)?);
         }
         // The amount's loss was 0.5·(r²·e^{−v} + v) at the stored log-variance v: the
@@ -768,7 +775,15 @@ impl training::Trainee for ValueTrainee<'_> {
         let squared_error = ((2.0 * amount - v) * v.exp()).max(MIN_LOG_VARIANCE);
         let variance = Tensor::new(&[squared_error.ln() as f32], &candle_core::Device::Cpu)?;
         params.set(AMOUNT_LOG_VARIANCE, &variance)?;
+        self.latest = Some([buy, squared_error]);
         Ok(bests.update(params, buy, squared_error)?)
+    }
+
+    fn describe_validation(&self, loss: f64) -> String {
+        match self.latest {
+            Some([buy, amount]) => format!("validation purchase {buy:.4}, amount {amount:.4}"),
+            None => format!("validation {loss:.4}"),
+        }
     }
 
     fn keep_best(&mut self) -> anyhow::Result<()> {
