@@ -76,7 +76,8 @@ fn pyarrow(script: &str, args: &[&Path]) -> Option<Vec<u8>> {
 /// Rewrites a log the way other writers store it: Polars (`large_list`, `large_string`,
 /// zstd pages), a pandas categorical (a dictionary-encoded string, lz4), gzip pages, old
 /// Hive (strings as bytes without the UTF-8 annotation), a
-/// warehouse table (integer keys, 0/1 clicks, unsigned ids, decimal money), and without
+/// warehouse table (integer keys, 0/1 clicks, unsigned ids, decimal money, NULL where
+/// nothing was bought), and without
 /// ranking scores.
 const OTHER_WRITERS: &str = r#"
 import sys
@@ -98,7 +99,8 @@ pq.write_table(table, f"{out}/gzip.parquet", compression="gzip")
 hive = table.set_column(i, "request_id", table.column(i).cast(pa.binary()))
 pq.write_table(hive, f"{out}/hive-bytes.parquet")
 # A warehouse's: integer request and item keys, clicks as 0/1 bytes, unsigned ids, money
-# as decimal (quarters, so that the expected values are exact).
+# as decimal (quarters, so that the expected values are exact), NULL where a left join of
+# purchases found none.
 from decimal import Decimal
 rows = table.to_pylist()
 for r in rows:
@@ -106,7 +108,7 @@ for r in rows:
     for c in r["candidates"]:
         c["item_id"] = int(c["item_id"].split("-")[-1])
     r["clicks"] = [int(c) for c in r["clicks"]]
-    r["values"] = [Decimal(int(v * 4)) / 4 for v in r["values"]]
+    r["values"] = [Decimal(int(v * 4)) / 4 if v else None for v in r["values"]]
 schema = table.schema
 for name, t in [("request_id", pa.int64()), ("clicks", pa.list_(pa.int8())),
                 ("exposed", pa.list_(pa.uint16())), ("values", pa.list_(pa.decimal128(12, 2)))]:
@@ -149,7 +151,8 @@ fn parquet_from_other_writers_reads_the_same() {
         let read = degre::offline::logs::read_logs(&path);
         assert!(read.as_ref().is_ok_and(|r| *r == rows), "{name}: {read:?}");
     }
-    // Integer keys read as their decimal text, 0/1 clicks as booleans, decimals as floats.
+    // Integer keys read as their decimal text, 0/1 clicks as booleans, decimals as floats,
+    // NULL values as 0.
     let mut keyed = rows.clone();
     for row in &mut keyed {
         for v in row.values.iter_mut().flatten() {

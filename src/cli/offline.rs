@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::offline::compare::{self, EvalInputs, EvalReport};
 use crate::offline::evaluator::{self, Ensemble, Evaluator, TrainConfig};
-use crate::offline::logs::{read_logs, read_training_logs, LogShape, LoggedRequest};
+use crate::offline::logs::{self, read_logs, read_training_logs, LogShape, LoggedRequest};
 use crate::offline::objective::Objective;
 use crate::offline::policy::{self, Policy};
 use crate::offline::sim::{self, SimConfig, World};
@@ -317,11 +317,11 @@ pub fn check_logs(args: CheckLogsArgs) -> anyhow::Result<()> {
         clicks as f64 / slots as f64
     );
     println!("{}", serde_json::to_string_pretty(&shape)?);
-    if let Some(note) = crate::offline::logs::unscored_note(&rows) {
+    for note in logs::notes(&rows) {
         eprintln!("{note}");
     }
     if let Some(out) = &args.convert_to {
-        crate::offline::logs::write_logs(out, &rows)?;
+        logs::write_logs(out, &rows)?;
         println!("wrote {}", out.display());
     }
     Ok(())

@@ -1,6 +1,7 @@
-//! What other pipelines write where the schema says string or bool: request and item ids
-//! as integers (warehouse keys), clicks as 0/1 labels. Read as the documented types, in
-//! both encodings; anything else is still an error naming the field.
+//! What other pipelines write where the schema says string, bool or float: request and item
+//! ids as integers (warehouse keys), clicks as 0/1 labels, a value left null where a join
+//! found no purchase. Read as the documented types, in both encodings; anything else is
+//! still an error naming the field.
 
 use std::fmt;
 
@@ -77,4 +78,11 @@ impl<'de> Visitor<'de> for FlagVisitor {
             Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
         }
     }
+}
+
+/// A list of values (e.g. GMV) whose null entries are 0: what a left join of purchases
+/// leaves where a slot bought nothing. `null` for the whole list is `None`.
+pub(super) fn amounts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
+    let list = Option::<Vec<Option<f32>>>::deserialize(d)?;
+    Ok(list.map(|v| v.into_iter().map(Option::unwrap_or_default).collect()))
 }

@@ -159,7 +159,7 @@ pub(crate) struct RawRow {
     pub exposed: Option<Vec<i64>>,
     #[serde(default, deserialize_with = "lenient::flags")]
     pub clicks: Option<Vec<bool>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::amounts")]
     pub values: Option<Vec<f32>>,
 }
 
@@ -351,6 +351,14 @@ pub fn read_training_logs(path: &Path) -> Result<Vec<LoggedRequest>, LogError> {
     Ok(rows)
 }
 
+/// What `check-logs` and `pipeline` say of a log on stderr: [`unscored_note`] and
+/// [`exploration_note`], where they apply.
+pub fn notes(rows: &[LoggedRequest]) -> impl Iterator<Item = String> {
+    [unscored_note(rows), exploration_note(rows)]
+        .into_iter()
+        .flatten()
+}
+
 /// A note when some rows carry no ranking score: each one's candidate order then stands
 /// for the ranking stage's (the reader's scores 0, −1, −2, …), which the `upstream`
 /// baseline and the publish gate compare with, so it had better be the real one.
@@ -368,6 +376,37 @@ pub fn unscored_note(rows: &[LoggedRequest]) -> Option<String> {
             "note: {n} of {} requests log no ranking_score: their candidates' order stands for \
              the ranking stage's (the upstream baseline and the publish gate compare with it)",
             rows.len()
+        )
+    })
+}
+
+/// From this share of logged slots holding the ranking stage's item for the slot, the logs
+/// are said to show little but the upstream order ([`exploration_note`]).
+const MOSTLY_UPSTREAM: f64 = 0.5;
+
+/// A note when most logged slots hold the item the `ranking_score` order puts there: the
+/// logs then show few other orders, so what the evaluator says of the lists DeGRe makes is
+/// extrapolation, and a judged gain a guess that only the gate's interval guards
+/// (docs/offline.md, "logs that never leave the upstream order").
+pub fn exploration_note(rows: &[LoggedRequest]) -> Option<String> {
+    let (mut same, mut slots) = (0usize, 0usize);
+    for r in rows {
+        let upstream = r.upstream_list(r.exposed.len());
+        same += r
+            .exposed
+            .iter()
+            .zip(&upstream)
+            .filter(|(a, b)| a == b)
+            .count();
+        slots += r.exposed.len();
+    }
+    let share = same as f64 / slots.max(1) as f64;
+    (share >= MOSTLY_UPSTREAM).then(|| {
+        format!(
+            "note: {:.0}% of logged slots hold the item the ranking_score order puts there: \
+             the logs show few other orders, so the evaluator's values of other lists are \
+             extrapolation and a judged gain over upstream is uncertain beyond its interval",
+            100.0 * share
         )
     })
 }

@@ -392,8 +392,12 @@ impl<'a> Columns<'a> {
             candidates,
             exposed: ints(self.exposed, i, "exposed")?,
             clicks: bools(self.clicks, i, "clicks")?,
+            // A null value is 0: a left join of purchases leaves it where none was made.
+            // (The column's type was checked: a valid item is a float.)
             values: match self.values {
-                Some(values) => floats(values, i, "values")?,
+                Some(values) => items(values, i, "values", |a, k| {
+                    Ok(float_at(a, k).unwrap_or_default())
+                })?,
                 None => None,
             },
         })
@@ -485,7 +489,7 @@ fn float_at(a: &ArrayRef, k: usize) -> Option<f32> {
 fn ints(list: &ListArray, i: usize, field: &str) -> Result<Option<Vec<i64>>, FieldError> {
     items(list, i, field, |a, k| {
         let v = not_null(integer_at(a, k))?;
-        i64::try_from(v).map_err(|_| format!("{v} is beyond the largest id, 2^63 - 1"))
+        i64::try_from(v).map_err(|_| format!("{v} is beyond 2^63 - 1"))
     })
 }
 

@@ -414,6 +414,10 @@ fn json_ids_may_be_integers_and_clicks_0_or_1() {
     let err = read_logs(&path).unwrap_err().to_string();
     assert!(err.contains("row 1: field `clicks[1]`"), "{err}");
     assert!(err.contains("expected a boolean, 0 or 1"), "{err}");
+    // A value left null (no purchase joined) is 0.
+    let valued = line("[0, 1]").replace(r#""clicks""#, r#""values": [null, 2.5], "clicks""#);
+    std::fs::write(&path, valued + "\n").unwrap();
+    assert_eq!(read_logs(&path).unwrap()[0].values, Some(vec![0.0, 2.5]));
 }
 
 /// Rows without any ranking score stand for their candidates' order, as a Rerank request
@@ -447,4 +451,18 @@ fn unscored_candidates_are_in_the_ranking_order() {
         "{note}"
     );
     assert_eq!(unscored_note(&rows()), None);
+}
+
+#[test]
+fn logs_that_mostly_show_the_upstream_order_are_noted() {
+    // Shown [2, 0, 3] where upstream puts [0, 1, 2]: no slot agrees.
+    assert_eq!(exploration_note(&rows()), None);
+    let mut mostly = rows();
+    for r in &mut mostly[..2] {
+        r.exposed = vec![0, 1, 3]; // two of three slots as upstream
+    }
+    assert_eq!(exploration_note(&mostly), None, "4 of 9 slots");
+    mostly[2].exposed = vec![0, 1, 3];
+    let note = exploration_note(&mostly).unwrap();
+    assert!(note.starts_with("note: 67% of logged slots hold"), "{note}");
 }

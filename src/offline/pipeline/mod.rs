@@ -19,7 +19,7 @@ use crate::offline::compare::EvalReport;
 use crate::offline::distill::{DistillConfig, DistillSummary, TrainedGenerator};
 use crate::offline::evaluator;
 use crate::offline::gate::GateReport;
-use crate::offline::logs::{read_training_logs, unscored_note, LoggedRequest};
+use crate::offline::logs::{self, read_training_logs, LoggedRequest};
 
 /// Everything one seed produced.
 #[derive(Debug, Clone, Serialize)]
@@ -84,7 +84,7 @@ pub fn run(
     let user_logs = match source {
         Source::Logs(path) => {
             let logs = read_training_logs(path)?;
-            if let Some(note) = unscored_note(&logs) {
+            for note in logs::notes(&logs) {
                 eprintln!("{note}");
             }
             Some(logs)
