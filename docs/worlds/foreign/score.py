@@ -3,7 +3,7 @@
 
     python3 score.py --world DIR [--server 127.0.0.1:PORT] [--requests 2000]
 
-Policies, each a list of K = 8 of a request's candidates:
+Policies, each a list of the world's K (8 by default) of a request's candidates:
   logged              the logged exposed list
   upstream            candidates by ranking_score, top K
   degre               the list the degre server returns (only with --server)

@@ -8,6 +8,7 @@ whose probability falls with price, so the GMV-optimal and click-optimal lists d
 
     python3 world.py --seed S --out DIR [--train 20000] [--test 2000]
                      [--log-temperature 0.5] [--log-random 0.05] [--attr-bias -1.5]
+                     [--candidates 12-48] [--slots 8] [--pool N]
 
 writes DIR/train.parquet, DIR/test.parquet (schema: degre docs/data.md) and DIR/truth.npz
 (catalog, user weights and the test requests' hidden state; score.py reads it back).
@@ -212,7 +213,7 @@ def load_truth(world_dir):
 
 
 def main():
-    global ATTR_BIAS, LOG_TEMPERATURE, LOG_RANDOM
+    global ATTR_BIAS, LOG_TEMPERATURE, LOG_RANDOM, N_MIN, N_MAX, K, POOL
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--out", required=True)
@@ -224,7 +225,19 @@ def main():
                     help="share of logged lists shown in uniformly random order")
     ap.add_argument("--attr-bias", type=float, default=ATTR_BIAS,
                     help="logit offset of every attraction (-1.5: ~2 clicks in 8 slots; -4.5: ~1 in 8 requests)")
+    ap.add_argument("--candidates", default=f"{N_MIN}-{N_MAX}",
+                    help="candidates per request, MIN-MAX (uniform)")
+    ap.add_argument("--slots", type=int, default=K, help="slots K of a logged list")
+    ap.add_argument("--pool", type=int, default=None,
+                    help="retrieval pool per request (default: max(300, 3 x the most candidates))")
     a = ap.parse_args()
+    N_MIN, N_MAX = (int(x) for x in a.candidates.split("-"))
+    if not 1 <= N_MIN <= N_MAX:
+        ap.error(f"--candidates {a.candidates}: expected MIN-MAX with 1 <= MIN <= MAX")
+    K = a.slots
+    POOL = a.pool or max(300, 3 * N_MAX)
+    if POOL < N_MAX:
+        ap.error(f"--pool {POOL}: smaller than the most candidates ({N_MAX})")
     ATTR_BIAS = a.attr_bias
     LOG_TEMPERATURE, LOG_RANDOM = a.log_temperature, a.log_random
     os.makedirs(a.out, exist_ok=True)
