@@ -166,8 +166,12 @@ fn the_ensembles_pessimistic_value_is_below_its_mean_and_one_member_is_itself() 
     let second = evaluator::train(&rows, &train, &dir.path().join("second"), false).unwrap();
     let reload = || Evaluator::load(dir.path()).unwrap();
     let pessimistic = Ensemble::new(vec![reload(), second], 1.0).unwrap();
-    let second = Evaluator::load(&dir.path().join("second")).unwrap();
-    let mean = Ensemble::new(vec![reload(), second], 0.0).unwrap();
+    let load_second = || Evaluator::load(&dir.path().join("second")).unwrap();
+    let (second, mean) = (
+        load_second(),
+        Ensemble::new(vec![reload(), load_second()], 0.0),
+    );
+    let mean = mean.unwrap();
     let alone = Ensemble::single(reload());
     let mut strictly_below = 0;
     for row in rows.iter().take(10) {
@@ -177,10 +181,17 @@ fn the_ensembles_pessimistic_value_is_below_its_mean_and_one_member_is_itself() 
             alone.scorer(row).unwrap(),
         );
         let single = first.scorer(row).unwrap();
+        let other = second.scorer(row).unwrap();
         for list in [vec![0, 1, 2], vec![5, 3, 1], vec![2, 4, 0]] {
             let (vp, vm) = (search::value(&p, &list), search::value(&m, &list));
             assert!(vp <= vm + 1e-12, "pessimistic {vp} > mean {vm}");
             strictly_below += usize::from(vp < vm - 1e-9);
+            // The spread is the list values' (two members: sd = |V₀ − V₁| / 2), not the
+            // sum of the slots' spreads.
+            let members = [search::value(&single, &list), search::value(&other, &list)];
+            let list_level =
+                (members[0] + members[1]) / 2.0 - (members[0] - members[1]).abs() / 2.0;
+            assert!((vp - list_level).abs() < 1e-9, "{vp} against {list_level}");
             assert_eq!(search::value(&a, &list), search::value(&single, &list));
         }
         // The mean is the members' mean, slot by slot.

@@ -26,7 +26,7 @@ pub struct MineArgs {
     /// `mean − pessimism·sd` (members trained with different seeds).
     #[arg(long, required = true, num_args = 1..)]
     pub evaluator: Vec<PathBuf>,
-    /// How far below the ensemble's mean a slot's reward is taken, in standard deviations.
+    /// How far below the members' mean a list's value is taken, in standard deviations.
     #[arg(long, default_value_t = 1.0)]
     pub pessimism: f64,
     /// A pointwise evaluator (`train-evaluator --pointwise`) blended into every member ...

@@ -1,8 +1,10 @@
 //! Evaluators trained with different seeds, searched on a pessimistic value. Beam search
 //! finds the lists one evaluator over-values; where the members disagree, their spread
-//! says the estimate is not to be trusted. A slot's reward is the members' mean minus
+//! says the estimate is not to be trusted. A list's value is the members' mean minus
 //! `pessimism` times their standard deviation, so search prefers lists the evaluators
-//! agree are good, and the soft targets mined from it inherit the caution.
+//! agree are good, and the soft targets mined from it inherit the caution. A slot's gain
+//! is what it adds to that value (the prefix remembers each member's value so far), so the
+//! gains still sum to the list's value and search works unchanged.
 //!
 //! Members that see the items above a slot agree on what they share: list effects the logs
 //! never showed. So each member can be blended with one pointwise evaluator
@@ -139,20 +141,20 @@ impl PointwiseTable {
 
 impl EnsembleScorer {
     /// Each member's (blended) gain of `a` after `state`.
-    pub fn member_gains(&self, state: &[Prefix], a: usize) -> Vec<f64> {
+    pub fn member_gains(&self, state: &EnsemblePrefix, a: usize) -> Vec<f64> {
         self.blended_gains(state, a).collect()
     }
 
     fn blended_gains<'a>(
         &'a self,
-        state: &'a [Prefix],
+        state: &'a EnsemblePrefix,
         a: usize,
     ) -> impl Iterator<Item = f64> + 'a {
-        let slot = state.first().map_or(0, |s| s.items.len());
+        let slot = state.members.first().map_or(0, |s| s.items.len());
         let own = self
             .members
             .iter()
-            .zip(state)
+            .zip(&state.members)
             .map(move |(m, s)| m.gain(s, a));
         self.blended(own, move |p| p.gain(slot, a))
     }
@@ -169,41 +171,67 @@ impl EnsembleScorer {
     }
 }
 
-/// `mean − c·sd` of `x`, with the population spread.
+/// `mean − c·sd` of `x`, with the population spread. In one pass (Welford's update): a
+/// list's values may be large beside their spread (GMV in cents), where `E[x²] − E[x]²`
+/// cancels to noise.
 fn pessimistic(x: impl IntoIterator<Item = f64>, c: f64) -> f64 {
-    let (mut n, mut sum, mut sum_sq) = (0.0, 0.0, 0.0);
+    let (mut n, mut mean, mut squares) = (0.0, 0.0, 0.0);
     for x in x {
         n += 1.0;
-        sum += x;
-        sum_sq += x * x;
+        let delta = x - mean;
+        mean += delta / n;
+        squares += delta * (x - mean);
     }
-    let mean = sum / n;
-    let variance = (sum_sq / n - mean * mean).max(0.0);
-    mean - c * variance.sqrt()
+    mean - c * (squares / n).max(0.0).sqrt()
+}
+
+/// What the ensemble remembers of a prefix: each member's state and (blended) value.
+#[derive(Clone)]
+pub struct EnsemblePrefix {
+    members: Vec<Prefix>,
+    values: Vec<f64>,
+    /// `pessimistic(values)`: what the prefix is worth.
+    value: f64,
 }
 
 impl ListModel for EnsembleScorer {
-    /// Each member's prefix state.
-    type State = Vec<Prefix>;
+    type State = EnsemblePrefix;
 
     fn candidates(&self) -> usize {
         self.members[0].candidates()
     }
 
-    fn initial(&self) -> Vec<Prefix> {
-        vec![Prefix::default(); self.members.len()]
-    }
-
-    /// The members' (blended) mean gain minus `pessimism` times their (population) spread.
-    /// Called for every candidate of every prefix while mining: one pass, no allocation.
-    fn gain(&self, state: &Vec<Prefix>, a: usize) -> f64 {
-        pessimistic(self.blended_gains(state, a), self.pessimism)
-    }
-
-    fn push(&self, state: &mut Vec<Prefix>, a: usize) {
-        for (member, state) in self.members.iter().zip(state) {
-            member.push(state, a);
+    fn initial(&self) -> EnsemblePrefix {
+        EnsemblePrefix {
+            members: vec![Prefix::default(); self.members.len()],
+            values: vec![0.0; self.members.len()],
+            value: 0.0,
         }
+    }
+
+    /// What `a` adds to the prefix's pessimistic value: `mean − pessimism·sd` of the
+    /// members' (blended) values of the longer prefix, less that of the prefix. Not the
+    /// slot's own spread: the spread of a sum is at most the sum of the spreads, and a
+    /// per-slot penalty counts a member that over-values every slot K times over.
+    /// Called for every candidate of every prefix while mining: one pass, no allocation.
+    fn gain(&self, state: &EnsemblePrefix, a: usize) -> f64 {
+        let gains = self.blended_gains(state, a);
+        if self.pessimism == 0.0 {
+            return pessimistic(gains, 0.0); // the mean gain, exactly
+        }
+        let values = state.values.iter().zip(gains).map(|(v, g)| v + g);
+        pessimistic(values, self.pessimism) - state.value
+    }
+
+    fn push(&self, state: &mut EnsemblePrefix, a: usize) {
+        let gains: Vec<f64> = self.blended_gains(state, a).collect();
+        for (value, gain) in state.values.iter_mut().zip(gains) {
+            *value += gain;
+        }
+        for (member, prefix) in self.members.iter().zip(&mut state.members) {
+            member.push(prefix, a);
+        }
+        state.value = pessimistic(state.values.iter().copied(), self.pessimism);
     }
 
     /// The members' (blended) mean difference minus `pessimism` times its spread:
@@ -214,5 +242,18 @@ impl ListModel for EnsembleScorer {
             (self.members.iter()).map(|m| search::value(m, list) - search::value(m, incumbent));
         let d = self.blended(own, |p| p.value(list) - p.value(incumbent));
         pessimistic(d, self.pessimism)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pessimistic;
+
+    #[test]
+    fn the_spread_of_large_values_is_not_cancelled_away() {
+        // Two lists' values in cents: mean 1e9 + 2, population sd 1.
+        let p = pessimistic([1e9 + 1.0, 1e9 + 3.0], 1.0);
+        assert!((p - (1e9 + 1.0)).abs() < 1e-6, "{p}");
+        assert_eq!(pessimistic([2.5], 3.0), 2.5);
     }
 }

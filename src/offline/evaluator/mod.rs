@@ -12,7 +12,7 @@ mod scorer;
 mod train;
 
 pub use batch::{is_hashed, Batch, FeatureMap, Labels, ListRef, MAX_VOCABULARY};
-pub use ensemble::{Ensemble, EnsembleScorer, PointwiseBlend};
+pub use ensemble::{Ensemble, EnsemblePrefix, EnsembleScorer, PointwiseBlend};
 pub use model::{
     click_loss, purchase_losses, slot_outputs, value_error, value_loss, value_outputs, Dims,
     Params, SlotOutputs, ValueOutputs,

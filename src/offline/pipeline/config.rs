@@ -57,8 +57,8 @@ pub struct MiningSettings {
     /// Mine (and distil from) at most this many training requests; 0: all, unless their
     /// lists are large (a work budget: `stages::mining_requests`).
     pub max_requests: usize,
-    /// Evaluators searched together (different seeds), on `mean − pessimism·sd` of each
-    /// slot's reward: 1 searches a single evaluator as it is.
+    /// Evaluators searched together (different seeds), on `mean − pessimism·sd` of their
+    /// values of a list: 1 searches a single evaluator as it is.
     pub evaluators: usize,
     pub pessimism: f64,
     /// Keep the `ranking_score` order wherever the evaluators do not agree that the
