@@ -167,11 +167,8 @@ fn the_ensembles_pessimistic_value_is_below_its_mean_and_one_member_is_itself() 
     let reload = || Evaluator::load(dir.path()).unwrap();
     let pessimistic = Ensemble::new(vec![reload(), second], 1.0).unwrap();
     let load_second = || Evaluator::load(&dir.path().join("second")).unwrap();
-    let (second, mean) = (
-        load_second(),
-        Ensemble::new(vec![reload(), load_second()], 0.0),
-    );
-    let mean = mean.unwrap();
+    let mean = Ensemble::new(vec![reload(), load_second()], 0.0).unwrap();
+    let second = load_second();
     let alone = Ensemble::single(reload());
     let mut strictly_below = 0;
     for row in rows.iter().take(10) {
