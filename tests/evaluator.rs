@@ -270,13 +270,15 @@ fn incremental_scorer_matches_the_training_forward_across_candidate_counts() {
             let scorer = evaluator.scorer(row).unwrap();
             let mut state = scorer.initial();
             for (&a, &(p, reward)) in row.exposed.iter().zip(slots) {
-                let (expected, q) = (p * reward, scorer.gain(&state, a) as f32);
+                let gain = scorer.gain(&state, a);
+                let (expected, q) = (p * reward, gain as f32);
                 assert!(
                     (expected - q).abs() < 1e-4 * expected.abs().max(1.0),
                     "{}: batched {expected}, incremental {q}",
                     row.request_id
                 );
-                scorer.push(&mut state, a);
+                // The push returns the gain it placed, to the bit (the ensemble sums it).
+                assert_eq!(scorer.push_scored(&mut state, a), gain);
             }
             let v = search::value(&scorer, &row.exposed);
             let sum: f32 = slots.iter().map(|(p, r)| p * r).sum();

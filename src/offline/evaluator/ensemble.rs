@@ -150,7 +150,7 @@ impl EnsembleScorer {
         state: &'a EnsemblePrefix,
         a: usize,
     ) -> impl Iterator<Item = f64> + 'a {
-        let slot = state.members.first().map_or(0, |s| s.items.len());
+        let slot = state.slot();
         let own = self
             .members
             .iter()
@@ -194,6 +194,13 @@ pub struct EnsemblePrefix {
     value: f64,
 }
 
+impl EnsemblePrefix {
+    /// The slot the next item goes into.
+    fn slot(&self) -> usize {
+        self.members.first().map_or(0, |s| s.items.len())
+    }
+}
+
 impl ListModel for EnsembleScorer {
     type State = EnsemblePrefix;
 
@@ -223,13 +230,15 @@ impl ListModel for EnsembleScorer {
         pessimistic(values, self.pessimism) - state.value
     }
 
+    /// Each member's value grows by its (blended) gain of `a`, which its push computes.
     fn push(&self, state: &mut EnsemblePrefix, a: usize) {
-        let gains: Vec<f64> = self.blended_gains(state, a).collect();
+        let slot = state.slot();
+        let own = (self.members.iter())
+            .zip(&mut state.members)
+            .map(|(member, prefix)| member.push_scored(prefix, a));
+        let gains = self.blended(own, |p| p.gain(slot, a));
         for (value, gain) in state.values.iter_mut().zip(gains) {
             *value += gain;
-        }
-        for (member, prefix) in self.members.iter().zip(&mut state.members) {
-            member.push(prefix, a);
         }
         state.value = pessimistic(state.values.iter().copied(), self.pessimism);
     }

@@ -351,6 +351,11 @@ impl RequestScorer {
         prefix.examine * self.attraction(prefix, a)
     }
 
+    /// The expected reward of `a` in the slot after `prefix`, given its `attraction`.
+    fn expected_reward(&self, prefix: &Prefix, attraction: f32, a: usize) -> f64 {
+        f64::from(prefix.examine * attraction * self.reward_of_click[a])
+    }
+
     /// Click probability of candidate `a` in the slot after `prefix` if the user reads it.
     /// Slots past the longest logged list reuse the last position.
     fn attraction(&self, prefix: &Prefix, a: usize) -> f32 {
@@ -398,19 +403,28 @@ impl ListModel for RequestScorer {
 
     /// The slot's expected reward: P(click) times the reward of a click on `a`.
     fn gain(&self, state: &Prefix, a: usize) -> f64 {
-        f64::from(self.click_probability(state, a) * self.reward_of_click[a])
+        self.expected_reward(state, self.attraction(state, a), a)
     }
 
-    /// Adds what `j`, placed next, contributes to every candidate below it
-    /// (`added_below`) and its chance of stopping the user.
     fn push(&self, state: &mut Prefix, j: usize) {
+        self.push_scored(state, j);
+    }
+}
+
+impl RequestScorer {
+    /// Places `j` next: adds what it contributes to every candidate below it
+    /// (`added_below`) and its chance of stopping the user. Returns its gain in the slot
+    /// ([`ListModel::gain`] before the push, to the bit), which the push computes anyway:
+    /// the ensemble keeps each member's value of the prefix from it.
+    pub fn push_scored(&self, state: &mut Prefix, j: usize) -> f64 {
+        let q = self.attraction(state, j);
+        let gain = self.expected_reward(state, q, j);
         if let Some((after_click, after_skip)) = self.continuation {
-            let q = self.attraction(state, j);
             state.examine *= q * after_click + (1.0 - q) * after_skip;
         }
         state.items.push(j);
         if !self.interactions {
-            return;
+            return gain;
         }
         let (n, h) = (self.base.len(), self.hidden);
         state.above.resize(n * h, 0.0);
@@ -418,10 +432,9 @@ impl ListModel for RequestScorer {
         for (above, add) in state.above.iter_mut().zip(below) {
             *above += add;
         }
+        gain
     }
-}
 
-impl RequestScorer {
     /// What `j` placed above adds to each candidate's output pre-activation, `N × H`: its
     /// value through the causal interaction sum (weight `σ(q_a·k_j/√A)`), the same-id
     /// row of each categorical feature whose id it shares, and its id pairs' term.
